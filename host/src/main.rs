@@ -1,1 +1,7 @@
-fn main() {}
+//! The `switchboard` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    switchboard::cli::main(switchboard::cli::Cli::parse())
+}

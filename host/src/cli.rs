@@ -1,0 +1,186 @@
+//! The command line: `serve`, `dev`, `send` and `plugin build`, each a thin
+//! layer over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::event::EventKind;
+use crate::send::{SendRequest, SignWith, WireFormat};
+
+/// Switchboard runs tenants' WebAssembly plugins on JustCall SMS webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks with a config file.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: PathBuf,
+        /// Override the config's `listen` address.
+        #[arg(long, env = "SWITCHBOARD_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Run on the embedded default: a demo tenant, the example plugins built
+    /// from source, and a built-in JustCall simulator.
+    Dev {
+        /// Where to listen.
+        #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where to keep the database and deployed plugins.
+        #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = ".switchboard")]
+        data_dir: PathBuf,
+    },
+    /// Build a test SMS webhook, sign it, and post it to a running Switchboard.
+    Send {
+        /// Switchboard's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Tenant id.
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        /// Event kind.
+        #[arg(long, default_value = "received", value_parser = parse_kind)]
+        kind: EventKind,
+        /// Sender, E.164.
+        #[arg(long, default_value = "+15125551234")]
+        from: String,
+        /// Recipient, E.164 (for inbound kinds, the tenant's number).
+        #[arg(long, default_value = "+15125550100")]
+        to: String,
+        /// Message text.
+        #[arg(long, default_value = "CONFIRM")]
+        body: String,
+        /// Wire format.
+        #[arg(long, value_enum, default_value = "seed")]
+        format: WireFormat,
+        /// Signing secret; with it, the webhook is signed using --auth.
+        #[arg(long, env = "SWITCHBOARD_SEND_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Signature scheme.
+        #[arg(long, value_enum, default_value = "justcall-v1")]
+        auth: SignWith,
+        /// The webhook URL JustCall signs (the server's `public_url` + /webhooks/TENANT).
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
+    /// Plugin author tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Build every plugin in a guest workspace (default: this checkout's plugins/).
+    Build {
+        /// The guest workspace folder.
+        dir: Option<PathBuf>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<EventKind, String> {
+    EventKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s || k.seed_name() == s)
+        .ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
+}
+
+/// Sets up logging from `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, listen } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+            crate::server::run(cfg, listener, crate::server::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { listen, data_dir } => {
+            crate::dev::run(listen, data_dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            url,
+            tenant,
+            kind,
+            from,
+            to,
+            body,
+            format,
+            secret,
+            auth,
+            webhook_url,
+        } => {
+            let req = SendRequest {
+                url,
+                tenant,
+                kind,
+                from,
+                to,
+                body,
+                format,
+                sign: secret.map(|s| (auth, s)),
+                webhook_url,
+            };
+            let resp = crate::send::send(&req).await?;
+            println!("{} {}", resp.status, resp.body);
+            Ok(if (200..300).contains(&resp.status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Plugin {
+            command: PluginCommand::Build { dir },
+        } => {
+            let ws = match dir {
+                Some(d) => {
+                    let repo = d.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
+                    crate::guest_build::GuestWorkspace::at(&d, &repo).with_context(|| format!("{} has no Cargo.toml", d.display()))?
+                }
+                None => crate::guest_build::GuestWorkspace::from_source_checkout().context("no plugins/ workspace next to this binary's source; pass DIR")?,
+            };
+            let built = tokio::task::spawn_blocking(move || ws.build(false)).await??;
+            for p in built {
+                let size = std::fs::metadata(&p.wasm).map(|m| m.len()).unwrap_or(0);
+                println!("{:<24} {:>9} bytes  {}", p.name, size, p.wasm.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `switchboard dev`, the embedded default: a `demo` tenant, the example
+//! plugins built from source and deployed to it, and the JustCall simulator.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{ApiDialect, Config, Secret, TenantConfig, WebhookAuth};
+use crate::guest_build::{BuiltPlugin, GuestWorkspace};
+
+/// The demo tenant's id.
+pub const DEMO_TENANT: &str = "demo";
+/// The demo tenant's JustCall number.
+pub const DEMO_NUMBER: &str = "+15125550100";
+
+/// The dev-mode config for a server reachable at `origin` (`http://host:port`).
+pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::Result<Config> {
+    let demo = TenantConfig {
+        id: DEMO_TENANT.to_string(),
+        numbers: vec![DEMO_NUMBER.to_string()],
+        webhook_auth: WebhookAuth::None,
+        webhook_secret: None,
+        justcall_api: ApiDialect::Seed,
+        justcall_base_url: reqwest::Url::parse(&format!("{origin}/justcall"))?,
+        justcall_api_key: Secret::new("demo-key"),
+        justcall_api_secret: Secret::new("demo-secret"),
+    };
+    Ok(Config {
+        listen,
+        data_dir: data_dir.to_path_buf(),
+        plugins_dir: data_dir.join("plugins.d"),
+        public_url: origin.to_string(),
+        tenants: BTreeMap::from([(DEMO_TENANT.to_string(), demo)]),
+        dev: true,
+        signature_tolerance: Duration::from_secs(300),
+        max_concurrent_invocations: 64,
+    })
+}
+
+/// Deploys a built plugin into a tenant folder as `<name>.wasm` + `<name>.toml`.
+/// The manifest is the package's `plugin.toml` with its `[dev]` table applied:
+/// `dev.config` values (with `{origin}` replaced) are merged into `[config]`,
+/// and `origin` is added to `allowed_hosts`, so examples talk to dev services.
+pub fn deploy_for_dev(plugin: &BuiltPlugin, tenant_dir: &Path, origin: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(tenant_dir)?;
+    let mut manifest: toml::Table = match &plugin.manifest {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p)?).with_context(|| format!("parsing {}", p.display()))?,
+        None => toml::Table::new(),
+    };
+    if let Some(toml::Value::Table(dev)) = manifest.remove("dev") {
+        if let Some(toml::Value::Table(extra)) = dev.get("config") {
+            let config = manifest.entry("config").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(config) = config {
+                for (k, v) in extra {
+                    let v = match v {
+                        toml::Value::String(s) => toml::Value::String(s.replace("{origin}", origin)),
+                        other => other.clone(),
+                    };
+                    config.insert(k.clone(), v);
+                }
+            }
+        }
+        let hosts = manifest.entry("allowed_hosts").or_insert_with(|| toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(hosts) = hosts {
+            hosts.push(toml::Value::String(origin.to_string()));
+        }
+    }
+    manifest.remove("build");
+    let wasm = tenant_dir.join(format!("{}.wasm", plugin.name));
+    // Write then rename, so a reader never sees a half-written file.
+    let tmp = tenant_dir.join(format!(".{}.wasm.tmp", plugin.name));
+    std::fs::copy(&plugin.wasm, &tmp).with_context(|| format!("copying {}", plugin.wasm.display()))?;
+    std::fs::write(tenant_dir.join(format!("{}.toml", plugin.name)), toml::to_string_pretty(&manifest)?)?;
+    std::fs::rename(&tmp, &wasm)?;
+    Ok(wasm)
+}
+
+/// Builds the example plugins, deploys them to the demo tenant, prints how to
+/// try it, and serves until SIGINT/SIGTERM.
+pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let origin = format!("http://{addr}");
+    let ws = GuestWorkspace::from_source_checkout()
+        .context("dev mode builds the example plugins from this checkout's plugins/ folder, which is missing")?;
+    tracing::info!("building the example plugins (first run takes a minute)");
+    let built = tokio::task::spawn_blocking(move || ws.build(false)).await??;
+    let config = dev_config(addr, &origin, &data_dir)?;
+    let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
+    let mut names = Vec::new();
+    for p in built.iter().filter(|p| !p.source_dir.components().any(|c| c.as_os_str() == "fixtures")) {
+        deploy_for_dev(p, &tenant_dir, &origin)?;
+        names.push(p.name.clone());
+    }
+    println!(
+        "\nSwitchboard dev is listening on {origin}\n\
+         tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\
+         JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\n\
+         Try it:\n  curl -s -X POST {origin}/webhooks/{DEMO_TENANT} -H 'content-type: application/json' \\\n    \
+         -d '{{\"event\":\"sms.received\",\"timestamp\":\"2026-03-12T14:30:00Z\",\"data\":{{\"message_id\":\"msg_1\",\"direction\":\"inbound\",\"from\":\"+15125551234\",\"to\":\"{DEMO_NUMBER}\",\"body\":\"CONFIRM\",\"media_urls\":[],\"justcall_number\":\"{DEMO_NUMBER}\",\"contact_name\":\"Sarah Chen\",\"agent_id\":null}}}}'\n  \
+         curl -s -H 'Authorization: Bearer demo-key:demo-secret' {origin}/justcall/api/v2/texts/list\n",
+        names.join(", ")
+    );
+    crate::server::run(config, listener, crate::server::shutdown_signal()).await
+}

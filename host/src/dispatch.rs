@@ -1,0 +1,214 @@
+//! The dispatcher: runs each stored delivery on a fresh plugin instance with
+//! its deadline and memory cap, records the outcome, and drains on shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::capabilities::{Invocation, PluginCtx, TenantRuntime, to_wit};
+use crate::db::{Db, DeliveryOutcome};
+use crate::event::Event;
+use crate::plugins::{LoadedPlugin, Registry};
+
+/// One delivery to run: a stored event for one plugin.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The delivery's id in the database.
+    pub delivery_id: i64,
+    /// Plugin name.
+    pub plugin: String,
+    /// The event.
+    pub event: Arc<Event>,
+}
+
+/// Why an invocation failed. The `Display` form is what gets recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// The plugin returned its `plugin-error`.
+    #[error("plugin error: {0}")]
+    Plugin(String),
+    /// It ran past its deadline.
+    #[error("deadline exceeded ({0} ms)")]
+    Deadline(u128),
+    /// It tried to grow memory past its cap.
+    #[error("memory limit ({0} MiB): {1}")]
+    Memory(usize, String),
+    /// It trapped (panic, unreachable, stack overflow, …).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// It could not be instantiated.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// The plugin is no longer loaded for the tenant.
+    #[error("plugin `{0}` is not loaded")]
+    NotLoaded(String),
+}
+
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Shared state every delivery needs.
+#[derive(Debug, Clone)]
+pub struct DispatchCtx {
+    /// Plugin sets.
+    pub registry: Arc<Registry>,
+    /// Tenants by id.
+    pub tenants: Arc<HashMap<String, Arc<TenantRuntime>>>,
+    /// Database.
+    pub db: Db,
+    /// Outbound HTTP client for plugins.
+    pub http: reqwest::Client,
+}
+
+/// Runs one plugin on one event in a fresh store: the core of dispatch,
+/// shared by the server and the benchmarks.
+pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Result<(), InvokeError> {
+    let engine = plugin.pre.engine();
+    let timeout = plugin.manifest.limits.timeout;
+    let mut store = Store::new(engine, PluginCtx::new(inv));
+    store.limiter(|ctx| &mut ctx.limiter);
+    // Check the deadline every epoch tick, yielding to other tasks meanwhile so
+    // a spinning plugin cannot starve its neighbours.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    let call = async {
+        let instance = plugin.pre.instantiate_async(&mut store).await.map_err(|e| classify(&e, &store, timeout))?;
+        match instance.call_handle_event(&mut store, &to_wit(event)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
+            Err(e) => Err(classify(&e, &store, timeout)),
+        }
+    };
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r,
+        // A host call (HTTP, JustCall) was still waiting at the deadline.
+        Err(_) => Err(InvokeError::Deadline(timeout.as_millis())),
+    }
+}
+
+fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::Duration) -> InvokeError {
+    if e.downcast_ref::<DeadlineExceeded>().is_some() {
+        return InvokeError::Deadline(timeout.as_millis());
+    }
+    let message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}"),
+    };
+    if store.data().limiter.memory_denied {
+        return InvokeError::Memory(store.data().limiter_cap_mib(), message);
+    }
+    if e.downcast_ref::<wasmtime::Trap>().is_some() {
+        InvokeError::Trap(message)
+    } else {
+        InvokeError::Instantiate(message)
+    }
+}
+
+/// Accepts jobs and runs them with bounded concurrency.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+/// Waits for the dispatcher to finish its in-flight deliveries.
+#[derive(Debug)]
+pub struct DispatcherHandle {
+    tracker: TaskTracker,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl DispatcherHandle {
+    /// Stops taking new jobs and waits for running deliveries to end (each is
+    /// bounded by its deadline). Jobs not yet started stay pending in the
+    /// database and run at the next start.
+    pub async fn drain(self) {
+        self.pump.abort();
+        let _ = self.pump.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher with at most `concurrency` deliveries running.
+    pub fn start(ctx: DispatchCtx, concurrency: usize) -> (Dispatcher, DispatcherHandle) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+        let spawner = tracker.clone();
+        let pump = tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let ctx = ctx.clone();
+                spawner.spawn(async move {
+                    run_job(&ctx, job).await;
+                    drop(permit);
+                });
+            }
+        });
+        (Dispatcher { tx }, DispatcherHandle { tracker, pump })
+    }
+
+    /// Queues a job.
+    pub fn submit(&self, job: Job) {
+        if self.tx.send(job).is_err() {
+            tracing::warn!("dispatcher stopped; the delivery stays pending and runs at next start");
+        }
+    }
+}
+
+async fn run_job(ctx: &DispatchCtx, job: Job) {
+    let tenant_id = job.event.tenant.as_str();
+    let started = Instant::now();
+    let result = match (ctx.tenants.get(tenant_id), ctx.registry.get(tenant_id, &job.plugin)) {
+        (Some(tenant), Some(plugin)) => {
+            if let Err(e) = ctx.db.start_delivery(job.delivery_id, plugin.hash.clone()).await {
+                tracing::error!(delivery = job.delivery_id, error = %e, "cannot mark delivery running; leaving it pending");
+                return;
+            }
+            let inv = Invocation {
+                tenant: tenant.clone(),
+                plugin: Arc::from(plugin.name.as_str()),
+                manifest: plugin.manifest.clone(),
+                db: ctx.db.clone(),
+                http: ctx.http.clone(),
+                event_id: Arc::from(job.event.event_id.as_str()),
+            };
+            invoke(&plugin, inv, &job.event).await
+        }
+        _ => Err(InvokeError::NotLoaded(job.plugin.clone())),
+    };
+    let micros = started.elapsed().as_micros() as i64;
+    let outcome = match &result {
+        Ok(()) => {
+            tracing::info!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, us = micros, "delivery done");
+            DeliveryOutcome::Done
+        }
+        Err(e) => {
+            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, us = micros, error = %e, "delivery failed");
+            DeliveryOutcome::Failed(e.to_string())
+        }
+    };
+    if let Err(e) = ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {
+        tracing::error!(delivery = job.delivery_id, error = %e, "cannot record delivery outcome");
+    }
+}

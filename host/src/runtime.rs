@@ -1,0 +1,217 @@
+//! The wasmtime side: one engine (pooling allocator, epoch interruption) with
+//! one epoch ticker, one linker with every import a plugin may use, and
+//! validation + compilation of uploaded components into `PluginPre`s.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::{Plugin, PluginPre};
+use crate::capabilities::PluginCtx;
+
+/// How often the engine's epoch advances; deadlines are checked at this grain.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The largest component accepted for compilation.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// Wasm stack available to a plugin.
+pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Why a `.wasm` file was not loaded. Each message says precisely what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (bad magic number)")]
+    Garbage,
+    /// A core module rather than a component.
+    #[error("a core WebAssembly module, not a component; build for wasm32-wasip2 or run `wasm-tools component new`")]
+    CoreModule,
+    /// Larger than [`MAX_COMPONENT_BYTES`].
+    #[error("component is {0} bytes, over the {MAX_COMPONENT_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Cranelift or the validator rejected it.
+    #[error("does not compile: {0:#}")]
+    Compile(wasmtime::Error),
+    /// It imports something the host does not provide.
+    #[error("imports what Switchboard does not provide: {0:#}")]
+    Imports(wasmtime::Error),
+    /// It does not export the `switchboard:plugin/plugin` world.
+    #[error("does not implement world switchboard:plugin/plugin@0.1.0: {0:#}")]
+    WrongWorld(wasmtime::Error),
+}
+
+/// Sizing of the instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeOptions {
+    /// How many plugin instances may be alive at once.
+    pub max_instances: u32,
+}
+
+/// Engine, linker, epoch ticker and a cache of compiled components.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginCtx>,
+    compiled: Mutex<HashMap<String, Component>>,
+    ticker: Option<EpochTicker>,
+    pooling: bool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("pooling", &self.pooling).finish()
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    config
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator if the machine allows it) and the
+    /// linker, and starts the epoch ticker.
+    pub fn new(opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        let n = opts.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .max_core_instances_per_component(64)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_memory_size((crate::config::MAX_MEMORY_MB as usize) << 20)
+            .table_elements(100_000)
+            .max_core_instance_size(8 << 20)
+            .max_component_instance_size(8 << 20)
+            .decommit_batch_size(16);
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let (engine, pooling) = match Engine::new(&config) {
+            Ok(e) => (e, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                (Engine::new(&base_config())?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
+        let ticker = Some(EpochTicker::start(engine.clone()));
+        Ok(Runtime {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            ticker,
+            pooling,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Hex SHA-256 of a component's bytes: its version identity.
+    pub fn content_hash(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Validates and compiles a component (reusing the compiled code of an
+    /// identical file loaded before) and pre-instantiates it against the linker.
+    pub fn load(&self, bytes: &[u8]) -> Result<(String, PluginPre<PluginCtx>), LoadError> {
+        check_header(bytes)?;
+        let hash = Self::content_hash(bytes);
+        let cached = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let started = Instant::now();
+                let c = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+                tracing::debug!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
+                self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(hash.clone(), c.clone());
+                c
+            }
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
+        let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
+        Ok((hash, pre))
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(LoadError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::Garbage);
+    }
+    // Bytes 4..8 are the version and layer: 1,0 / 0,0 for a core module and
+    // 0x0d,0 / 1,0 for a component.
+    match bytes[6..8] {
+        [0, 0] => Err(LoadError::CoreModule),
+        [1, 0] => Ok(()),
+        _ => Err(LoadError::Garbage),
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.stop();
+        }
+    }
+}
+
+/// One thread per engine that advances the epoch every [`EPOCH_TICK`].
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("switchboard-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch ticker");
+        EpochTicker { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_classification() {
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::Garbage)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(matches!(check_header(b"\0as"), Err(LoadError::Garbage)));
+    }
+}

@@ -1,0 +1,147 @@
+//! `switchboard send`: builds a valid SMS webhook in either wire format, signs
+//! it as asked, posts it, and reports the status and reason.
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use crate::auth;
+use crate::event::EventKind;
+
+/// Which wire format to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireFormat {
+    /// The integration guide's format.
+    Seed,
+    /// JustCall's v2.1 format.
+    #[value(name = "v2.1")]
+    V21,
+}
+
+/// How to sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignWith {
+    /// `x-justcall-signature` v1.
+    #[value(name = "justcall-v1")]
+    JustCallV1,
+    /// Standard Webhooks.
+    #[value(name = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// Switchboard's base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Event kind.
+    pub kind: EventKind,
+    /// Sender.
+    pub from: String,
+    /// Recipient.
+    pub to: String,
+    /// Text.
+    pub body: String,
+    /// Wire format.
+    pub format: WireFormat,
+    /// Signing secret and scheme, if any.
+    pub sign: Option<(SignWith, String)>,
+    /// The URL JustCall signs (defaults to `{url}/webhooks/{tenant}`); must
+    /// match the server's `public_url`.
+    pub webhook_url: Option<String>,
+}
+
+/// The server's answer.
+#[derive(Debug, Clone)]
+pub struct SendResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response body.
+    pub body: String,
+}
+
+fn digits(n: &str) -> String {
+    n.trim_start_matches('+').to_string()
+}
+
+/// Builds the JSON payload and its `type`/`event` name.
+pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
+    let now = Utc::now();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let inbound = matches!(req.kind, EventKind::Received | EventKind::OptOut | EventKind::OptIn);
+    let line = if inbound { &req.to } else { &req.from };
+    let contact = if inbound { &req.from } else { &req.to };
+    match req.format {
+        WireFormat::Seed => {
+            let name = req.kind.seed_name().to_string();
+            let payload = json!({
+                "event": name,
+                "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "data": {
+                    "message_id": format!("msg_{}", &id[id.len() - 12..]),
+                    "direction": if inbound { "inbound" } else { "outbound" },
+                    "from": req.from, "to": req.to, "body": req.body, "media_urls": [],
+                    "justcall_number": line, "contact_name": null, "agent_id": null,
+                }
+            });
+            (payload, name)
+        }
+        WireFormat::V21 => {
+            let (name, delivery_status) = match req.kind {
+                EventKind::Received => ("sms.received", "delivered"),
+                EventKind::Sent => ("sms.sent", "sent"),
+                EventKind::Delivered => ("sms.status_updated", "delivered"),
+                EventKind::Failed => ("sms.status_updated", "failed"),
+                EventKind::OptOut | EventKind::OptIn => ("jc.contact_status_updated", ""),
+            };
+            let data = if matches!(req.kind, EventKind::OptOut | EventKind::OptIn) {
+                let out = req.kind == EventKind::OptOut;
+                json!({
+                    "id": now.timestamp_millis(), "contact_number": digits(contact), "name": null,
+                    "status": { "blacklist": false, "dnd": out, "dnm": false },
+                    "status_updated_at": now.format("%Y-%m-%d").to_string(),
+                })
+            } else {
+                json!({
+                    "id": now.timestamp_millis(), "contact_number": digits(contact), "justcall_number": digits(line),
+                    "direction": if inbound { "Incoming" } else { "Outgoing" },
+                    "sms_date": now.format("%Y-%m-%d").to_string(), "sms_time": now.format("%H:%M:%S").to_string(),
+                    "sms_info": { "body": req.body, "is_mms": "false", "mms": [] },
+                    "delivery_status": delivery_status, "medium": "SMS",
+                })
+            };
+            let payload = json!({ "request_id": id.to_uppercase(), "webhook_url": webhook_url, "type": name, "data": data });
+            (payload, name.to_string())
+        }
+    }
+}
+
+/// Builds, signs and posts the webhook.
+pub async fn send(req: &SendRequest) -> anyhow::Result<SendResponse> {
+    let base = req.url.trim_end_matches('/');
+    let target = format!("{base}/webhooks/{}", req.tenant);
+    let webhook_url = req.webhook_url.clone().unwrap_or_else(|| target.clone());
+    let (payload, type_name) = build_payload(req, &webhook_url);
+    let body = serde_json::to_vec(&payload)?;
+    let mut http = reqwest::Client::new().post(&target).header("content-type", "application/json");
+    match &req.sign {
+        Some((SignWith::JustCallV1, secret)) => {
+            let ts = Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+            let sig = auth::justcall_v1_signature(secret, &webhook_url, &type_name, &ts);
+            http = http.header(auth::JC_SIGNATURE, sig).header(auth::JC_SIGNATURE_VERSION, "v1").header(auth::JC_TIMESTAMP, ts);
+        }
+        Some((SignWith::StandardWebhooks, secret)) => {
+            let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+            let ts = Utc::now().timestamp().to_string();
+            let sig = auth::standard_webhooks_signature(secret, &id, &ts, &body);
+            http = http.header(auth::SW_ID, id).header(auth::SW_TIMESTAMP, ts).header(auth::SW_SIGNATURE, sig);
+        }
+        None => {}
+    }
+    let resp = http.body(body).send().await?;
+    Ok(SendResponse {
+        status: resp.status().as_u16(),
+        body: resp.text().await?,
+    })
+}

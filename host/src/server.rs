@@ -1,0 +1,149 @@
+//! Wiring and serving: builds the runtime, database, registry and dispatcher
+//! from a [`Config`], exposes the routes in [`app`], and runs until shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::capabilities::TenantRuntime;
+use crate::config::Config;
+use crate::db::Db;
+use crate::dispatch::{DispatchCtx, Dispatcher, Job};
+use crate::justcall::JustCallClient;
+use crate::plugins::Registry;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::simulator::Simulator;
+use crate::webhook::{self, MAX_BODY_BYTES};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// Plugin sets.
+    pub registry: Arc<Registry>,
+    /// Where accepted deliveries go.
+    pub dispatcher: Dispatcher,
+    /// Tenants by id.
+    pub tenants: Arc<HashMap<String, Arc<TenantRuntime>>>,
+}
+
+/// The routes, apart from serving, so they can be tested without a socket.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/{tenant}", post(webhook::receive))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let plugins: usize = state.tenants.keys().map(|t| state.registry.plugins(t).len()).sum();
+    Json(json!({ "status": "ok", "tenants": state.tenants.len(), "plugins": plugins }))
+}
+
+/// Runs Switchboard on `listener` until `shutdown` resolves, then stops
+/// accepting, lets running deliveries finish, and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let runtime = Arc::new(Runtime::new(RuntimeOptions {
+        max_instances: config.max_concurrent_invocations,
+    })?);
+    let db = Db::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let registry = Arc::new(Registry::new(runtime));
+    let rejected = registry.load_all(&config.plugins_dir, &config.tenants);
+    if !rejected.is_empty() {
+        tracing::warn!(count = rejected.len(), "some plugins were rejected; see the errors above");
+    }
+
+    let justcall_http = reqwest::Client::builder().build().context("building the JustCall HTTP client")?;
+    let plugin_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the plugin HTTP client")?;
+    let tenants: HashMap<String, Arc<TenantRuntime>> = config
+        .tenants
+        .values()
+        .map(|t| {
+            let rt = TenantRuntime {
+                config: t.clone(),
+                justcall: JustCallClient::new(t, justcall_http.clone()),
+            };
+            (t.id.clone(), Arc::new(rt))
+        })
+        .collect();
+    let tenants = Arc::new(tenants);
+
+    let (dispatcher, dispatch_handle) = Dispatcher::start(
+        DispatchCtx {
+            registry: registry.clone(),
+            tenants: tenants.clone(),
+            db: db.clone(),
+            http: plugin_http,
+        },
+        config.max_concurrent_invocations as usize,
+    );
+    // Resume whatever was accepted but not finished before the last stop.
+    let pending = db.pending_deliveries().await.context("reading pending deliveries")?;
+    if !pending.is_empty() {
+        tracing::info!(count = pending.len(), "resuming pending deliveries");
+    }
+    for p in pending {
+        dispatcher.submit(Job {
+            delivery_id: p.id,
+            plugin: p.plugin,
+            event: Arc::new(p.event),
+        });
+    }
+
+    let state = AppState {
+        config: config.clone(),
+        db,
+        registry,
+        dispatcher,
+        tenants,
+    };
+    let mut router = app(state);
+    if config.dev {
+        let sim = Simulator::new(config.tenants.values().map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone())).collect());
+        router = router.nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    tracing::info!("no longer accepting webhooks; finishing running deliveries");
+    dispatch_handle.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

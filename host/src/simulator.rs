@@ -1,0 +1,237 @@
+//! Dev mode's stand-ins for the outside world: a JustCall API simulator
+//! (both dialects: send, list, get, with auth checks) mounted at `/justcall`,
+//! and a request sink at `/dev/sink/{name}` that plays a CRM or booking system.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone)]
+struct SimMessage {
+    id: u64,
+    from: String,
+    to: String,
+    body: String,
+    media_urls: Vec<String>,
+    created_at: chrono::DateTime<Utc>,
+}
+
+impl SimMessage {
+    fn seed(&self) -> Value {
+        json!({
+            "id": self.id.to_string(), "from": self.from, "to": self.to, "body": self.body,
+            "media_urls": self.media_urls, "direction": "outbound", "status": "sent",
+            "created_at": self.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        })
+    }
+
+    fn v21(&self) -> Value {
+        json!({
+            "id": self.id, "justcall_number": self.from, "contact_number": self.to,
+            "direction": "Outgoing", "delivery_status": "sent", "medium": "SMS",
+            "sms_date": self.created_at.format("%Y-%m-%d").to_string(),
+            "sms_time": self.created_at.format("%H:%M:%S").to_string(),
+            "sms_info": { "body": self.body, "is_mms": (!self.media_urls.is_empty()).to_string(), "mms": self.media_urls },
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    messages: Vec<SimMessage>,
+    sink: Vec<(String, Value)>,
+}
+
+/// The simulator; clones share state.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    credentials: Arc<Vec<(Secret, Secret)>>,
+    state: Arc<Mutex<SimState>>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct SeedSend {
+    from: String,
+    to: String,
+    body: String,
+    #[serde(default)]
+    media_urls: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct V21Send {
+    justcall_number: String,
+    contact_number: String,
+    body: String,
+    #[serde(default)]
+    media_url: Option<String>,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "status": "error", "message": message }))).into_response()
+}
+
+impl Simulator {
+    /// A simulator that accepts these (key, secret) pairs.
+    pub fn new(credentials: Vec<(Secret, Secret)>) -> Simulator {
+        Simulator {
+            credentials: Arc::new(credentials),
+            state: Arc::default(),
+        }
+    }
+
+    /// The JustCall API routes, to be nested at `/justcall`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v2/texts/new", post(seed_send))
+            .route("/api/v2/texts/list", get(seed_list))
+            .route("/api/v2/texts/{id}", get(seed_get))
+            .route("/v2.1/texts/new", post(v21_send))
+            .route("/v2.1/texts", get(v21_list))
+            .route("/v2.1/texts/{id}", get(v21_get))
+            .with_state(self.clone())
+    }
+
+    /// The request sink, to be nested at `/dev`.
+    pub fn sink_router(&self) -> Router {
+        Router::new().route("/sink/{name}", post(sink_post).get(sink_list)).with_state(self.clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap, bearer: bool) -> bool {
+        let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+        let creds = if bearer {
+            match value.strip_prefix("Bearer ") {
+                Some(c) => c,
+                None => return false,
+            }
+        } else {
+            value
+        };
+        self.credentials.iter().any(|(k, s)| creds == format!("{}:{}", k.expose(), s.expose()))
+    }
+
+    fn store(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let m = SimMessage {
+            id: 100_000 + st.messages.len() as u64 + 1,
+            from,
+            to,
+            body,
+            media_urls,
+            created_at: Utc::now(),
+        };
+        tracing::info!(target: "justcall_simulator", id = m.id, from = %m.from, to = %m.to, body = %m.body, "simulated SMS sent");
+        st.messages.push(m.clone());
+        m
+    }
+
+    fn page(&self, p: &Paging) -> Vec<SimMessage> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let per = p.per_page.unwrap_or(20).clamp(1, 100);
+        let skip = (p.page.unwrap_or(1).max(1) - 1) * per;
+        st.messages.iter().rev().skip(skip).take(per).cloned().collect()
+    }
+
+    fn find(&self, id: &str) -> Option<SimMessage> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.messages.iter().find(|m| m.id.to_string() == id).cloned()
+    }
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")))
+}
+
+async fn seed_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    if !sim.authorized(&headers, true) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret (expected `Authorization: Bearer key:secret`)");
+    }
+    let req: SeedSend = match body_json(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let m = sim.store(req.from, req.to, req.body, req.media_urls);
+    (StatusCode::OK, Json(json!({ "status": "success", "id": m.id.to_string(), "data": m.seed() }))).into_response()
+}
+
+async fn seed_list(State(sim): State<Simulator>, headers: HeaderMap, Query(p): Query<Paging>) -> Response {
+    if !sim.authorized(&headers, true) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
+    }
+    let data: Vec<Value> = sim.page(&p).iter().map(SimMessage::seed).collect();
+    Json(json!({ "status": "success", "count": data.len(), "data": data })).into_response()
+}
+
+async fn seed_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !sim.authorized(&headers, true) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
+    }
+    match sim.find(&id) {
+        Some(m) => Json(json!({ "status": "success", "data": m.seed() })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "message not found"),
+    }
+}
+
+async fn v21_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    if !sim.authorized(&headers, false) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret (expected `Authorization: key:secret`)");
+    }
+    let req: V21Send = match body_json(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.body.chars().count() > 1600 {
+        return error(StatusCode::BAD_REQUEST, "body is over 1600 characters");
+    }
+    let media = req.media_url.map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default();
+    let m = sim.store(req.justcall_number, req.contact_number, req.body, media);
+    (StatusCode::OK, Json(json!({ "status": "success", "data": [m.v21()] }))).into_response()
+}
+
+async fn v21_list(State(sim): State<Simulator>, headers: HeaderMap, Query(p): Query<Paging>) -> Response {
+    if !sim.authorized(&headers, false) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
+    }
+    let data: Vec<Value> = sim.page(&p).iter().map(SimMessage::v21).collect();
+    Json(json!({ "status": "success", "count": data.len(), "data": data })).into_response()
+}
+
+async fn v21_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !sim.authorized(&headers, false) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
+    }
+    match sim.find(&id) {
+        Some(m) => Json(json!({ "status": "success", "data": [m.v21()] })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "message not found"),
+    }
+}
+
+async fn sink_post(State(sim): State<Simulator>, Path(name): Path<String>, body: Bytes) -> Response {
+    let value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    tracing::info!(target: "dev_sink", sink = %name, body = %value, "dev sink received a request");
+    sim.state.lock().unwrap_or_else(|p| p.into_inner()).sink.push((name, value));
+    (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+}
+
+async fn sink_list(State(sim): State<Simulator>, Path(name): Path<String>) -> Response {
+    let st = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let data: Vec<&Value> = st.sink.iter().filter(|(n, _)| *n == name).map(|(_, v)| v).collect();
+    Json(json!({ "data": data })).into_response()
+}
