@@ -81,7 +81,11 @@ pub fn parse_justcall_timestamp(raw: &str) -> Option<DateTime<Utc>> {
     let raw = raw.trim();
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
         let n: i64 = raw.parse().ok()?;
-        return if n > 100_000_000_000 { DateTime::from_timestamp_millis(n) } else { DateTime::from_timestamp(n, 0) };
+        return if n > 100_000_000_000 {
+            DateTime::from_timestamp_millis(n)
+        } else {
+            DateTime::from_timestamp(n, 0)
+        };
     }
     if let Ok(dt) = NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S") {
         return Some(dt.and_utc());
@@ -91,7 +95,11 @@ pub fn parse_justcall_timestamp(raw: &str) -> Option<DateTime<Utc>> {
 
 fn within(ts: DateTime<Utc>, now: DateTime<Utc>, tolerance: Duration) -> Result<(), AuthError> {
     let skew = (now - ts).num_seconds();
-    if skew.unsigned_abs() > tolerance.as_secs() { Err(AuthError::Stale(skew)) } else { Ok(()) }
+    if skew.unsigned_abs() > tolerance.as_secs() {
+        Err(AuthError::Stale(skew))
+    } else {
+        Ok(())
+    }
 }
 
 /// Headers as the verifiers need them: a lookup by lowercase name.
@@ -158,7 +166,10 @@ fn standard_webhooks_mac(secret: &str, id: &str, timestamp: &str, body: &[u8]) -
 
 /// The `webhook-signature` value (`v1,<base64>`) for a message.
 pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
-    format!("v1,{}", BASE64.encode(standard_webhooks_mac(secret, id, timestamp, body).finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        BASE64.encode(standard_webhooks_mac(secret, id, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Verifies a Standard Webhooks message; returns its `webhook-id`.
@@ -233,17 +244,37 @@ mod tests {
     #[test]
     fn justcall_verify_accepts_vector_and_rejects_tampering() {
         let tol = Duration::from_secs(300);
-        let mut h = HashMap::from([(JC_SIGNATURE, SIG.to_string()), (JC_TIMESTAMP, TS.to_string()), (JC_SIGNATURE_VERSION, "v1".to_string())]);
+        let mut h = HashMap::from([
+            (JC_SIGNATURE, SIG.to_string()),
+            (JC_TIMESTAMP, TS.to_string()),
+            (JC_SIGNATURE_VERSION, "v1".to_string()),
+        ]);
         assert_eq!(verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol), Ok(()));
-        assert_eq!(verify_justcall_v1(SECRET, URL, Some("sms.received"), &h, at(TS), tol), Err(AuthError::BadSignature));
-        assert_eq!(verify_justcall_v1("other", URL, Some("call.completed"), &h, at(TS), tol), Err(AuthError::BadSignature));
-        assert!(matches!(verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at("2024-03-21 17:20:00"), tol), Err(AuthError::Stale(_))));
+        assert_eq!(
+            verify_justcall_v1(SECRET, URL, Some("sms.received"), &h, at(TS), tol),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_justcall_v1("other", URL, Some("call.completed"), &h, at(TS), tol),
+            Err(AuthError::BadSignature)
+        );
+        assert!(matches!(
+            verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at("2024-03-21 17:20:00"), tol),
+            Err(AuthError::Stale(_))
+        ));
         for odd in ["", "abc", "zz", &SIG[..63], &format!("{SIG}00")] {
             h.insert(JC_SIGNATURE, odd.to_string());
-            assert_eq!(verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol), Err(AuthError::BadSignature), "{odd:?}");
+            assert_eq!(
+                verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol),
+                Err(AuthError::BadSignature),
+                "{odd:?}"
+            );
         }
         h.remove(JC_SIGNATURE);
-        assert_eq!(verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol), Err(AuthError::MissingHeader(JC_SIGNATURE)));
+        assert_eq!(
+            verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol),
+            Err(AuthError::MissingHeader(JC_SIGNATURE))
+        );
     }
 
     #[test]
@@ -261,7 +292,11 @@ mod tests {
         let body = br#"{"event":"sms.received"}"#;
         let sig = standard_webhooks_signature(secret, "msg_1", &ts, body);
         let tol = Duration::from_secs(300);
-        let mut h = HashMap::from([(SW_ID, "msg_1".to_string()), (SW_TIMESTAMP, ts.clone()), (SW_SIGNATURE, format!("v1,bogus {sig}"))]);
+        let mut h = HashMap::from([
+            (SW_ID, "msg_1".to_string()),
+            (SW_TIMESTAMP, ts.clone()),
+            (SW_SIGNATURE, format!("v1,bogus {sig}")),
+        ]);
         assert_eq!(verify_standard_webhooks(secret, &h, body, now, tol).as_deref(), Ok("msg_1"));
         assert_eq!(verify_standard_webhooks(secret, &h, b"{}", now, tol), Err(AuthError::BadSignature));
         for odd in ["v1,", "v1", "v2,abc", "", "v1,====", "v1,YQ"] {
@@ -269,6 +304,9 @@ mod tests {
             assert!(verify_standard_webhooks(secret, &h, body, now, tol).is_err(), "{odd:?}");
         }
         h.insert(SW_SIGNATURE, sig);
-        assert!(matches!(verify_standard_webhooks(secret, &h, body, now + chrono::Duration::seconds(301), tol), Err(AuthError::Stale(_))));
+        assert!(matches!(
+            verify_standard_webhooks(secret, &h, body, now + chrono::Duration::seconds(301), tol),
+            Err(AuthError::Stale(_))
+        ));
     }
 }

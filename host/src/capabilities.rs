@@ -89,7 +89,10 @@ pub struct PluginCtx {
 
 impl std::fmt::Debug for PluginCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginCtx").field("plugin", &self.inv.plugin).field("event", &self.inv.event_id).finish()
+        f.debug_struct("PluginCtx")
+            .field("plugin", &self.inv.plugin)
+            .field("event", &self.inv.event_id)
+            .finish()
     }
 }
 
@@ -98,7 +101,11 @@ impl PluginCtx {
     /// arguments or network: only clocks, random and empty stdio.
     pub fn new(inv: Invocation) -> PluginCtx {
         let limits = inv.manifest.limits;
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         PluginCtx {
             wasi,
             table: ResourceTable::new(),
@@ -193,13 +200,18 @@ impl sms::Host for PluginCtx {
             return Ok(Err(sms::SmsError::NotTenantNumber(message.from)));
         };
         let Some(to) = normalize_e164(&message.to) else {
-            return Ok(Err(sms::SmsError::InvalidRequest(format!("`{}` is not a phone number", message.to))));
+            return Ok(Err(sms::SmsError::InvalidRequest(format!(
+                "`{}` is not a phone number",
+                message.to
+            ))));
         };
         if message.body.trim().is_empty() && message.media_urls.is_empty() {
             return Ok(Err(sms::SmsError::InvalidRequest("empty body".into())));
         }
         if message.body.chars().count() > MAX_SMS_BODY {
-            return Ok(Err(sms::SmsError::InvalidRequest(format!("body is over {MAX_SMS_BODY} characters"))));
+            return Ok(Err(sms::SmsError::InvalidRequest(format!(
+                "body is over {MAX_SMS_BODY} characters"
+            ))));
         }
         if self.sms_sent >= self.limits.sms_per_event {
             return Ok(Err(sms::SmsError::QuotaExceeded));
@@ -207,8 +219,12 @@ impl sms::Host for PluginCtx {
         self.sms_sent += 1;
         let result = tenant.justcall.send(&from, &to, &message.body, &message.media_urls).await;
         match &result {
-            Ok(id) => tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, id = %id, "sms sent"),
-            Err(e) => tracing::warn!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, error = %e, "sms send failed"),
+            Ok(id) => {
+                tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, id = %id, "sms sent")
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, error = %e, "sms send failed")
+            }
         }
         Ok(result.map_err(sms_error))
     }
@@ -218,7 +234,14 @@ impl sms::Host for PluginCtx {
     }
 
     async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
-        Ok(self.inv.tenant.justcall.list(page, per_page).await.map(|v| v.into_iter().map(wit_message).collect()).map_err(sms_error))
+        Ok(self
+            .inv
+            .tenant
+            .justcall
+            .list(page, per_page)
+            .await
+            .map(|v| v.into_iter().map(wit_message).collect())
+            .map_err(sms_error))
     }
 }
 
@@ -226,11 +249,21 @@ impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let url = match reqwest::Url::parse(&req.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            Ok(u) => return Ok(Err(http::HttpError::InvalidRequest(format!("scheme `{}` is not http or https", u.scheme())))),
+            Ok(u) => {
+                return Ok(Err(http::HttpError::InvalidRequest(format!(
+                    "scheme `{}` is not http or https",
+                    u.scheme()
+                ))));
+            }
             Err(e) => return Ok(Err(http::HttpError::InvalidRequest(format!("bad URL: {e}")))),
         };
         if !self.inv.manifest.allowed_hosts.iter().any(|h| h.matches(&url)) {
-            let origin = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+            let origin = format!(
+                "{}://{}:{}",
+                url.scheme(),
+                url.host_str().unwrap_or(""),
+                url.port_or_known_default().unwrap_or(0)
+            );
             return Ok(Err(http::HttpError::NotAllowed(format!("{origin} is not in allowed_hosts"))));
         }
         let method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
@@ -243,7 +276,10 @@ impl http::Host for PluginCtx {
         self.http_calls += 1;
         let mut builder = self.inv.http.request(method, url).timeout(self.remaining()).body(req.body);
         for (k, v) in &req.headers {
-            let (Ok(name), Ok(value)) = (reqwest::header::HeaderName::from_bytes(k.as_bytes()), reqwest::header::HeaderValue::from_str(v)) else {
+            let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v),
+            ) else {
                 return Ok(Err(http::HttpError::InvalidRequest(format!("bad header `{k}`"))));
             };
             builder = builder.header(name, value);
@@ -254,7 +290,11 @@ impl http::Host for PluginCtx {
             Err(e) => return Ok(Err(http::HttpError::Transport(e.without_url().to_string()))),
         };
         let status = resp.status().as_u16();
-        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let cap = self.limits.http_response_bytes;
         let mut body = Vec::new();
         loop {

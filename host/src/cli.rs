@@ -101,7 +101,10 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs a parsed command line.
@@ -130,7 +133,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
-            let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.listen))?;
             crate::server::run(cfg, listener, crate::server::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -163,7 +168,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let resp = crate::send::send(&req).await?;
             println!("{} {}", resp.status, resp.body);
-            Ok(if (200..300).contains(&resp.status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if (200..300).contains(&resp.status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Plugin {
             command: PluginCommand::Build { dir },
@@ -173,7 +182,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     let repo = d.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
                     crate::guest_build::GuestWorkspace::at(&d, &repo).with_context(|| format!("{} has no Cargo.toml", d.display()))?
                 }
-                None => crate::guest_build::GuestWorkspace::from_source_checkout().context("no plugins/ workspace next to this binary's source; pass DIR")?,
+                None => crate::guest_build::GuestWorkspace::from_source_checkout()
+                    .context("no plugins/ workspace next to this binary's source; pass DIR")?,
             };
             let built = tokio::task::spawn_blocking(move || ws.build(false)).await??;
             for p in built {

@@ -150,8 +150,7 @@ impl Config {
     /// Reads and validates a config file; `env:NAME` values are read from the
     /// process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
         Self::parse(path, &src, &|name| std::env::var(name).ok())
     }
 
@@ -161,11 +160,18 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let listen_str = raw.listen.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("127.0.0.1:8080");
         let listen: SocketAddr = listen_str.parse().map_err(|e| {
-            ConfigError::new(path, src, raw.listen.as_ref().map(|s| s.span()), "listen", format!("`{listen_str}` is not an address: {e}"))
+            ConfigError::new(
+                path,
+                src,
+                raw.listen.as_ref().map(|s| s.span()),
+                "listen",
+                format!("`{listen_str}` is not an address: {e}"),
+            )
         })?;
         let public_url = match &raw.public_url {
             Some(u) => {
-                reqwest::Url::parse(u.get_ref()).map_err(|e| ConfigError::new(path, src, Some(u.span()), "public_url", format!("not a URL: {e}")))?;
+                reqwest::Url::parse(u.get_ref())
+                    .map_err(|e| ConfigError::new(path, src, Some(u.span()), "public_url", format!("not a URL: {e}")))?;
                 u.get_ref().trim_end_matches('/').to_string()
             }
             None => format!("http://{listen}"),
@@ -236,13 +242,31 @@ fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError::new(path, src, e.span(), key, e.message().trim().replace('\n', " "))
 }
 
-fn resolve_secret(path: &Path, src: &str, key: &str, value: &Spanned<String>, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, ConfigError> {
+fn resolve_secret(
+    path: &Path,
+    src: &str,
+    key: &str,
+    value: &Spanned<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
     let v = value.get_ref();
     if let Some(name) = v.strip_prefix("env:") {
         match env(name) {
             Some(s) if !s.is_empty() => Ok(Secret::new(s)),
-            Some(_) => Err(ConfigError::new(path, src, Some(value.span()), key, format!("environment variable {name} is empty"))),
-            None => Err(ConfigError::new(path, src, Some(value.span()), key, format!("environment variable {name} is not set"))),
+            Some(_) => Err(ConfigError::new(
+                path,
+                src,
+                Some(value.span()),
+                key,
+                format!("environment variable {name} is empty"),
+            )),
+            None => Err(ConfigError::new(
+                path,
+                src,
+                Some(value.span()),
+                key,
+                format!("environment variable {name} is not set"),
+            )),
         }
     } else if v.is_empty() {
         Err(ConfigError::new(path, src, Some(value.span()), key, "must not be empty"))
@@ -253,31 +277,80 @@ fn resolve_secret(path: &Path, src: &str, key: &str, value: &Spanned<String>, en
 
 /// Whether `id` may name a tenant: it is a URL path segment and a directory.
 pub fn valid_tenant_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn resolve_tenant(path: &Path, src: &str, id: &str, t: &RawTenant, env: &dyn Fn(&str) -> Option<String>) -> Result<TenantConfig, ConfigError> {
+fn resolve_tenant(
+    path: &Path,
+    src: &str,
+    id: &str,
+    t: &RawTenant,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TenantConfig, ConfigError> {
     let k = |field: &str| format!("tenants.{id}.{field}");
     if !valid_tenant_id(id) {
-        return Err(ConfigError::new(path, src, None, format!("tenants.{id}"), "tenant ids use only a-z, 0-9, '-' and '_' (at most 64)"));
+        return Err(ConfigError::new(
+            path,
+            src,
+            None,
+            format!("tenants.{id}"),
+            "tenant ids use only a-z, 0-9, '-' and '_' (at most 64)",
+        ));
     }
     let mut numbers = Vec::new();
     for n in t.numbers.get_ref() {
-        let e164 = normalize_e164(n).ok_or_else(|| ConfigError::new(path, src, Some(t.numbers.span()), k("numbers"), format!("`{n}` is not an E.164 phone number")))?;
+        let e164 = normalize_e164(n).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                src,
+                Some(t.numbers.span()),
+                k("numbers"),
+                format!("`{n}` is not an E.164 phone number"),
+            )
+        })?;
         numbers.push(e164);
     }
     if numbers.is_empty() {
-        return Err(ConfigError::new(path, src, Some(t.numbers.span()), k("numbers"), "list at least one JustCall number"));
+        return Err(ConfigError::new(
+            path,
+            src,
+            Some(t.numbers.span()),
+            k("numbers"),
+            "list at least one JustCall number",
+        ));
     }
     let webhook_auth = t.webhook_auth.as_ref().map(|a| *a.get_ref()).unwrap_or(WebhookAuth::JustCallV1);
     let webhook_secret = match (&t.webhook_secret, webhook_auth) {
         (Some(s), _) => Some(resolve_secret(path, src, &k("webhook_secret"), s, env)?),
         (None, WebhookAuth::None) => None,
-        (None, _) => return Err(ConfigError::new(path, src, None, k("webhook_secret"), "required unless webhook_auth = \"none\"")),
+        (None, _) => {
+            return Err(ConfigError::new(
+                path,
+                src,
+                None,
+                k("webhook_secret"),
+                "required unless webhook_auth = \"none\"",
+            ));
+        }
     };
-    let base = t.justcall_base_url.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("https://api.justcall.io");
-    let justcall_base_url = reqwest::Url::parse(base)
-        .map_err(|e| ConfigError::new(path, src, t.justcall_base_url.as_ref().map(|s| s.span()), k("justcall_base_url"), format!("not a URL: {e}")))?;
+    let base = t
+        .justcall_base_url
+        .as_ref()
+        .map(|s| s.get_ref().as_str())
+        .unwrap_or("https://api.justcall.io");
+    let justcall_base_url = reqwest::Url::parse(base).map_err(|e| {
+        ConfigError::new(
+            path,
+            src,
+            t.justcall_base_url.as_ref().map(|s| s.span()),
+            k("justcall_base_url"),
+            format!("not a URL: {e}"),
+        )
+    })?;
     Ok(TenantConfig {
         id: id.to_string(),
         numbers,
@@ -358,7 +431,9 @@ impl AllowedHost {
         let host = host.to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
         let host_ok = match self.host.strip_prefix("*.") {
-            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.',
+            Some(domain) => {
+                host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
             None => host == self.host,
         };
         url.scheme() == self.scheme && port == self.port && host_ok
@@ -386,8 +461,7 @@ impl Manifest {
 
     /// Reads a manifest file.
     pub fn load(path: &Path) -> Result<Manifest, ConfigError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
         Self::parse(path, &src)
     }
 
@@ -396,7 +470,8 @@ impl Manifest {
         let raw: RawManifest = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
         let mut allowed_hosts = Vec::new();
         for h in &raw.allowed_hosts {
-            allowed_hosts.push(AllowedHost::parse(h.get_ref()).map_err(|m| ConfigError::new(path, src, Some(h.span()), "allowed_hosts", m))?);
+            allowed_hosts
+                .push(AllowedHost::parse(h.get_ref()).map_err(|m| ConfigError::new(path, src, Some(h.span()), "allowed_hosts", m))?);
         }
         let mut config = BTreeMap::new();
         for (k, v) in &raw.config {
@@ -405,7 +480,15 @@ impl Manifest {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                _ => return Err(ConfigError::new(path, src, Some(v.span()), format!("config.{k}"), "values must be strings, numbers or booleans")),
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(v.span()),
+                        format!("config.{k}"),
+                        "values must be strings, numbers or booleans",
+                    ));
+                }
             };
             config.insert(k.clone(), s);
         }
@@ -414,14 +497,26 @@ impl Manifest {
             if let Some(t) = &l.timeout_ms {
                 let ms = *t.get_ref();
                 if ms == 0 || ms > MAX_TIMEOUT_MS {
-                    return Err(ConfigError::new(path, src, Some(t.span()), "limits.timeout_ms", format!("must be 1..={MAX_TIMEOUT_MS}")));
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(t.span()),
+                        "limits.timeout_ms",
+                        format!("must be 1..={MAX_TIMEOUT_MS}"),
+                    ));
                 }
                 limits.timeout = Duration::from_millis(ms);
             }
             if let Some(m) = &l.memory_mb {
                 let mb = *m.get_ref();
                 if mb == 0 || mb > MAX_MEMORY_MB {
-                    return Err(ConfigError::new(path, src, Some(m.span()), "limits.memory_mb", format!("must be 1..={MAX_MEMORY_MB}")));
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(m.span()),
+                        "limits.memory_mb",
+                        format!("must be 1..={MAX_MEMORY_MB}"),
+                    ));
                 }
                 limits.memory_bytes = (mb as usize) << 20;
             }
@@ -505,7 +600,10 @@ justcall_api_secret = "env:SECRET"
     fn missing_env_var_names_the_key() {
         let src = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = \"env:NOPE\"");
         let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
-        assert_eq!(err.to_string(), "sb.toml:8: tenants.acme.webhook_secret: environment variable NOPE is not set");
+        assert_eq!(
+            err.to_string(),
+            "sb.toml:8: tenants.acme.webhook_secret: environment variable NOPE is not set"
+        );
     }
 
     #[test]

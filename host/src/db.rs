@@ -228,7 +228,14 @@ impl Db {
 
     /// Stores an event and its deliveries in one transaction, unless the
     /// tenant already has an event with the same dedupe key.
-    pub async fn insert_event(&self, event: Event, dedupe_key: String, format: &'static str, raw: String, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome, DbError> {
+    pub async fn insert_event(
+        &self,
+        event: Event,
+        dedupe_key: String,
+        format: &'static str,
+        raw: String,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<InsertOutcome, DbError> {
         self.write(|reply| Write::InsertEvent {
             event: Box::new(event),
             dedupe_key,
@@ -247,7 +254,13 @@ impl Db {
 
     /// Records how a delivery ended.
     pub async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, duration_us: i64) -> Result<(), DbError> {
-        self.write(|reply| Write::FinishDelivery { id, outcome, duration_us, reply }).await
+        self.write(|reply| Write::FinishDelivery {
+            id,
+            outcome,
+            duration_us,
+            reply,
+        })
+        .await
     }
 
     /// Every delivery that has not run to an end, oldest first.
@@ -302,7 +315,11 @@ impl Db {
         let (t, p, k) = (tenant.to_string(), plugin.to_string(), key.to_string());
         self.read(move |conn| {
             Ok(conn
-                .query_row("SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3", params![t, p, k], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+                    params![t, p, k],
+                    |r| r.get(0),
+                )
                 .optional()?)
         })
         .await
@@ -312,7 +329,8 @@ impl Db {
     pub async fn kv_keys(&self, tenant: &str, plugin: &str, prefix: &str) -> Result<Vec<String>, DbError> {
         let (t, p, pre) = (tenant.to_string(), plugin.to_string(), prefix.to_string());
         self.read(move |conn| {
-            let mut stmt = conn.prepare("SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY key")?;
+            let mut stmt =
+                conn.prepare("SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY key")?;
             let rows = stmt.query_map(params![t, p, pre], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
@@ -397,7 +415,9 @@ fn apply(conn: &Connection, w: &Write) -> Result<Reply, DbError> {
                 )?;
                 return Ok(Reply::Insert(InsertOutcome::Duplicate { event_id }));
             }
-            let mut stmt = conn.prepare_cached("INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status) VALUES (?1, ?2, ?3, ?4, 'pending')")?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+            )?;
             let mut ids = Vec::with_capacity(deliveries.len());
             for d in deliveries {
                 stmt.execute(params![event.event_id, event.tenant, d.plugin, d.plugin_hash])?;
@@ -413,7 +433,9 @@ fn apply(conn: &Connection, w: &Write) -> Result<Reply, DbError> {
             )?;
             Ok(Reply::Unit)
         }
-        Write::FinishDelivery { id, outcome, duration_us, .. } => {
+        Write::FinishDelivery {
+            id, outcome, duration_us, ..
+        } => {
             let (status, error) = match outcome {
                 DeliveryOutcome::Done => ("done", None),
                 DeliveryOutcome::Failed(e) => ("failed", Some(e.as_str())),
@@ -432,7 +454,10 @@ fn apply(conn: &Connection, w: &Write) -> Result<Reply, DbError> {
                      ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = excluded.value",
                     params![scope.0, scope.1, key, v],
                 )?,
-                None => conn.execute("DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3", params![scope.0, scope.1, key])?,
+                None => conn.execute(
+                    "DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+                    params![scope.0, scope.1, key],
+                )?,
             };
             Ok(Reply::Unit)
         }
@@ -484,9 +509,15 @@ mod tests {
             plugin: "p".into(),
             plugin_hash: "h".into(),
         }];
-        let first = db.insert_event(event("e1"), "k".into(), "seed", "{}".into(), d.clone()).await.unwrap();
+        let first = db
+            .insert_event(event("e1"), "k".into(), "seed", "{}".into(), d.clone())
+            .await
+            .unwrap();
         assert!(matches!(first, InsertOutcome::Inserted(ref ids) if ids.len() == 1));
-        let again = db.insert_event(event("e2"), "k".into(), "seed", "{}".into(), d.clone()).await.unwrap();
+        let again = db
+            .insert_event(event("e2"), "k".into(), "seed", "{}".into(), d.clone())
+            .await
+            .unwrap();
         assert_eq!(again, InsertOutcome::Duplicate { event_id: "e1".into() });
 
         let InsertOutcome::Inserted(ids) = first else { unreachable!() };
@@ -499,7 +530,10 @@ mod tests {
         assert_eq!(pending[0].event, event("e1"));
         db.finish_delivery(ids[0], DeliveryOutcome::Failed("boom".into()), 5).await.unwrap();
         let recs = db.deliveries_for_event("e1").await.unwrap();
-        assert_eq!((recs[0].status.as_str(), recs[0].attempts, recs[0].last_error.as_deref()), ("failed", 1, Some("boom")));
+        assert_eq!(
+            (recs[0].status.as_str(), recs[0].attempts, recs[0].last_error.as_deref()),
+            ("failed", 1, Some("boom"))
+        );
         assert!(db.pending_deliveries().await.unwrap().is_empty());
     }
 

@@ -81,7 +81,9 @@ pub fn deploy_for_dev(plugin: &BuiltPlugin, tenant_dir: &Path, origin: &str) -> 
 /// Builds the example plugins, deploys them to the demo tenant, prints how to
 /// try it, and serves until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let origin = format!("http://{addr}");
     let ws = GuestWorkspace::from_source_checkout()
@@ -91,7 +93,10 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     let config = dev_config(addr, &origin, &data_dir)?;
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
     let mut names = Vec::new();
-    for p in built.iter().filter(|p| !p.source_dir.components().any(|c| c.as_os_str() == "fixtures")) {
+    for p in built
+        .iter()
+        .filter(|p| !p.source_dir.components().any(|c| c.as_os_str() == "fixtures"))
+    {
         deploy_for_dev(p, &tenant_dir, &origin)?;
         names.push(p.name.clone());
     }

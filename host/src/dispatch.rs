@@ -91,7 +91,11 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
     });
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
     let call = async {
-        let instance = plugin.pre.instantiate_async(&mut store).await.map_err(|e| classify(&e, &store, timeout))?;
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &store, timeout))?;
         match instance.call_handle_event(&mut store, &to_wit(event)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),

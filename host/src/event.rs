@@ -123,7 +123,7 @@ pub enum Parsed {
         reason: String,
     },
     /// An SMS event; `event_id` and `tenant` are still empty.
-    Event(Incoming),
+    Event(Box<Incoming>),
 }
 
 /// A parsed SMS webhook before it is given an id.
@@ -165,11 +165,17 @@ pub fn parse_value(value: Value) -> Result<Parsed, PayloadError> {
         return Err(PayloadError("body must be a JSON object".into()));
     };
     if let Some(t) = obj.get("type") {
-        let t = t.as_str().ok_or_else(|| PayloadError("type: expected a string".into()))?.to_string();
+        let t = t
+            .as_str()
+            .ok_or_else(|| PayloadError("type: expected a string".into()))?
+            .to_string();
         return parse_v21(&t, value);
     }
     if let Some(e) = obj.get("event") {
-        let e = e.as_str().ok_or_else(|| PayloadError("event: expected a string".into()))?.to_string();
+        let e = e
+            .as_str()
+            .ok_or_else(|| PayloadError("event: expected a string".into()))?
+            .to_string();
         return parse_seed(&e, value);
     }
     Ok(Parsed::Ping)
@@ -180,7 +186,11 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
         // serde_json appends " at line L column C" for text input; values have none.
-        if path == "." { PayloadError(inner) } else { PayloadError(format!("{path}: {inner}")) }
+        if path == "." {
+            PayloadError(inner)
+        } else {
+            PayloadError(format!("{path}: {inner}"))
+        }
     })
 }
 
@@ -264,14 +274,18 @@ fn parse_seed(name: &str, value: Value) -> Result<Parsed, PayloadError> {
     let direction = match p.data.direction.as_str() {
         "inbound" => Direction::Inbound,
         "outbound" => Direction::Outbound,
-        other => return Err(PayloadError(format!("data.direction: expected `inbound` or `outbound`, got `{other}`"))),
+        other => {
+            return Err(PayloadError(format!(
+                "data.direction: expected `inbound` or `outbound`, got `{other}`"
+            )));
+        }
     };
     let message_id = p.data.message_id.into_string();
     if message_id.is_empty() {
         return Err(PayloadError("data.message_id: must not be empty".into()));
     }
     let dedupe_key = format!("seed:{name}:{message_id}:{}", p.timestamp);
-    Ok(Parsed::Event(Incoming {
+    Ok(Parsed::Event(Box::new(Incoming {
         event: Event {
             tenant: String::new(),
             kind,
@@ -290,7 +304,7 @@ fn parse_seed(name: &str, value: Value) -> Result<Parsed, PayloadError> {
         format: Format::Seed,
         type_name: name.to_string(),
         dedupe_key,
-    }))
+    })))
 }
 
 // ---- v2.1 format -------------------------------------------------------------
@@ -358,7 +372,10 @@ fn v21_time(date: &str, time: &str) -> Result<String, PayloadError> {
 fn mms_url(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => ["media_url", "url", "link"].iter().find_map(|k| o.get(*k).and_then(Value::as_str)).map(str::to_string),
+        Value::Object(o) => ["media_url", "url", "link"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_str))
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -382,7 +399,11 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
     let direction = match d.direction.to_ascii_lowercase().as_str() {
         "incoming" | "inbound" => Direction::Inbound,
         "outgoing" | "outbound" => Direction::Outbound,
-        other => return Err(PayloadError(format!("data.direction: expected `Incoming` or `Outgoing`, got `{other}`"))),
+        other => {
+            return Err(PayloadError(format!(
+                "data.direction: expected `Incoming` or `Outgoing`, got `{other}`"
+            )));
+        }
     };
     let kind = match name {
         "sms.received" => EventKind::Received,
@@ -409,7 +430,7 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
         Direction::Inbound => (contact, line.clone()),
         Direction::Outbound => (line.clone(), contact),
     };
-    Ok(Parsed::Event(Incoming {
+    Ok(Parsed::Event(Box::new(Incoming {
         event: Event {
             tenant: String::new(),
             kind,
@@ -428,7 +449,7 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
         format: Format::V21,
         type_name: name.to_string(),
         dedupe_key: format!("jc:{}", p.request_id),
-    }))
+    })))
 }
 
 fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
@@ -447,7 +468,7 @@ fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
         },
         None => Utc::now(),
     };
-    Ok(Parsed::Event(Incoming {
+    Ok(Parsed::Event(Box::new(Incoming {
         event: Event {
             tenant: String::new(),
             kind: if opted_out { EventKind::OptOut } else { EventKind::OptIn },
@@ -466,7 +487,7 @@ fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
         format: Format::V21,
         type_name: name.to_string(),
         dedupe_key: format!("jc:{}", p.request_id),
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -475,7 +496,7 @@ mod tests {
 
     fn event(json: &str) -> Incoming {
         match parse(json.as_bytes()).unwrap() {
-            Parsed::Event(i) => i,
+            Parsed::Event(i) => *i,
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -508,7 +529,9 @@ mod tests {
 
     #[test]
     fn v21_numbers_become_e164_and_direction_picks_kind() {
-        let i = event(r#"{"request_id":"r1","type":"sms.sent_received","data":{"id":7,"contact_number":"15125551234","justcall_number":"15125550100","direction":"Outgoing","sms_date":"2024-02-23","sms_time":"09:30:58","sms_info":{"body":"hi","mms":[]},"agent_id":27155001}}"#);
+        let i = event(
+            r#"{"request_id":"r1","type":"sms.sent_received","data":{"id":7,"contact_number":"15125551234","justcall_number":"15125550100","direction":"Outgoing","sms_date":"2024-02-23","sms_time":"09:30:58","sms_info":{"body":"hi","mms":[]},"agent_id":27155001}}"#,
+        );
         assert_eq!(i.event.kind, EventKind::Sent);
         assert_eq!((i.event.from.as_str(), i.event.to.as_str()), ("+15125550100", "+15125551234"));
         assert_eq!(i.event.occurred_at, "2024-02-23T09:30:58Z");
@@ -519,7 +542,10 @@ mod tests {
 
     #[test]
     fn unknown_types_are_ignored_not_rejected() {
-        assert!(matches!(parse(br#"{"type":"call.completed","request_id":"x","data":{}}"#).unwrap(), Parsed::Ignored { .. }));
+        assert!(matches!(
+            parse(br#"{"type":"call.completed","request_id":"x","data":{}}"#).unwrap(),
+            Parsed::Ignored { .. }
+        ));
         assert!(matches!(parse(br#"{"event":"call.completed"}"#).unwrap(), Parsed::Ignored { .. }));
     }
 

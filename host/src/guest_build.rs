@@ -46,7 +46,9 @@ impl GuestWorkspace {
         if !root.join("Cargo.toml").is_file() {
             return None;
         }
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("target"));
         Some(GuestWorkspace {
             root: root.to_path_buf(),
             target_dir: target.join("wasm"),
@@ -58,7 +60,10 @@ impl GuestWorkspace {
         let mut out = Vec::new();
         let mut dirs = vec![self.root.clone()];
         while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+            for entry in std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .flatten()
+            {
                 let path = entry.path();
                 if !path.is_dir() || path.file_name().is_some_and(|n| n == "target" || n == "node_modules") {
                     continue;
@@ -74,7 +79,11 @@ impl GuestWorkspace {
                         .and_then(|c| c.as_array())
                         .is_some_and(|a| a.iter().any(|t| t.as_str() == Some("cdylib")));
                     if let (Some(name), true) = (name, cdylib) {
-                        let wasm = self.target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
+                        let wasm = self
+                            .target_dir
+                            .join(WASM_TARGET)
+                            .join("release")
+                            .join(format!("{}.wasm", name.replace('-', "_")));
                         let plugin_toml = path.join("plugin.toml");
                         out.push(BuiltPlugin {
                             name: name.to_string(),
@@ -105,7 +114,11 @@ impl GuestWorkspace {
         let status = if quiet {
             let out = cmd.output().context("running cargo to build the guest plugins")?;
             if !out.status.success() {
-                bail!("building the guest plugins in {} failed:\n{}", self.root.display(), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "building the guest plugins in {} failed:\n{}",
+                    self.root.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             out.status
         } else {
@@ -126,14 +139,21 @@ impl GuestWorkspace {
 
 /// Installs the `wasm32-wasip2` target with rustup if it is missing.
 pub fn ensure_wasm_target() -> anyhow::Result<()> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).stdin(Stdio::null()).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .stdin(Stdio::null())
+        .output();
     match installed {
         Ok(out) if out.status.success() => {
             if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
                 return Ok(());
             }
             tracing::info!("installing the {WASM_TARGET} target with rustup");
-            let status = Command::new("rustup").args(["target", "add", WASM_TARGET]).stdin(Stdio::null()).status().context("running rustup")?;
+            let status = Command::new("rustup")
+                .args(["target", "add", WASM_TARGET])
+                .stdin(Stdio::null())
+                .status()
+                .context("running rustup")?;
             if !status.success() {
                 bail!("`rustup target add {WASM_TARGET}` failed ({status})");
             }

@@ -60,7 +60,10 @@ pub struct JustCallClient {
 
 impl std::fmt::Debug for JustCallClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JustCallClient").field("dialect", &self.dialect).field("base", &self.base).finish()
+        f.debug_struct("JustCallClient")
+            .field("dialect", &self.dialect)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -100,7 +103,11 @@ impl JustCallClient {
         }
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if !status.is_success() {
-            let message = value.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| text.chars().take(200).collect());
+            let message = value
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| text.chars().take(200).collect());
             return Err(JustCallError::Status {
                 status: status.as_u16(),
                 message,
@@ -156,15 +163,26 @@ impl JustCallClient {
             ApiDialect::Seed => "/api/v2/texts/list",
             ApiDialect::V21 => "/texts",
         };
-        let req = self.http.get(self.url(path)).query(&[("page", page.max(1)), ("per_page", per_page.clamp(1, 100))]);
+        let req = self
+            .http
+            .get(self.url(path))
+            .query(&[("page", page.max(1)), ("per_page", per_page.clamp(1, 100))]);
         let v = self.call(req).await?;
-        let items = v.get("data").and_then(Value::as_array).or_else(|| v.as_array()).ok_or_else(|| JustCallError::Decode("no `data` list".into()))?;
+        let items = v
+            .get("data")
+            .and_then(Value::as_array)
+            .or_else(|| v.as_array())
+            .ok_or_else(|| JustCallError::Decode("no `data` list".into()))?;
         Ok(items.iter().filter_map(parse_message).collect())
     }
 }
 
 fn without_url(e: reqwest::Error) -> String {
-    if e.is_timeout() { "timed out".to_string() } else { e.without_url().to_string() }
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.without_url().to_string()
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -228,7 +246,10 @@ mod tests {
         assert_eq!(find_id(&json!({"id": 5})).as_deref(), Some("5"));
         assert_eq!(find_id(&json!({"data": [{"id": "a"}]})).as_deref(), Some("a"));
         assert_eq!(find_id(&json!({"status": "success"})), None);
-        let m = parse_message(&json!({"id": 9, "contact_number": "+1555", "justcall_number": "+1512", "direction": "Outgoing", "sms_info": {"body": "x"}})).unwrap();
+        let m = parse_message(
+            &json!({"id": 9, "contact_number": "+1555", "justcall_number": "+1512", "direction": "Outgoing", "sms_info": {"body": "x"}}),
+        )
+        .unwrap();
         assert_eq!((m.from.as_str(), m.to.as_str(), m.body.as_str()), ("+1512", "+1555", "x"));
     }
 }

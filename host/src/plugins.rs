@@ -25,7 +25,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.name).field("hash", &self.hash).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish()
     }
 }
 
@@ -82,7 +85,12 @@ impl Registry {
 
     /// The tenant's current plugin set (empty if none).
     pub fn plugins(&self, tenant: &str) -> PluginSet {
-        self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned().unwrap_or_default()
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The current version of one plugin.
@@ -92,23 +100,38 @@ impl Registry {
 
     /// The tenant's plugins that subscribe to `kind`.
     pub fn subscribers(&self, tenant: &str, kind: EventKind) -> Vec<Arc<LoadedPlugin>> {
-        self.plugins(tenant).iter().filter(|p| p.manifest.subscribes(kind)).cloned().collect()
+        self.plugins(tenant)
+            .iter()
+            .filter(|p| p.manifest.subscribes(kind))
+            .cloned()
+            .collect()
     }
 
     /// Replaces a tenant's plugin set in one step: events already running keep
     /// the versions they started with.
     pub fn replace(&self, tenant: &str, plugins: Vec<Arc<LoadedPlugin>>) {
-        self.tenants.write().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_string(), Arc::new(plugins));
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), Arc::new(plugins));
     }
 
     /// Loads one plugin file and its manifest.
     pub fn load_file(&self, wasm: &Path) -> Result<LoadedPlugin, PluginLoadError> {
         let name = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
             return Err(PluginLoadError::BadName(wasm.to_path_buf()));
         }
         let manifest_path = wasm.with_extension("toml");
-        let manifest = if manifest_path.exists() { Manifest::load(&manifest_path)? } else { Manifest::default() };
+        let manifest = if manifest_path.exists() {
+            Manifest::load(&manifest_path)?
+        } else {
+            Manifest::default()
+        };
         let bytes = std::fs::read(wasm).map_err(|source| PluginLoadError::Read {
             path: wasm.to_path_buf(),
             source,
@@ -140,7 +163,11 @@ impl Registry {
         for tenant in tenants.keys() {
             let folder = dir.join(tenant);
             let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
-                Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect(),
+                Ok(rd) => rd
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                    .collect(),
                 Err(_) => Vec::new(),
             };
             files.sort();

@@ -141,7 +141,10 @@ impl Runtime {
                 let started = Instant::now();
                 let c = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
                 tracing::debug!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
-                self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(hash.clone(), c.clone());
+                self.compiled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(hash.clone(), c.clone());
                 c
             }
         };

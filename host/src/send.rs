@@ -129,13 +129,19 @@ pub async fn send(req: &SendRequest) -> anyhow::Result<SendResponse> {
         Some((SignWith::JustCallV1, secret)) => {
             let ts = Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
             let sig = auth::justcall_v1_signature(secret, &webhook_url, &type_name, &ts);
-            http = http.header(auth::JC_SIGNATURE, sig).header(auth::JC_SIGNATURE_VERSION, "v1").header(auth::JC_TIMESTAMP, ts);
+            http = http
+                .header(auth::JC_SIGNATURE, sig)
+                .header(auth::JC_SIGNATURE_VERSION, "v1")
+                .header(auth::JC_TIMESTAMP, ts);
         }
         Some((SignWith::StandardWebhooks, secret)) => {
             let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
             let ts = Utc::now().timestamp().to_string();
             let sig = auth::standard_webhooks_signature(secret, &id, &ts, &body);
-            http = http.header(auth::SW_ID, id).header(auth::SW_TIMESTAMP, ts).header(auth::SW_SIGNATURE, sig);
+            http = http
+                .header(auth::SW_ID, id)
+                .header(auth::SW_TIMESTAMP, ts)
+                .header(auth::SW_SIGNATURE, sig);
         }
         None => {}
     }

@@ -114,12 +114,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     };
     let mut router = app(state);
     if config.dev {
-        let sim = Simulator::new(config.tenants.values().map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone())).collect());
+        let sim = Simulator::new(
+            config
+                .tenants
+                .values()
+                .map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone()))
+                .collect(),
+        );
         router = router.nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
     }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
     tracing::info!("no longer accepting webhooks; finishing running deliveries");
     dispatch_handle.drain().await;
     tracing::info!("stopped");

@@ -111,11 +111,15 @@ impl Simulator {
 
     /// The request sink, to be nested at `/dev`.
     pub fn sink_router(&self) -> Router {
-        Router::new().route("/sink/{name}", post(sink_post).get(sink_list)).with_state(self.clone())
+        Router::new()
+            .route("/sink/{name}", post(sink_post).get(sink_list))
+            .with_state(self.clone())
     }
 
     fn authorized(&self, headers: &HeaderMap, bearer: bool) -> bool {
-        let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+        let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
         let creds = if bearer {
             match value.strip_prefix("Bearer ") {
                 Some(c) => c,
@@ -124,7 +128,9 @@ impl Simulator {
         } else {
             value
         };
-        self.credentials.iter().any(|(k, s)| creds == format!("{}:{}", k.expose(), s.expose()))
+        self.credentials
+            .iter()
+            .any(|(k, s)| creds == format!("{}:{}", k.expose(), s.expose()))
     }
 
     fn store(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
@@ -155,20 +161,27 @@ impl Simulator {
     }
 }
 
-fn body_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")))
+fn body_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}"))))
 }
 
 async fn seed_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
     if !sim.authorized(&headers, true) {
-        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret (expected `Authorization: Bearer key:secret`)");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid API key or secret (expected `Authorization: Bearer key:secret`)",
+        );
     }
     let req: SeedSend = match body_json(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let m = sim.store(req.from, req.to, req.body, req.media_urls);
-    (StatusCode::OK, Json(json!({ "status": "success", "id": m.id.to_string(), "data": m.seed() }))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({ "status": "success", "id": m.id.to_string(), "data": m.seed() })),
+    )
+        .into_response()
 }
 
 async fn seed_list(State(sim): State<Simulator>, headers: HeaderMap, Query(p): Query<Paging>) -> Response {
@@ -191,16 +204,22 @@ async fn seed_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Pa
 
 async fn v21_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
     if !sim.authorized(&headers, false) {
-        return error(StatusCode::UNAUTHORIZED, "invalid API key or secret (expected `Authorization: key:secret`)");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid API key or secret (expected `Authorization: key:secret`)",
+        );
     }
     let req: V21Send = match body_json(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if req.body.chars().count() > 1600 {
         return error(StatusCode::BAD_REQUEST, "body is over 1600 characters");
     }
-    let media = req.media_url.map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default();
+    let media = req
+        .media_url
+        .map(|m| m.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let m = sim.store(req.justcall_number, req.contact_number, req.body, media);
     (StatusCode::OK, Json(json!({ "status": "success", "data": [m.v21()] }))).into_response()
 }

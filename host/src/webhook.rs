@@ -69,9 +69,17 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, WebhookError> {
-    let tenant = state.tenants.get(&tenant_id).ok_or_else(|| WebhookError::UnknownTenant(tenant_id.clone()))?.clone();
+    let tenant = state
+        .tenants
+        .get(&tenant_id)
+        .ok_or_else(|| WebhookError::UnknownTenant(tenant_id.clone()))?
+        .clone();
     let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { WebhookError::TooLarge } else { WebhookError::Body(e.body_text()) }
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WebhookError::TooLarge
+        } else {
+            WebhookError::Body(e.body_text())
+        }
     })?;
     if body.len() > MAX_BODY_BYTES {
         return Err(WebhookError::TooLarge);
@@ -96,7 +104,14 @@ pub async fn receive(
     let mut delivery_id = None;
     match (cfg.webhook_auth, &cfg.webhook_secret) {
         (WebhookAuth::JustCallV1, Some(secret)) => {
-            auth::verify_justcall_v1(secret.expose(), &state.config.webhook_url(&tenant_id), type_name.as_deref(), &headers, now, tolerance)?;
+            auth::verify_justcall_v1(
+                secret.expose(),
+                &state.config.webhook_url(&tenant_id),
+                type_name.as_deref(),
+                &headers,
+                now,
+                tolerance,
+            )?;
         }
         (WebhookAuth::StandardWebhooks, Some(secret)) => {
             delivery_id = Some(auth::verify_standard_webhooks(secret.expose(), &headers, &body, now, tolerance)?);
@@ -112,7 +127,7 @@ pub async fn receive(
             tracing::info!(tenant = %tenant_id, %type_name, %reason, "webhook ignored");
             return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))).into_response());
         }
-        Parsed::Event(i) => i,
+        Parsed::Event(i) => *i,
     };
 
     let mut ev = incoming.event;

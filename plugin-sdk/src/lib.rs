@@ -44,12 +44,9 @@ pub use wit::switchboard::plugin::types::{Direction, EventKind, PluginError, Sms
 impl PluginError {
     /// A plugin error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        PluginError {
-            message: message.into(),
-        }
+        PluginError { message: message.into() }
     }
 }
-
 
 impl From<String> for PluginError {
     fn from(message: String) -> Self {
@@ -94,10 +91,22 @@ pub mod sms {
         raw::list_messages(page, per_page)
     }
 
+    /// A one-line description of an SMS error.
+    pub fn describe(e: &SmsError) -> String {
+        match e {
+            SmsError::NotTenantNumber(n) => format!("{n} is not one of the tenant's numbers"),
+            SmsError::OptedOut(n) => format!("{n} has opted out"),
+            SmsError::InvalidRequest(m) => format!("invalid request: {m}"),
+            SmsError::QuotaExceeded => "SMS quota for this event used up".to_string(),
+            SmsError::NotFound => "no such message".to_string(),
+            SmsError::Provider(p) => format!("JustCall answered {}: {}", p.status, p.message),
+            SmsError::Unavailable(m) => format!("JustCall unavailable: {m}"),
+        }
+    }
 
     impl From<SmsError> for crate::PluginError {
         fn from(e: SmsError) -> Self {
-            crate::PluginError::new(format!("sms: {e}"))
+            crate::PluginError::new(format!("sms: {}", describe(&e)))
         }
     }
 }
@@ -145,10 +154,21 @@ pub mod http {
         }
     }
 
+    /// A one-line description of an HTTP error.
+    pub fn describe(e: &HttpError) -> String {
+        match e {
+            HttpError::NotAllowed(m) => m.clone(),
+            HttpError::InvalidRequest(m) => format!("invalid request: {m}"),
+            HttpError::QuotaExceeded => "HTTP quota for this event used up".to_string(),
+            HttpError::ResponseTooLarge => "response too large".to_string(),
+            HttpError::Timeout => "timed out".to_string(),
+            HttpError::Transport(m) => format!("transport error: {m}"),
+        }
+    }
 
     impl From<HttpError> for crate::PluginError {
         fn from(e: HttpError) -> Self {
-            crate::PluginError::new(format!("http: {e}"))
+            crate::PluginError::new(format!("http: {}", describe(&e)))
         }
     }
 }
@@ -183,10 +203,17 @@ pub mod kv {
         raw::list_keys(prefix)
     }
 
+    /// A one-line description of a KV error.
+    pub fn describe(e: &KvError) -> String {
+        match e {
+            KvError::QuotaExceeded(m) => format!("quota exceeded: {m}"),
+            KvError::Storage(m) => format!("storage error: {m}"),
+        }
+    }
 
     impl From<KvError> for crate::PluginError {
         fn from(e: KvError) -> Self {
-            crate::PluginError::new(format!("kv: {e}"))
+            crate::PluginError::new(format!("kv: {}", describe(&e)))
         }
     }
 }

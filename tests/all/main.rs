@@ -1,1 +1,10 @@
-fn main(){}
+//! Switchboard's integration tests: one binary, each module driving the real
+//! server over HTTP on loopback, with real compiled plugins, a real SQLite
+//! file, and real local HTTP servers standing in for JustCall and CRMs.
+
+mod cli;
+mod conventions;
+mod harness;
+mod plugins;
+mod signatures;
+mod webhooks;

@@ -1,0 +1,374 @@
+//! The shared test harness: guest plugins built once, a real Switchboard on an
+//! ephemeral loopback port over a temp data dir, and a recording HTTP server
+//! that plays JustCall, a CRM or a booking system.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use switchboard::config::{ApiDialect, Config, Secret, TenantConfig, WebhookAuth};
+use switchboard::guest_build::{BuiltPlugin, GuestWorkspace};
+use tokio::sync::oneshot;
+
+/// The guest plugins, built from `plugins/` once per test process.
+pub fn guests() -> &'static [BuiltPlugin] {
+    static GUESTS: OnceLock<Vec<BuiltPlugin>> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let ws = GuestWorkspace::from_source_checkout().expect("plugins/ workspace");
+        ws.build(true).expect("building guest plugins")
+    })
+}
+
+/// The built component of a guest package.
+pub fn guest(name: &str) -> PathBuf {
+    guests()
+        .iter()
+        .find(|g| g.name == name)
+        .unwrap_or_else(|| panic!("no guest package `{name}`"))
+        .wasm
+        .clone()
+}
+
+/// Reads a shared fixture (`seed-format/sms.received.json`, …).
+pub fn fixture(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every fixture in a folder, by file name.
+pub fn fixtures(dir: &str) -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(dir);
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn init_tracing() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// A plugin to deploy: the guest package it is built from, the name it is
+/// deployed under, and its manifest text.
+pub struct PluginSpec {
+    pub package: &'static str,
+    pub name: &'static str,
+    pub manifest: String,
+}
+
+impl PluginSpec {
+    pub fn new(package: &'static str, name: &'static str, manifest: impl Into<String>) -> Self {
+        PluginSpec {
+            package,
+            name,
+            manifest: manifest.into(),
+        }
+    }
+}
+
+/// A tenant to configure.
+pub struct TenantSpec {
+    pub id: &'static str,
+    pub auth: WebhookAuth,
+    pub secret: Option<&'static str>,
+    pub dialect: ApiDialect,
+    pub justcall: String,
+    pub plugins: Vec<PluginSpec>,
+}
+
+impl TenantSpec {
+    /// A tenant with number +15125550100, no webhook auth (dev mode), the
+    /// seed API dialect, and JustCall at `justcall`.
+    pub fn new(id: &'static str, justcall: &str) -> Self {
+        TenantSpec {
+            id,
+            auth: WebhookAuth::None,
+            secret: None,
+            dialect: ApiDialect::Seed,
+            justcall: justcall.to_string(),
+            plugins: Vec::new(),
+        }
+    }
+
+    pub fn auth(mut self, auth: WebhookAuth, secret: &'static str) -> Self {
+        self.auth = auth;
+        self.secret = Some(secret);
+        self
+    }
+
+    pub fn dialect(mut self, d: ApiDialect) -> Self {
+        self.dialect = d;
+        self
+    }
+
+    pub fn plugin(mut self, p: PluginSpec) -> Self {
+        self.plugins.push(p);
+        self
+    }
+}
+
+pub const NUMBER: &str = "+15125550100";
+pub const API_KEY: &str = "test-key";
+pub const API_SECRET: &str = "test-secret";
+
+/// A running Switchboard.
+pub struct TestHost {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestHost {
+    /// Deploys the tenants' plugins into a fresh data dir and starts the server.
+    pub async fn start(tenants: Vec<TenantSpec>) -> TestHost {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tenants).await
+    }
+
+    /// Starts the server over an existing data dir (for restarts).
+    pub async fn start_in(dir: tempfile::TempDir, tenants: Vec<TenantSpec>) -> TestHost {
+        init_tracing();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let plugins_dir = dir.path().join("plugins.d");
+        let mut configs = BTreeMap::new();
+        let mut dev = false;
+        for t in &tenants {
+            let tdir = plugins_dir.join(t.id);
+            std::fs::create_dir_all(&tdir).unwrap();
+            for p in &t.plugins {
+                std::fs::copy(guest(p.package), tdir.join(format!("{}.wasm", p.name))).unwrap();
+                std::fs::write(tdir.join(format!("{}.toml", p.name)), &p.manifest).unwrap();
+            }
+            dev |= t.auth == WebhookAuth::None;
+            configs.insert(
+                t.id.to_string(),
+                TenantConfig {
+                    id: t.id.to_string(),
+                    numbers: vec![NUMBER.to_string()],
+                    webhook_auth: t.auth,
+                    webhook_secret: t.secret.map(Secret::new),
+                    justcall_api: t.dialect,
+                    justcall_base_url: reqwest::Url::parse(&t.justcall).unwrap(),
+                    justcall_api_key: Secret::new(API_KEY),
+                    justcall_api_secret: Secret::new(API_SECRET),
+                },
+            );
+        }
+        let config = Config {
+            listen: addr,
+            data_dir: dir.path().join("data"),
+            plugins_dir,
+            public_url: url.clone(),
+            tenants: configs,
+            dev,
+            signature_tolerance: Duration::from_secs(300),
+            max_concurrent_invocations: 16,
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(switchboard::server::run(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestHost {
+            url,
+            dir,
+            config,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// POSTs a webhook body with extra headers; returns status and JSON body.
+    pub async fn post(&self, tenant: &str, body: impl Into<reqwest::Body>, headers: &[(&str, String)]) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/webhooks/{tenant}", self.url))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.body(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET /healthz succeeds.
+    pub async fn healthy(&self) -> bool {
+        match reqwest::get(format!("{}/healthz", self.url)).await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.config.data_dir.join("switchboard.db")).unwrap()
+    }
+
+    /// Waits until no delivery is pending or running.
+    pub async fn idle(&self) {
+        wait_for("all deliveries to finish", Duration::from_secs(20), || {
+            let n: i64 = self
+                .db()
+                .query_row("SELECT count(*) FROM deliveries WHERE status IN ('pending','running')", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            n == 0
+        })
+        .await;
+    }
+
+    /// (plugin, status, last_error) of every delivery of an event.
+    pub fn deliveries(&self, event_id: &str) -> Vec<(String, String, Option<String>)> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT plugin, status, last_error FROM deliveries WHERE event_id = ?1 ORDER BY plugin")
+            .unwrap();
+        stmt.query_map([event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// How many events the tenant has stored.
+    pub fn event_count(&self, tenant: &str) -> i64 {
+        self.db()
+            .query_row("SELECT count(*) FROM events WHERE tenant = ?1", [tenant], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Stops the server gracefully and returns its data dir.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request the recorder received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct RecorderState {
+    requests: Vec<Recorded>,
+    status: Option<u16>,
+    delay: Option<Duration>,
+}
+
+/// A real HTTP server on loopback that records every request and answers
+/// 200 with a JustCall-like `{"id": …}` (or a chosen status).
+#[derive(Clone)]
+pub struct Recorder {
+    pub url: String,
+    state: Arc<Mutex<RecorderState>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state: Arc<Mutex<RecorderState>> = Arc::default();
+        let app = Router::new().fallback(record).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { url, state }
+    }
+
+    /// Answer every later request with this status.
+    pub fn respond_with(&self, status: u16) {
+        self.state.lock().unwrap().status = Some(status);
+    }
+
+    /// Wait this long before answering.
+    pub fn delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = Some(d);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests whose path ends with `suffix`.
+    pub fn to(&self, suffix: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path.ends_with(suffix)).collect()
+    }
+
+    pub async fn wait_for_count(&self, suffix: &str, n: usize) -> Vec<Recorded> {
+        wait_for(&format!("{n} request(s) to {suffix}"), Duration::from_secs(10), || {
+            self.to(suffix).len() >= n
+        })
+        .await;
+        self.to(suffix)
+    }
+}
+
+async fn record(
+    State(state): State<Arc<Mutex<RecorderState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let (status, delay, n) = {
+        let mut st = state.lock().unwrap();
+        st.requests.push(Recorded {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
+        });
+        (st.status.unwrap_or(200), st.delay, st.requests.len())
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    (
+        StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({ "status": "success", "id": format!("sim_{n}") })),
+    )
+}

@@ -1,0 +1,229 @@
+//! Plugins inside the real host: the examples' effects at local fake
+//! JustCall and CRM servers, and misbehaving plugins contained.
+
+use serde_json::{Value, json};
+use switchboard::config::ApiDialect;
+
+use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+
+fn confirm_plugin() -> PluginSpec {
+    PluginSpec::new("appointment-confirm", "appointment-confirm", "events = [\"received\"]\n")
+}
+
+fn crm_plugin(crm: &Recorder) -> PluginSpec {
+    PluginSpec::new(
+        "crm-logger",
+        "crm-logger",
+        format!(
+            "events = [\"received\", \"sent\"]\nallowed_hosts = [\"{}\"]\n[config]\ncrm_url = \"{}/crm\"\ncrm_token = \"t0k\"\n",
+            crm.url, crm.url
+        ),
+    )
+}
+
+#[tokio::test]
+async fn confirm_sends_exactly_one_sms_through_the_seed_api() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())]).await;
+
+    let (status, resp) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    assert_eq!(status, 202, "{resp}");
+    let sent = jc.wait_for_count("/api/v2/texts/new", 1).await;
+    host.idle().await;
+    let sent_after = jc.to("/api/v2/texts/new");
+    assert_eq!(sent_after.len(), 1, "exactly one SMS: {sent_after:?}");
+    let req = &sent[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.headers["authorization"], "Bearer test-key:test-secret");
+    assert_eq!(
+        req.body,
+        json!({"from": "+15125550100", "to": "+15125551234", "body": "Your appointment is confirmed."})
+    );
+    let event_id = resp["event_id"].as_str().unwrap();
+    assert_eq!(
+        host.deliveries(event_id),
+        vec![("appointment-confirm".to_string(), "done".to_string(), None)]
+    );
+
+    // Any other reply gets no answer.
+    let (status, _) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    assert_eq!(status, 202);
+    host.idle().await;
+    assert_eq!(jc.to("/texts/new").len(), 1);
+}
+
+#[tokio::test]
+async fn confirm_speaks_the_v21_dialect() {
+    let jc = Recorder::start().await;
+    let base = format!("{}/v2.1", jc.url);
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &base).dialect(ApiDialect::V21).plugin(confirm_plugin()),
+    ])
+    .await;
+
+    // v2.1 webhook, lowercase and padded CONFIRM.
+    let mut body: Value = serde_json::from_str(&fixture("justcall-v2.1/sms.received.json")).unwrap();
+    body["data"]["sms_info"]["body"] = json!("  confirm \n");
+    let (status, _) = host.post("acme", body.to_string(), &[]).await;
+    assert_eq!(status, 202);
+    let sent = jc.wait_for_count("/v2.1/texts/new", 1).await;
+    host.idle().await;
+    assert_eq!(jc.requests().len(), 1);
+    assert_eq!(sent[0].headers["authorization"], "test-key:test-secret");
+    assert_eq!(
+        sent[0].body,
+        json!({"justcall_number": "+15125550100", "contact_number": "+15125551234", "body": "Your appointment is confirmed."})
+    );
+}
+
+#[tokio::test]
+async fn crm_logger_posts_once_per_received_or_sent_event() {
+    let jc = Recorder::start().await;
+    let crm = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(crm_plugin(&crm))]).await;
+
+    let mut ids = Vec::new();
+    for f in [
+        "seed-format/sms.received.json",
+        "seed-format/sms.sent.json",
+        "seed-format/sms.delivered.json",
+        "justcall-v2.1/sms.sent.json",
+    ] {
+        let (status, resp) = host.post("acme", fixture(f), &[]).await;
+        assert_eq!(status, 202, "{f}: {resp}");
+        ids.push(resp["event_id"].as_str().unwrap().to_string());
+    }
+    host.idle().await;
+    let posts = crm.to("/crm");
+    assert_eq!(posts.len(), 3, "received, sent and the v2.1 sent; not delivered: {posts:?}");
+    let mut posted_ids: Vec<&str> = posts.iter().map(|p| p.body["event_id"].as_str().unwrap()).collect();
+    posted_ids.sort();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str(), ids[3].as_str()];
+    want.sort();
+    assert_eq!(posted_ids, want);
+    let received = posts.iter().find(|p| p.body["event_id"] == ids[0]).unwrap();
+    assert_eq!(received.headers["authorization"], "Bearer t0k");
+    assert_eq!(received.body["event"], "received");
+    assert_eq!(received.body["from"], "+15125551234");
+    assert_eq!(received.body["body"], "Hi, I'd like to schedule an appointment");
+    assert!(host.deliveries(&ids[2]).is_empty(), "crm-logger does not subscribe to delivered");
+}
+
+#[tokio::test]
+async fn crm_failures_and_disallowed_hosts_fail_the_delivery() {
+    let jc = Recorder::start().await;
+    let crm = Recorder::start().await;
+    crm.respond_with(500);
+    let blocked = PluginSpec::new(
+        "crm-logger",
+        "crm-blocked",
+        format!("[config]\ncrm_url = \"{}/blocked\"\n", crm.url),
+    );
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(crm_plugin(&crm)).plugin(blocked)]).await;
+
+    let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d.len(), 2);
+    let (_, status, error) = &d[0];
+    assert_eq!(status, "failed");
+    let origin = crm.url.replace("http://", "");
+    assert_eq!(
+        error.as_deref(),
+        Some(format!("plugin error: http: http://{origin} is not in allowed_hosts").as_str())
+    );
+    let (_, status, error) = &d[1];
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap().starts_with("plugin error: CRM answered 500"), "{error:?}");
+    assert!(crm.to("/blocked").is_empty(), "a disallowed host is never contacted");
+}
+
+#[tokio::test]
+async fn trapping_and_looping_plugins_are_contained() {
+    let jc = Recorder::start().await;
+    let tenant = TenantSpec::new("acme", &jc.url)
+        .plugin(confirm_plugin())
+        .plugin(PluginSpec::new("misbehave", "trapper", "[config]\nmode = \"trap\"\n"))
+        .plugin(PluginSpec::new(
+            "misbehave",
+            "looper",
+            "[config]\nmode = \"loop\"\n[limits]\ntimeout_ms = 200\n",
+        ))
+        .plugin(PluginSpec::new("misbehave", "failer", "[config]\nmode = \"error\"\n"));
+    let neighbour = TenantSpec::new("other", &jc.url).plugin(confirm_plugin());
+    let host = TestHost::start(vec![tenant, neighbour]).await;
+
+    for round in 0..2 {
+        let (status, resp) = host
+            .post(
+                "acme",
+                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("m{round}")),
+                &[],
+            )
+            .await;
+        assert_eq!(status, 202, "{resp}");
+        let (status, _) = host
+            .post(
+                "other",
+                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("o{round}")),
+                &[],
+            )
+            .await;
+        assert_eq!(status, 202);
+        assert!(host.healthy().await);
+        host.idle().await;
+        let d = host.deliveries(resp["event_id"].as_str().unwrap());
+        let by_name = |n: &str| d.iter().find(|x| x.0 == n).unwrap().clone();
+        assert_eq!(by_name("appointment-confirm").1, "done");
+        let (_, status, error) = by_name("trapper");
+        assert_eq!(status, "failed");
+        assert!(error.as_deref().unwrap().starts_with("trap: "), "{error:?}");
+        let (_, status, error) = by_name("looper");
+        assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("deadline exceeded (200 ms)")));
+        let (_, status, error) = by_name("failer");
+        assert_eq!(
+            (status.as_str(), error.as_deref()),
+            ("failed", Some("plugin error: misbehave: failing on purpose"))
+        );
+    }
+    // Both tenants' well-behaved plugins answered every event.
+    assert_eq!(jc.to("/api/v2/texts/new").len(), 4);
+    assert!(host.healthy().await);
+}
+
+#[tokio::test]
+async fn sms_from_a_number_the_tenant_does_not_own_is_refused() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())]).await;
+    // The event claims another JustCall number; the plugin replies from it.
+    let body = fixture("seed-format/sms.received-confirm.json")
+        .replace("\"justcall_number\": \"+15125550100\"", "\"justcall_number\": \"+15125559999\"");
+    assert!(body.contains("+15125559999"));
+    let (_, resp) = host.post("acme", body, &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d[0].1, "failed");
+    assert_eq!(
+        d[0].2.as_deref(),
+        Some("plugin error: sms: +15125559999 is not one of the tenant's numbers")
+    );
+    assert!(jc.requests().is_empty());
+}
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    let jc = Recorder::start().await;
+    // JustCall hangs, so the plugin is still running when the server stops;
+    // its delivery is finished before shutdown completes (deadline bounded).
+    jc.delay(std::time::Duration::from_millis(300));
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())]).await;
+    let (status, resp) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    assert_eq!(status, 202);
+    let dir = host.stop().await;
+    // Graceful stop let the in-flight delivery finish.
+    let host = TestHost::start_in(dir, vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d[0].1, "done", "{d:?}");
+    assert_eq!(jc.to("/texts/new").len(), 1);
+}
