@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let built = ws.build(true)?;
     let noop = built.iter().find(|p| p.name == "noop").expect("noop fixture");
 
-    let runtime = Arc::new(Runtime::new(RuntimeOptions { max_instances: 16 })?);
+    let runtime = Arc::new(Runtime::new(RuntimeOptions {
+        max_instances: 16,
+        cache_dir: None,
+    })?);
     let registry = Registry::new(runtime);
     let plugin = registry.load_file(&noop.wasm)?;
     let dir = tempfile::tempdir()?;

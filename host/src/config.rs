@@ -139,6 +139,8 @@ pub struct Config {
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
     pub max_concurrent_invocations: u32,
+    /// Bearer token for `/admin/*`; without one the admin API is off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Config {
@@ -190,6 +192,10 @@ impl Config {
             dev: false,
             signature_tolerance: Duration::from_secs(raw.signature_tolerance_secs.unwrap_or(300)),
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
+            admin_token: match &raw.admin_token {
+                Some(t) => Some(resolve_secret(path, src, "admin_token", t, env)?),
+                None => None,
+            },
         };
         for t in cfg.tenants.values() {
             if t.webhook_auth == WebhookAuth::None {
@@ -215,6 +221,7 @@ struct RawConfig {
     public_url: Option<Spanned<String>>,
     signature_tolerance_secs: Option<u64>,
     max_concurrent_invocations: Option<u32>,
+    admin_token: Option<Spanned<String>>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
 }

@@ -13,6 +13,8 @@ use crate::guest_build::{BuiltPlugin, GuestWorkspace};
 
 /// The demo tenant's id.
 pub const DEMO_TENANT: &str = "demo";
+/// The admin API's bearer token in dev mode.
+pub const DEV_ADMIN_TOKEN: &str = "dev-admin";
 /// The demo tenant's JustCall number.
 pub const DEMO_NUMBER: &str = "+15125550100";
 
@@ -37,6 +39,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         dev: true,
         signature_tolerance: Duration::from_secs(300),
         max_concurrent_invocations: 64,
+        admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),
     })
 }
 

@@ -4,8 +4,10 @@
 //! The binary in `main.rs` is a thin CLI over this library. Tests and embedders
 //! start the real server with [`server::run`] on a listener of their choosing.
 
+pub mod admin;
 pub mod auth;
 pub mod bindings;
+pub mod cache;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
@@ -20,4 +22,5 @@ pub mod runtime;
 pub mod send;
 pub mod server;
 pub mod simulator;
+pub mod watch;
 pub mod webhook;

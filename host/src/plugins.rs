@@ -1,9 +1,11 @@
 //! The plugin registry: which plugin versions each tenant runs, loaded from
-//! `<plugins_dir>/<tenant>/<name>.wasm` (+ `<name>.toml`), swapped atomically.
+//! `<plugins_dir>/<tenant>/<name>.wasm` (+ `<name>.toml`), reloaded per tenant
+//! and swapped atomically; a rejected new version leaves the old one serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use crate::bindings::PluginPre;
 use crate::capabilities::PluginCtx;
@@ -21,7 +23,41 @@ pub struct LoadedPlugin {
     pub manifest: Arc<Manifest>,
     /// Pre-instantiated component, ready for a fresh instance per event.
     pub pre: PluginPre<PluginCtx>,
+    /// The manifest's text, to notice manifest-only changes.
+    pub manifest_src: Option<String>,
+    /// When this version was loaded.
+    pub loaded_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// A version that failed to load, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    /// Content hash of the rejected `.wasm`, if it could be read.
+    pub hash: Option<String>,
+    /// The precise reason.
+    pub error: String,
+    /// When it was rejected.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The manifest text it was tried with.
+    #[serde(skip)]
+    pub manifest_src: Option<String>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Plugins loaded or replaced.
+    pub loaded: Vec<String>,
+    /// Plugins removed.
+    pub removed: Vec<String>,
+    /// Plugins whose new version was rejected.
+    pub rejected: Vec<String>,
+    /// Files still being written: reload again after this long.
+    pub retry_after: Option<Duration>,
+}
+
+/// A file is loaded only once it has not been written for this long.
+pub const SETTLE: Duration = Duration::from_millis(300);
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +103,7 @@ pub type PluginSet = Arc<Vec<Arc<LoadedPlugin>>>;
 pub struct Registry {
     runtime: Arc<Runtime>,
     tenants: RwLock<HashMap<String, PluginSet>>,
+    rejected: Mutex<HashMap<String, BTreeMap<String, Rejection>>>,
 }
 
 impl Registry {
@@ -75,7 +112,18 @@ impl Registry {
         Registry {
             runtime,
             tenants: RwLock::new(HashMap::new()),
+            rejected: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The tenant's rejected versions, by plugin name.
+    pub fn rejections(&self, tenant: &str) -> BTreeMap<String, Rejection> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The runtime plugins are compiled with.
@@ -118,25 +166,22 @@ impl Registry {
 
     /// Loads one plugin file and its manifest.
     pub fn load_file(&self, wasm: &Path) -> Result<LoadedPlugin, PluginLoadError> {
-        let name = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(PluginLoadError::BadName(wasm.to_path_buf()));
-        }
-        let manifest_path = wasm.with_extension("toml");
-        let manifest = if manifest_path.exists() {
-            Manifest::load(&manifest_path)?
-        } else {
-            Manifest::default()
-        };
         let bytes = std::fs::read(wasm).map_err(|source| PluginLoadError::Read {
             path: wasm.to_path_buf(),
             source,
         })?;
-        let (hash, pre) = self.runtime.load(&bytes).map_err(|source| PluginLoadError::Component {
+        let manifest_path = wasm.with_extension("toml");
+        let manifest_src = std::fs::read_to_string(&manifest_path).ok();
+        self.load_bytes(wasm, &bytes, manifest_src)
+    }
+
+    fn load_bytes(&self, wasm: &Path, bytes: &[u8], manifest_src: Option<String>) -> Result<LoadedPlugin, PluginLoadError> {
+        let name = plugin_name(wasm).ok_or_else(|| PluginLoadError::BadName(wasm.to_path_buf()))?;
+        let manifest = match &manifest_src {
+            Some(src) => Manifest::parse(&wasm.with_extension("toml"), src)?,
+            None => Manifest::default(),
+        };
+        let (hash, pre) = self.runtime.load(bytes).map_err(|source| PluginLoadError::Component {
             path: wasm.to_path_buf(),
             source,
         })?;
@@ -145,13 +190,122 @@ impl Registry {
             hash,
             manifest: Arc::new(manifest),
             pre,
+            manifest_src,
+            loaded_at: chrono::Utc::now(),
         })
     }
 
-    /// Loads every tenant folder under `dir`. A plugin that fails to load is
-    /// reported and skipped; it never stops the others.
-    pub fn load_all(&self, dir: &Path, tenants: &BTreeMap<String, crate::config::TenantConfig>) -> Vec<PluginLoadError> {
-        let mut errors = Vec::new();
+    /// Brings one tenant's plugin set in line with its folder: new and changed
+    /// files are loaded, unchanged ones kept, deleted ones dropped. A file that
+    /// fails to load is recorded as rejected and the version it would have
+    /// replaced keeps serving. Files written less than `settle` ago are left
+    /// for a later pass (`retry_after`). The new set is swapped in at once.
+    pub fn reload_tenant(&self, plugins_dir: &Path, tenant: &str, settle: Duration) -> ReloadReport {
+        let folder = plugins_dir.join(tenant);
+        let mut report = ReloadReport::default();
+        let current = self.plugins(tenant);
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        let mut next: Vec<Arc<LoadedPlugin>> = Vec::new();
+        let mut rejections = self.rejections(tenant);
+        let mut seen = HashSet::new();
+        for wasm in files {
+            let Some(name) = plugin_name(&wasm) else {
+                if !wasm.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                    tracing::warn!(file = %wasm.display(), "ignoring plugin file: names use only a-z, 0-9, '-' and '_'");
+                }
+                continue;
+            };
+            seen.insert(name.clone());
+            let old = current.iter().find(|p| p.name == name).cloned();
+            let manifest_path = wasm.with_extension("toml");
+            let fresh = [&wasm, &manifest_path].iter().any(|p| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < settle)
+            });
+            if fresh {
+                // Still being written: keep what serves now and look again later.
+                report.retry_after = Some(settle);
+                next.extend(old);
+                continue;
+            }
+            let bytes = match std::fs::read(&wasm) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(file = %wasm.display(), error = %e, "cannot read plugin file");
+                    next.extend(old);
+                    continue;
+                }
+            };
+            let manifest_src = std::fs::read_to_string(&manifest_path).ok();
+            let hash = Runtime::content_hash(&bytes);
+            if let Some(old) = &old
+                && old.hash == hash
+                && old.manifest_src == manifest_src
+            {
+                // Unchanged, or put back to the version serving: nothing is rejected.
+                rejections.remove(&name);
+                next.push(old.clone());
+                continue;
+            }
+            if rejections
+                .get(&name)
+                .is_some_and(|r| r.hash.as_deref() == Some(hash.as_str()) && r.manifest_src == manifest_src)
+            {
+                // Rejected before, unchanged since: don't try again.
+                next.extend(old);
+                continue;
+            }
+            let manifest_src_copy = manifest_src.clone();
+            match self.load_bytes(&wasm, &bytes, manifest_src) {
+                Ok(p) => {
+                    tracing::info!(%tenant, plugin = %p.name, hash = %&p.hash[..12], replaced = old.as_ref().map(|o| &o.hash[..12]), "loaded plugin");
+                    rejections.remove(&name);
+                    report.loaded.push(name);
+                    next.push(Arc::new(p));
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, plugin = %name, serving = old.as_ref().map(|o| &o.hash[..12]), error = %e, "plugin version rejected");
+                    rejections.insert(
+                        name.clone(),
+                        Rejection {
+                            hash: Some(hash),
+                            error: e.to_string(),
+                            at: chrono::Utc::now(),
+                            manifest_src: manifest_src_copy,
+                        },
+                    );
+                    report.rejected.push(name);
+                    next.extend(old);
+                }
+            }
+        }
+        for p in current.iter().filter(|p| !seen.contains(&p.name)) {
+            tracing::info!(%tenant, plugin = %p.name, "unloaded plugin (file removed)");
+            report.removed.push(p.name.clone());
+        }
+        rejections.retain(|name, _| seen.contains(name));
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), rejections);
+        if !report.loaded.is_empty() || !report.removed.is_empty() {
+            self.replace(tenant, next);
+        }
+        report
+    }
+
+    /// Loads every known tenant's folder under `dir`, warning about folders of
+    /// unknown tenants. A plugin that fails to load never stops the others.
+    pub fn load_all(&self, dir: &Path, tenants: &BTreeMap<String, crate::config::TenantConfig>) -> usize {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -160,32 +314,34 @@ impl Registry {
                 }
             }
         }
+        let mut rejected = 0;
         for tenant in tenants.keys() {
-            let folder = dir.join(tenant);
-            let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
-                Ok(rd) => rd
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            files.sort();
-            let mut set = Vec::new();
-            for f in files {
-                match self.load_file(&f) {
-                    Ok(p) => {
-                        tracing::info!(%tenant, plugin = %p.name, hash = %&p.hash[..12], "loaded plugin");
-                        set.push(Arc::new(p));
-                    }
-                    Err(e) => {
-                        tracing::error!(%tenant, error = %e, "plugin rejected");
-                        errors.push(e);
-                    }
-                }
-            }
-            self.replace(tenant, set);
+            // At start-up, load what is there; the watcher catches later writes.
+            rejected += self.reload_tenant(dir, tenant, Duration::ZERO).rejected.len();
         }
-        errors
+        rejected
     }
+
+    /// Drops in-memory compiled code that no tenant's plugin uses.
+    pub fn collect_garbage(&self) {
+        let live: HashSet<String> = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|s| s.iter().map(|p| p.hash.clone()))
+            .collect();
+        self.runtime.retain_compiled(&live);
+    }
+}
+
+/// The plugin name a `.wasm` path stands for, if it is a valid one.
+pub fn plugin_name(wasm: &Path) -> Option<String> {
+    let name = wasm.file_stem()?.to_str()?;
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    ok.then(|| name.to_string())
 }

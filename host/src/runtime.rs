@@ -1,9 +1,11 @@
 //! The wasmtime side: one engine (pooling allocator, epoch interruption) with
 //! one epoch ticker, one linker with every import a plugin may use, and
-//! validation + compilation of uploaded components into `PluginPre`s.
+//! validation + compilation of uploaded components into `PluginPre`s, backed
+//! by an in-memory and an on-disk cache of compiled code keyed by content hash.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,11 +47,26 @@ pub enum LoadError {
     WrongWorld(wasmtime::Error),
 }
 
-/// Sizing of the instance pool.
-#[derive(Debug, Clone, Copy)]
+/// Sizing of the instance pool and where compiled code is cached.
+#[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// How many plugin instances may be alive at once.
     pub max_instances: u32,
+    /// Folder for the on-disk compiled-code cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Counters of how components were obtained.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CompileStats {
+    /// Compiled by Cranelift.
+    pub compiles: u64,
+    /// Loaded from the on-disk cache.
+    pub disk_hits: u64,
+    /// Reused from memory (an identical file loaded before).
+    pub memory_hits: u64,
+    /// Disk entries found corrupt and replaced.
+    pub corrupt_entries: u64,
 }
 
 /// Engine, linker, epoch ticker and a cache of compiled components.
@@ -57,6 +74,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginCtx>,
     compiled: Mutex<HashMap<String, Component>>,
+    disk: Option<crate::cache::DiskCache>,
+    stats: [AtomicU64; 4],
     ticker: Option<EpochTicker>,
     pooling: bool,
 }
@@ -105,10 +124,16 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
+        let disk = match &opts.cache_dir {
+            Some(dir) => Some(crate::cache::DiskCache::open(dir, &engine)?),
+            None => None,
+        };
         Ok(Runtime {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            disk,
+            stats: Default::default(),
             ticker,
             pooling,
         })
@@ -129,25 +154,76 @@ impl Runtime {
         hex::encode(Sha256::digest(bytes))
     }
 
+    /// How components were obtained so far.
+    pub fn stats(&self) -> CompileStats {
+        let [c, d, m, x] = &self.stats;
+        CompileStats {
+            compiles: c.load(Ordering::Relaxed),
+            disk_hits: d.load(Ordering::Relaxed),
+            memory_hits: m.load(Ordering::Relaxed),
+            corrupt_entries: x.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, i: usize) {
+        self.stats[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The compiled component for these bytes: from memory, else from the disk
+    /// cache (verified), else compiled now and written to the disk cache.
+    fn component(&self, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned() {
+            self.count(2);
+            return Ok(c);
+        }
+        let from_disk = self.disk.as_ref().and_then(|d| match d.get(&self.engine, hash) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(hash = %&hash[..12], error = %e, "discarding corrupt compiled-code cache entry; recompiling");
+                self.count(3);
+                None
+            }
+        });
+        let component = match from_disk {
+            Some(c) => {
+                self.count(1);
+                tracing::debug!(hash = %&hash[..12], "loaded compiled component from cache");
+                c
+            }
+            None => {
+                let started = Instant::now();
+                let c = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+                self.count(0);
+                tracing::info!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
+                if let Some(d) = &self.disk
+                    && let Err(e) = d.put(hash, &c)
+                {
+                    tracing::warn!(error = %e, "cannot write the compiled-code cache");
+                }
+                c
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// Forgets in-memory compiled code no loaded plugin uses any more.
+    pub fn retain_compiled(&self, live: &std::collections::HashSet<String>) {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|h, _| live.contains(h));
+    }
+
     /// Validates and compiles a component (reusing the compiled code of an
     /// identical file loaded before) and pre-instantiates it against the linker.
     pub fn load(&self, bytes: &[u8]) -> Result<(String, PluginPre<PluginCtx>), LoadError> {
         check_header(bytes)?;
         let hash = Self::content_hash(bytes);
-        let cached = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned();
-        let component = match cached {
-            Some(c) => c,
-            None => {
-                let started = Instant::now();
-                let c = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
-                tracing::debug!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
-                self.compiled
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(hash.clone(), c.clone());
-                c
-            }
-        };
+        let component = self.component(bytes, &hash)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
         Ok((hash, pre))

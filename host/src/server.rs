@@ -42,13 +42,19 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/{tenant}", post(webhook::receive))
         .route("/healthz", get(healthz))
+        .nest("/admin", crate::admin::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let plugins: usize = state.tenants.keys().map(|t| state.registry.plugins(t).len()).sum();
-    Json(json!({ "status": "ok", "tenants": state.tenants.len(), "plugins": plugins }))
+    Json(json!({
+        "status": "ok",
+        "tenants": state.tenants.len(),
+        "plugins": plugins,
+        "compile": state.registry.runtime().stats(),
+    }))
 }
 
 /// Runs Switchboard on `listener` until `shutdown` resolves, then stops
@@ -57,13 +63,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let config = Arc::new(config);
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.max_concurrent_invocations,
+        cache_dir: Some(config.data_dir.join("cache")),
     })?);
     let db = Db::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
     let registry = Arc::new(Registry::new(runtime));
-    let rejected = registry.load_all(&config.plugins_dir, &config.tenants);
-    if !rejected.is_empty() {
-        tracing::warn!(count = rejected.len(), "some plugins were rejected; see the errors above");
+    let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
+    let loader = registry.clone();
+    let rejected = tokio::task::spawn_blocking(move || loader.load_all(&plugins_dir, &tenant_ids)).await?;
+    if rejected > 0 {
+        tracing::warn!(count = rejected, "some plugins were rejected; see the errors above");
     }
+    let _watcher = crate::watch::start(
+        registry.clone(),
+        config.plugins_dir.clone(),
+        config.tenants.keys().cloned().collect(),
+    );
 
     let justcall_http = reqwest::Client::builder().build().context("building the JustCall HTTP client")?;
     let plugin_http = reqwest::Client::builder()

@@ -129,6 +129,7 @@ impl TenantSpec {
 pub const NUMBER: &str = "+15125550100";
 pub const API_KEY: &str = "test-key";
 pub const API_SECRET: &str = "test-secret";
+pub const ADMIN_TOKEN: &str = "test-admin";
 
 /// A running Switchboard.
 pub struct TestHost {
@@ -186,18 +187,27 @@ impl TestHost {
             dev,
             signature_tolerance: Duration::from_secs(300),
             max_concurrent_invocations: 16,
+            admin_token: Some(Secret::new(ADMIN_TOKEN)),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(switchboard::server::run(config.clone(), listener, async {
             let _ = rx.await;
         }));
-        TestHost {
+        let host = TestHost {
             url,
             dir,
             config,
             shutdown: Some(tx),
             task: Some(task),
+        };
+        // The listener is bound already; /healthz answers once plugins are
+        // loaded and the server is serving.
+        let started = std::time::Instant::now();
+        while !host.healthy().await {
+            assert!(started.elapsed() < Duration::from_secs(30), "server did not come up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        host
     }
 
     /// POSTs a webhook body with extra headers; returns status and JSON body.
@@ -212,6 +222,35 @@ impl TestHost {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET /admin/tenants/{tenant}/plugins.
+    pub async fn admin_plugins(&self, tenant: &str) -> Value {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/admin/tenants/{tenant}/plugins", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// The admin API's entry for one plugin, if listed.
+    pub async fn admin_plugin(&self, tenant: &str, name: &str) -> Option<Value> {
+        let all = self.admin_plugins(tenant).await;
+        all["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// The compile counters from /healthz.
+    pub async fn compile_stats(&self) -> Value {
+        let v: Value = reqwest::get(format!("{}/healthz", self.url)).await.unwrap().json().await.unwrap();
+        v["compile"].clone()
+    }
+
+    /// The tenant's plugin folder.
+    pub fn plugin_dir(&self, tenant: &str) -> PathBuf {
+        self.config.plugins_dir.join(tenant)
     }
 
     /// GET /healthz succeeds.
@@ -274,6 +313,13 @@ impl Drop for TestHost {
             let _ = tx.send(());
         }
     }
+}
+
+/// Writes a file the way deploy tools should: to a temp name, then renamed.
+pub fn write_then_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Polls `cond` every 20 ms until it holds, or panics after `limit`.

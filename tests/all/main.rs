@@ -6,5 +6,6 @@ mod cli;
 mod conventions;
 mod harness;
 mod plugins;
+mod reload;
 mod signatures;
 mod webhooks;
