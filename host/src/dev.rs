@@ -81,6 +81,69 @@ pub fn deploy_for_dev(plugin: &BuiltPlugin, tenant_dir: &Path, origin: &str) -> 
     Ok(wasm)
 }
 
+fn is_example(p: &BuiltPlugin) -> bool {
+    !p.source_dir.components().any(|c| c.as_os_str() == "fixtures")
+}
+
+fn deploy_examples(built: &[BuiltPlugin], tenant_dir: &Path, origin: &str) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for p in built.iter().filter(|p| is_example(p)) {
+        deploy_for_dev(p, tenant_dir, origin)?;
+        names.push(p.name.clone());
+    }
+    Ok(names)
+}
+
+/// Like `spin watch`: rebuilds the guest workspace when a source file changes
+/// and redeploys the examples, which the plugin-folder watcher then hot-reloads.
+fn watch_sources(ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Option<impl Drop> {
+    use notify::{EventKind, RecursiveMode};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let target = ws.target_dir.clone();
+    let handler = move |result: notify_debouncer_full::DebounceEventResult| {
+        let Ok(events) = result else { return };
+        let relevant = events.iter().any(|e| {
+            matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+                && e.paths.iter().any(|p| {
+                    !p.starts_with(&target)
+                        && !p.components().any(|c| c.as_os_str() == "target")
+                        && p.extension().is_some_and(|x| x == "rs" || x == "toml" || x == "wit")
+                })
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    };
+    let mut debouncer = match notify_debouncer_full::new_debouncer(Duration::from_millis(500), None, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch plugin sources; edits need a restart");
+            return None;
+        }
+    };
+    for dir in [ws.root.clone(), ws.root.join("../wit"), ws.root.join("../plugin-sdk")] {
+        if let Err(e) = debouncer.watch(&dir, RecursiveMode::Recursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch plugin sources");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            tracing::info!("plugin sources changed; rebuilding");
+            let build_ws = ws.clone();
+            match tokio::task::spawn_blocking(move || build_ws.build(false)).await {
+                Ok(Ok(built)) => match deploy_examples(&built, &tenant_dir, &origin) {
+                    Ok(names) => tracing::info!(plugins = %names.join(", "), "rebuilt and redeployed; hot reload picks them up"),
+                    Err(e) => tracing::error!(error = %e, "cannot redeploy the rebuilt plugins"),
+                },
+                Ok(Err(e)) => tracing::error!("rebuild failed; the previous versions keep serving:\n{e:#}"),
+                Err(e) => tracing::error!(error = %e, "rebuild panicked"),
+            }
+        }
+    });
+    Some(debouncer)
+}
+
 /// Builds the example plugins, deploys them to the demo tenant, prints how to
 /// try it, and serves until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -92,17 +155,12 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     let ws = GuestWorkspace::from_source_checkout()
         .context("dev mode builds the example plugins from this checkout's plugins/ folder, which is missing")?;
     tracing::info!("building the example plugins (first run takes a minute)");
-    let built = tokio::task::spawn_blocking(move || ws.build(false)).await??;
+    let build_ws = ws.clone();
+    let built = tokio::task::spawn_blocking(move || build_ws.build(false)).await??;
     let config = dev_config(addr, &origin, &data_dir)?;
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
-    let mut names = Vec::new();
-    for p in built
-        .iter()
-        .filter(|p| !p.source_dir.components().any(|c| c.as_os_str() == "fixtures"))
-    {
-        deploy_for_dev(p, &tenant_dir, &origin)?;
-        names.push(p.name.clone());
-    }
+    let names = deploy_examples(&built, &tenant_dir, &origin)?;
+    let _source_watch = watch_sources(ws, tenant_dir.clone(), origin.clone());
     println!(
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\

@@ -292,3 +292,28 @@ async fn the_admin_api_needs_the_token_and_a_known_tenant() {
     assert_eq!(other.status(), 404);
     assert_eq!(host.admin_plugins("acme").await["plugins"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn when_the_watched_folder_disappears_periodic_rescans_take_over() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
+        "appointment-confirm",
+        "confirm",
+        "",
+    ))])
+    .await;
+    std::fs::remove_dir_all(&host.config.plugins_dir).unwrap();
+    wait_admin(&host, "acme", "confirm", "unload", |p| p.is_none()).await;
+    // The watch on the old folder is gone; only rescans can see this.
+    std::fs::create_dir_all(host.plugin_dir("acme")).unwrap();
+    write_then_rename(
+        &host.plugin_dir("acme").join("confirm.wasm"),
+        &std::fs::read(guest("appointment-confirm")).unwrap(),
+    );
+    wait_admin(&host, "acme", "confirm", "the rescan", |p| {
+        p.is_some_and(|p| p["status"] == "active")
+    })
+    .await;
+    let (_, resp) = host.post("acme", confirm_event("rescued"), &[]).await;
+    assert_eq!(resp["deliveries"], 1);
+}
