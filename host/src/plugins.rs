@@ -198,9 +198,11 @@ impl Registry {
     /// Brings one tenant's plugin set in line with its folder: new and changed
     /// files are loaded, unchanged ones kept, deleted ones dropped. A file that
     /// fails to load is recorded as rejected and the version it would have
-    /// replaced keeps serving. Files written less than `settle` ago are left
-    /// for a later pass (`retry_after`). The new set is swapped in at once.
-    pub fn reload_tenant(&self, plugins_dir: &Path, tenant: &str, settle: Duration) -> ReloadReport {
+    /// replaced keeps serving. Files in `complete` (renamed into place, or
+    /// closed after writing) are read at once; other files written less than
+    /// `settle` ago are left for a later pass (`retry_after`), so a copy in
+    /// progress is never read. The new set is swapped in at once.
+    pub fn reload_tenant(&self, plugins_dir: &Path, tenant: &str, complete: &HashSet<PathBuf>, settle: Duration) -> ReloadReport {
         let folder = plugins_dir.join(tenant);
         let mut report = ReloadReport::default();
         let current = self.plugins(tenant);
@@ -227,9 +229,10 @@ impl Registry {
             let old = current.iter().find(|p| p.name == name).cloned();
             let manifest_path = wasm.with_extension("toml");
             let fresh = [&wasm, &manifest_path].iter().any(|p| {
-                std::fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < settle)
+                !complete.contains(*p)
+                    && std::fs::metadata(p)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < settle)
             });
             if fresh {
                 // Still being written: keep what serves now and look again later.
@@ -317,7 +320,7 @@ impl Registry {
         let mut rejected = 0;
         for tenant in tenants.keys() {
             // At start-up, load what is there; the watcher catches later writes.
-            rejected += self.reload_tenant(dir, tenant, Duration::ZERO).rejected.len();
+            rejected += self.reload_tenant(dir, tenant, &HashSet::new(), Duration::ZERO).rejected.len();
         }
         rejected
     }

@@ -7,22 +7,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 
 use crate::plugins::Registry;
 
-/// How long the watcher waits for writes to a path to go quiet.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long the watcher batches events before passing them on. Short: whether
+/// a file is complete is decided per file (see [`Reload::Tenant`]), not by
+/// waiting for quiet.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// How often the folder is rescanned when the watcher is not working.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// A message to the reloader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
-    /// Something under this tenant's folder changed.
-    Tenant(String),
+    /// Something under this tenant's folder changed. `complete` lists files
+    /// known to be whole: renamed into place, or closed after writing. Other
+    /// changed files are loaded only once they have stopped changing.
+    Tenant {
+        /// Tenant id.
+        tenant: String,
+        /// Files known to be complete.
+        complete: Vec<PathBuf>,
+    },
     /// The watcher failed: rescan everything, and keep rescanning.
     WatcherFailed(String),
 }
@@ -61,23 +71,29 @@ pub fn start(registry: Arc<Registry>, plugins_dir: PathBuf, tenants: BTreeSet<St
     let sender = tx.clone();
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
-            let mut changed = HashSet::new();
+            let mut changed: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
             for ev in events {
-                if !matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
-                    continue;
-                }
+                let complete = match ev.kind {
+                    EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                    | EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => false,
+                    _ => continue,
+                };
                 for path in &ev.paths {
                     if path == &root && matches!(ev.kind, EventKind::Remove(_)) {
                         let _ = sender.send(Reload::WatcherFailed(format!("{} was removed", root.display())));
                         continue;
                     }
                     if let Some(t) = tenant_of(&root, path) {
-                        changed.insert(t);
+                        let entry = changed.entry(t).or_default();
+                        if complete {
+                            entry.push(path.clone());
+                        }
                     }
                 }
             }
-            for t in changed {
-                let _ = sender.send(Reload::Tenant(t));
+            for (tenant, complete) in changed {
+                let _ = sender.send(Reload::Tenant { tenant, complete });
             }
         }
         Err(errors) => {
@@ -105,9 +121,9 @@ pub fn start(registry: Arc<Registry>, plugins_dir: PathBuf, tenants: BTreeSet<St
     }
 }
 
-async fn reload(registry: &Arc<Registry>, dir: &Path, tenant: &str, tx: &mpsc::UnboundedSender<Reload>) {
+async fn reload(registry: &Arc<Registry>, dir: &Path, tenant: &str, complete: HashSet<PathBuf>, tx: &mpsc::UnboundedSender<Reload>) {
     let (registry2, dir2, t2) = (registry.clone(), dir.to_path_buf(), tenant.to_string());
-    let report = match tokio::task::spawn_blocking(move || registry2.reload_tenant(&dir2, &t2, crate::plugins::SETTLE)).await {
+    let report = match tokio::task::spawn_blocking(move || registry2.reload_tenant(&dir2, &t2, &complete, crate::plugins::SETTLE)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(%tenant, error = %e, "reload panicked");
@@ -122,7 +138,10 @@ async fn reload(registry: &Arc<Registry>, dir: &Path, tenant: &str, tx: &mpsc::U
         let tenant = tenant.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let _ = tx.send(Reload::Tenant(tenant));
+            let _ = tx.send(Reload::Tenant {
+                tenant,
+                complete: Vec::new(),
+            });
         });
     }
 }
@@ -150,36 +169,38 @@ async fn run_reloader(
             }
         };
         // Coalesce whatever else is queued: one reload per tenant per round.
-        let mut round = BTreeSet::new();
+        let mut round: std::collections::BTreeMap<String, HashSet<PathBuf>> = Default::default();
         let mut queue: Vec<Reload> = msg.into_iter().collect();
         while let Ok(m) = rx.try_recv() {
             queue.push(m);
         }
         if queue.is_empty() && rescanning {
-            round.extend(tenants.iter().cloned());
+            round.extend(tenants.iter().map(|t| (t.clone(), HashSet::new())));
         }
         for m in queue {
             match m {
-                Reload::Tenant(t) => {
-                    round.insert(t);
+                Reload::Tenant { tenant, complete } => {
+                    round.entry(tenant).or_default().extend(complete);
                 }
                 Reload::WatcherFailed(why) => {
                     if !rescanning {
                         tracing::error!(error = %why, every = ?RESCAN_EVERY, "PLUGIN WATCHER FAILED: falling back to periodic rescans of {}", dir.display());
                         rescanning = true;
                     }
-                    round.extend(tenants.iter().cloned());
+                    for t in &tenants {
+                        round.entry(t.clone()).or_default();
+                    }
                 }
             }
         }
-        for t in round {
+        for (t, complete) in round {
             if !tenants.contains(&t) {
                 if warned.insert(t.clone()) {
                     tracing::warn!(folder = %dir.join(&t).display(), "ignoring plugin folder for unknown tenant `{t}`");
                 }
                 continue;
             }
-            reload(&registry, &dir, &t, &tx).await;
+            reload(&registry, &dir, &t, complete, &tx).await;
         }
     }
 }
