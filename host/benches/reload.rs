@@ -135,7 +135,17 @@ fn main() {
         .rev()
         .map(|n| time_until_serving(port, &target, &variant(&base, n)))
         .collect();
+    // A 12 MB JavaScript component (StarlingMonkey), same path.
+    let js = std::fs::read(wasm("confirm-js")).unwrap();
+    let js_compiled: Vec<f64> = (1..=3).map(|n| time_until_serving(port, &target, &variant(&js, n))).collect();
+    let js_cached: Vec<f64> = (1..=3).rev().map(|n| time_until_serving(port, &target, &variant(&js, n))).collect();
     drop(server);
+    println!(
+        "reload (write → serving), {:.1} MB JS plugin: compiled median {:.0} ms; from cache median {:.1} ms",
+        js.len() as f64 / 1e6,
+        median(js_compiled),
+        median(js_cached)
+    );
     println!(
         "reload (write → serving), small Rust plugin: compiled median {:.1} ms (max {:.1}); from cache median {:.1} ms (max {:.1})",
         median(compiled.clone()),

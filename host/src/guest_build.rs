@@ -1,6 +1,8 @@
 //! Building guest plugins from source: makes sure the `wasm32-wasip2` target is
-//! installed, then builds the whole guest workspace in `plugins/` with one
-//! cargo invocation into `<target>/wasm`, so every caller shares one build.
+//! installed, builds every Rust guest in `plugins/` with one cargo invocation
+//! into `<target>/wasm`, installs the pinned npm toolchain (`npm ci`), and runs
+//! each non-Rust plugin's `[build] command` from its `plugin.toml`, skipping
+//! those whose output is newer than their sources.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +23,8 @@ pub struct BuiltPlugin {
     pub wasm: PathBuf,
     /// The package's `plugin.toml`, if it has one.
     pub manifest: Option<PathBuf>,
+    /// For non-Rust plugins, the `[build] command` from `plugin.toml`.
+    pub build_command: Option<String>,
 }
 
 /// The guest workspace and where it builds to.
@@ -55,7 +59,13 @@ impl GuestWorkspace {
         })
     }
 
-    /// Every plugin package in the workspace (folders with a `cdylib` crate).
+    /// Where non-Rust plugins' build commands write (`$OUT_DIR`).
+    pub fn script_out_dir(&self) -> PathBuf {
+        self.target_dir.join("plugins")
+    }
+
+    /// Every plugin in the workspace: folders with a `cdylib` crate, and
+    /// folders whose `plugin.toml` has a `[build] command`.
     pub fn packages(&self) -> anyhow::Result<Vec<BuiltPlugin>> {
         let mut out = Vec::new();
         let mut dirs = vec![self.root.clone()];
@@ -69,6 +79,22 @@ impl GuestWorkspace {
                     continue;
                 }
                 let manifest = path.join("Cargo.toml");
+                let plugin_toml = path.join("plugin.toml");
+                if !manifest.is_file() && plugin_toml.is_file() {
+                    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&plugin_toml)?)
+                        .with_context(|| format!("parsing {}", plugin_toml.display()))?;
+                    if let Some(command) = doc.get("build").and_then(|b| b.get("command")).and_then(|c| c.as_str()) {
+                        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                        out.push(BuiltPlugin {
+                            wasm: self.script_out_dir().join(format!("{name}.wasm")),
+                            name,
+                            source_dir: path.clone(),
+                            manifest: Some(plugin_toml),
+                            build_command: Some(command.to_string()),
+                        });
+                        continue;
+                    }
+                }
                 if manifest.is_file() {
                     let text = std::fs::read_to_string(&manifest)?;
                     let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
@@ -90,6 +116,7 @@ impl GuestWorkspace {
                             source_dir: path.clone(),
                             wasm,
                             manifest: plugin_toml.is_file().then_some(plugin_toml),
+                            build_command: None,
                         });
                     }
                 } else {
@@ -128,6 +155,26 @@ impl GuestWorkspace {
             bail!("building the guest plugins in {} failed ({status})", self.root.display());
         }
         let packages = self.packages()?;
+        let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
+        if !scripted.is_empty() {
+            self.npm_ci(quiet)?;
+            std::fs::create_dir_all(self.script_out_dir())?;
+            let wit = self.root.join("../wit");
+            for p in scripted {
+                if up_to_date(&p.wasm, &[&p.source_dir, &wit]) {
+                    continue;
+                }
+                let command = p.build_command.as_deref().unwrap_or_default();
+                tracing::info!(plugin = %p.name, "building: {command}");
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(command)
+                    .current_dir(&p.source_dir)
+                    .env("OUT_DIR", self.script_out_dir())
+                    .stdin(Stdio::null());
+                run(cmd, quiet, &format!("building plugin {} (`{command}`)", p.name))?;
+            }
+        }
         for p in &packages {
             if !p.wasm.is_file() {
                 bail!("cargo succeeded but {} is missing", p.wasm.display());
@@ -135,6 +182,70 @@ impl GuestWorkspace {
         }
         Ok(packages)
     }
+}
+
+impl GuestWorkspace {
+    /// Installs the pinned npm tools (`npm ci`) unless `node_modules` is
+    /// already up to date with `package-lock.json`.
+    fn npm_ci(&self, quiet: bool) -> anyhow::Result<()> {
+        let lock = self.root.join("package-lock.json");
+        if !lock.is_file() {
+            return Ok(());
+        }
+        let installed = self.root.join("node_modules/.package-lock.json");
+        if up_to_date(&installed, &[&lock]) {
+            return Ok(());
+        }
+        tracing::info!("installing the pinned JavaScript toolchain (npm ci)");
+        let mut cmd = Command::new("npm");
+        cmd.args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        run(cmd, quiet, "`npm ci` in the plugins folder")
+    }
+}
+
+fn run(mut cmd: Command, quiet: bool, what: &str) -> anyhow::Result<()> {
+    if quiet {
+        let out = cmd.output().with_context(|| format!("running {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        let status = cmd.status().with_context(|| format!("running {what}"))?;
+        if !status.success() {
+            bail!("{what} failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ok()?.flatten() {
+            if entry.file_name() == "node_modules" || entry.file_name() == "target" {
+                continue;
+            }
+            if let Some(t) = newest_mtime(&entry.path()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    Some(newest)
+}
+
+/// Whether `output` exists and is newer than everything under `inputs`.
+fn up_to_date(output: &Path, inputs: &[&Path]) -> bool {
+    let Some(built) = std::fs::metadata(output).and_then(|m| m.modified()).ok() else {
+        return false;
+    };
+    inputs.iter().all(|i| newest_mtime(i).is_none_or(|t| t <= built))
 }
 
 /// Installs the `wasm32-wasip2` target with rustup if it is missing.

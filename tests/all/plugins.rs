@@ -227,3 +227,27 @@ async fn pending_deliveries_survive_a_restart() {
     assert_eq!(d[0].1, "done", "{d:?}");
     assert_eq!(jc.to("/texts/new").len(), 1);
 }
+
+#[tokio::test]
+async fn a_javascript_plugin_runs_in_the_same_host() {
+    let jc = Recorder::start().await;
+    let js = PluginSpec::new(
+        "confirm-js",
+        "confirm-js",
+        "events = [\"received\"]\n[config]\nreply = \"Confirmed, from JavaScript.\"\n[limits]\nmemory_mb = 128\ntimeout_ms = 5000\n",
+    );
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(js)]).await;
+    let (status, resp) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    assert_eq!(status, 202);
+    host.idle().await;
+    assert_eq!(
+        host.deliveries(resp["event_id"].as_str().unwrap()),
+        vec![("confirm-js".to_string(), "done".to_string(), None)]
+    );
+    let sent = jc.to("/api/v2/texts/new");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].body,
+        json!({"from": "+15125550100", "to": "+15125551234", "body": "Confirmed, from JavaScript."})
+    );
+}
