@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         max_instances: 16,
         cache_dir: None,
     })?);
-    let registry = Registry::new(runtime);
+    let registry = Registry::new(runtime, Default::default());
     let plugin = registry.load_file(&noop.wasm)?;
     let dir = tempfile::tempdir()?;
     let db = switchboard::db::Db::open(dir.path())?;
@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         justcall_base_url: reqwest::Url::parse("http://127.0.0.1:9")?,
         justcall_api_key: Secret::new("k"),
         justcall_api_secret: Secret::new("s"),
+        limits: Default::default(),
     };
     let http = reqwest::Client::new();
     let tenant = Arc::new(TenantRuntime {

@@ -20,8 +20,22 @@ pub const MAX_KV_KEY: usize = 512;
 pub const MAX_KV_VALUE: usize = 64 << 10;
 /// Log bytes a plugin may write per event before the rest is dropped.
 pub const MAX_LOG_BYTES: usize = 64 << 10;
+/// Redirects a plugin's request may follow.
+pub const MAX_REDIRECTS: u32 = 5;
 /// Longest SMS body JustCall accepts.
 pub const MAX_SMS_BODY: usize = 1600;
+
+/// A limit a plugin went over; it ends the invocation (a trap) and is
+/// recorded as the delivery's failure reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitBreach {
+    /// Too many `sms.send` calls in one event.
+    #[error("sms quota exceeded ({0} sends per event)")]
+    SmsPerEvent(u32),
+    /// Too many `http.send` calls in one event.
+    #[error("http quota exceeded ({0} requests per event)")]
+    HttpPerEvent(u32),
+}
 
 /// A tenant's shared runtime state: its config and JustCall client.
 #[derive(Debug)]
@@ -195,6 +209,12 @@ fn wit_message(m: ApiMessage) -> sms::Message {
 
 impl sms::Host for PluginCtx {
     async fn send(&mut self, message: sms::OutgoingSms) -> wasmtime::Result<Result<String, sms::SmsError>> {
+        // Every attempt counts, refused or not, so a loop of refused sends
+        // still ends at the quota.
+        if self.sms_sent >= self.limits.sms_per_event {
+            return Err(wasmtime::Error::new(LimitBreach::SmsPerEvent(self.limits.sms_per_event)));
+        }
+        self.sms_sent += 1;
         let tenant = self.inv.tenant.clone();
         let Some(from) = normalize_e164(&message.from).filter(|f| tenant.config.numbers.contains(f)) else {
             return Ok(Err(sms::SmsError::NotTenantNumber(message.from)));
@@ -205,6 +225,14 @@ impl sms::Host for PluginCtx {
                 message.to
             ))));
         };
+        match self.inv.db.is_opted_out(&tenant.config.id, &to).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, %to, "refused SMS to an opted-out number");
+                return Ok(Err(sms::SmsError::OptedOut(to)));
+            }
+            Err(e) => return Ok(Err(sms::SmsError::Unavailable(format!("cannot check opt-out state: {e}")))),
+        }
         if message.body.trim().is_empty() && message.media_urls.is_empty() {
             return Ok(Err(sms::SmsError::InvalidRequest("empty body".into())));
         }
@@ -213,10 +241,6 @@ impl sms::Host for PluginCtx {
                 "body is over {MAX_SMS_BODY} characters"
             ))));
         }
-        if self.sms_sent >= self.limits.sms_per_event {
-            return Ok(Err(sms::SmsError::QuotaExceeded));
-        }
-        self.sms_sent += 1;
         let result = tenant.justcall.send(&from, &to, &message.body, &message.media_urls).await;
         match &result {
             Ok(id) => {
@@ -247,7 +271,11 @@ impl sms::Host for PluginCtx {
 
 impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
-        let url = match reqwest::Url::parse(&req.url) {
+        if self.http_calls >= self.limits.http_per_event {
+            return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(self.limits.http_per_event)));
+        }
+        self.http_calls += 1;
+        let mut url = match reqwest::Url::parse(&req.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             Ok(u) => {
                 return Ok(Err(http::HttpError::InvalidRequest(format!(
@@ -257,24 +285,11 @@ impl http::Host for PluginCtx {
             }
             Err(e) => return Ok(Err(http::HttpError::InvalidRequest(format!("bad URL: {e}")))),
         };
-        if !self.inv.manifest.allowed_hosts.iter().any(|h| h.matches(&url)) {
-            let origin = format!(
-                "{}://{}:{}",
-                url.scheme(),
-                url.host_str().unwrap_or(""),
-                url.port_or_known_default().unwrap_or(0)
-            );
-            return Ok(Err(http::HttpError::NotAllowed(format!("{origin} is not in allowed_hosts"))));
-        }
-        let method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
+        let mut method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
             Ok(m) => m,
             Err(_) => return Ok(Err(http::HttpError::InvalidRequest(format!("bad method `{}`", req.method)))),
         };
-        if self.http_calls >= self.limits.http_per_event {
-            return Ok(Err(http::HttpError::QuotaExceeded));
-        }
-        self.http_calls += 1;
-        let mut builder = self.inv.http.request(method, url).timeout(self.remaining()).body(req.body);
+        let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &req.headers {
             let (Ok(name), Ok(value)) = (
                 reqwest::header::HeaderName::from_bytes(k.as_bytes()),
@@ -282,12 +297,53 @@ impl http::Host for PluginCtx {
             ) else {
                 return Ok(Err(http::HttpError::InvalidRequest(format!("bad header `{k}`"))));
             };
-            builder = builder.header(name, value);
+            headers.append(name, value);
         }
-        let mut resp = match builder.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
-            Err(e) => return Ok(Err(http::HttpError::Transport(e.without_url().to_string()))),
+        let mut body = Some(req.body);
+        // Follow redirects by hand, so every hop passes the same checks.
+        let mut hops = 0;
+        let mut resp = loop {
+            if let Err(reason) = crate::egress::check(&url, &self.inv.manifest.allowed_hosts).await {
+                let reason = if hops > 0 { format!("redirect refused: {reason}") } else { reason };
+                return Ok(Err(http::HttpError::NotAllowed(reason)));
+            }
+            let mut builder = self
+                .inv
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(self.remaining())
+                .headers(headers.clone());
+            if let Some(b) = &body {
+                builder = builder.body(b.clone());
+            }
+            let resp = match builder.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
+                Err(e) => return Ok(Err(http::HttpError::Transport(e.without_url().to_string()))),
+            };
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_string);
+            match (resp.status().is_redirection(), location) {
+                (true, Some(location)) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    url = match url.join(&location) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                        _ => {
+                            return Ok(Err(http::HttpError::NotAllowed(format!(
+                                "redirect refused: bad location `{location}`"
+                            ))));
+                        }
+                    };
+                    if matches!(resp.status().as_u16(), 301..=303) && method != reqwest::Method::HEAD {
+                        method = reqwest::Method::GET;
+                        body = None;
+                    }
+                }
+                _ => break resp,
+            }
         };
         let status = resp.status().as_u16();
         let headers = resp

@@ -117,6 +117,8 @@ pub struct TenantConfig {
     pub justcall_api_key: Secret,
     /// JustCall API secret.
     pub justcall_api_secret: Secret,
+    /// Limits for this tenant's plugins, beneath each manifest's `[limits]`.
+    pub limits: LimitOverrides,
 }
 
 /// The whole server configuration.
@@ -236,6 +238,7 @@ struct RawTenant {
     justcall_base_url: Option<Spanned<String>>,
     justcall_api_key: Spanned<String>,
     justcall_api_secret: Spanned<String>,
+    limits: Option<RawLimits>,
 }
 
 fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
@@ -367,7 +370,87 @@ fn resolve_tenant(
         justcall_base_url,
         justcall_api_key: resolve_secret(path, src, &k("justcall_api_key"), &t.justcall_api_key, env)?,
         justcall_api_secret: resolve_secret(path, src, &k("justcall_api_secret"), &t.justcall_api_secret, env)?,
+        limits: match &t.limits {
+            Some(l) => l.validate(path, src, &format!("tenants.{id}.limits"))?,
+            None => LimitOverrides::default(),
+        },
     })
+}
+
+/// Host ceilings for the per-event quotas.
+pub const MAX_SMS_PER_EVENT: u64 = 100;
+/// Ceiling for outbound HTTP requests per event.
+pub const MAX_HTTP_PER_EVENT: u64 = 100;
+/// Ceiling for the HTTP response bytes a plugin may read, in KiB.
+pub const MAX_HTTP_RESPONSE_KB: u64 = 16 << 10;
+
+/// Limits as written in a tenant's `[tenants.x.limits]` or a manifest's
+/// `[limits]`: each one optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    /// Deadline per event, ms.
+    pub timeout_ms: Option<u64>,
+    /// Linear memory, MiB.
+    pub memory_mb: Option<u64>,
+    /// `sms.send` calls per event.
+    pub sms_per_event: Option<u64>,
+    /// `http.send` calls per event.
+    pub http_per_event: Option<u64>,
+    /// HTTP response bytes read, KiB.
+    pub http_response_kb: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout_ms: Option<Spanned<u64>>,
+    memory_mb: Option<Spanned<u64>>,
+    sms_per_event: Option<Spanned<u64>>,
+    http_per_event: Option<Spanned<u64>>,
+    http_response_kb: Option<Spanned<u64>>,
+}
+
+impl RawLimits {
+    /// Checks every value against its host ceiling; `prefix` is the key path of the table.
+    fn validate(&self, path: &Path, src: &str, prefix: &str) -> Result<LimitOverrides, ConfigError> {
+        let check = |v: &Option<Spanned<u64>>, key: &str, max: u64| -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(x) if *x.get_ref() == 0 || *x.get_ref() > max => Err(ConfigError::new(
+                    path,
+                    src,
+                    Some(x.span()),
+                    format!("{prefix}.{key}"),
+                    format!("must be 1..={max}"),
+                )),
+                Some(x) => Ok(Some(*x.get_ref())),
+                None => Ok(None),
+            }
+        };
+        Ok(LimitOverrides {
+            timeout_ms: check(&self.timeout_ms, "timeout_ms", MAX_TIMEOUT_MS)?,
+            memory_mb: check(&self.memory_mb, "memory_mb", MAX_MEMORY_MB)?,
+            sms_per_event: check(&self.sms_per_event, "sms_per_event", MAX_SMS_PER_EVENT)?,
+            http_per_event: check(&self.http_per_event, "http_per_event", MAX_HTTP_PER_EVENT)?,
+            http_response_kb: check(&self.http_response_kb, "http_response_kb", MAX_HTTP_RESPONSE_KB)?,
+        })
+    }
+}
+
+impl Limits {
+    /// The effective limits: the manifest's value, else the tenant's, else
+    /// the host default (all already within the host ceilings).
+    pub fn resolve(tenant: &LimitOverrides, manifest: &LimitOverrides) -> Limits {
+        let d = Limits::default();
+        let pick = |m: Option<u64>, t: Option<u64>| m.or(t);
+        Limits {
+            timeout: pick(manifest.timeout_ms, tenant.timeout_ms).map_or(d.timeout, Duration::from_millis),
+            memory_bytes: pick(manifest.memory_mb, tenant.memory_mb).map_or(d.memory_bytes, |mb| (mb as usize) << 20),
+            sms_per_event: pick(manifest.sms_per_event, tenant.sms_per_event).map_or(d.sms_per_event, |n| n as u32),
+            http_per_event: pick(manifest.http_per_event, tenant.http_per_event).map_or(d.http_per_event, |n| n as u32),
+            http_response_bytes: pick(manifest.http_response_kb, tenant.http_response_kb)
+                .map_or(d.http_response_bytes, |kb| (kb as usize) << 10),
+        }
+    }
 }
 
 /// Per-plugin limits after applying defaults and host ceilings.
@@ -456,11 +539,20 @@ pub struct Manifest {
     pub allowed_hosts: Vec<AllowedHost>,
     /// The `[config]` values, as strings.
     pub config: BTreeMap<String, String>,
-    /// Effective limits.
+    /// Effective limits (see [`Manifest::with_tenant_limits`]).
     pub limits: Limits,
+    /// The `[limits]` table as written.
+    pub limit_overrides: LimitOverrides,
 }
 
 impl Manifest {
+    /// Recomputes the effective limits with the tenant's overrides beneath
+    /// the manifest's.
+    pub fn with_tenant_limits(mut self, tenant: &LimitOverrides) -> Manifest {
+        self.limits = Limits::resolve(tenant, &self.limit_overrides);
+        self
+    }
+
     /// Whether the plugin wants events of this kind.
     pub fn subscribes(&self, kind: EventKind) -> bool {
         self.events.as_ref().is_none_or(|k| k.contains(&kind))
@@ -499,40 +591,16 @@ impl Manifest {
             };
             config.insert(k.clone(), s);
         }
-        let mut limits = Limits::default();
-        if let Some(l) = &raw.limits {
-            if let Some(t) = &l.timeout_ms {
-                let ms = *t.get_ref();
-                if ms == 0 || ms > MAX_TIMEOUT_MS {
-                    return Err(ConfigError::new(
-                        path,
-                        src,
-                        Some(t.span()),
-                        "limits.timeout_ms",
-                        format!("must be 1..={MAX_TIMEOUT_MS}"),
-                    ));
-                }
-                limits.timeout = Duration::from_millis(ms);
-            }
-            if let Some(m) = &l.memory_mb {
-                let mb = *m.get_ref();
-                if mb == 0 || mb > MAX_MEMORY_MB {
-                    return Err(ConfigError::new(
-                        path,
-                        src,
-                        Some(m.span()),
-                        "limits.memory_mb",
-                        format!("must be 1..={MAX_MEMORY_MB}"),
-                    ));
-                }
-                limits.memory_bytes = (mb as usize) << 20;
-            }
-        }
+        let limit_overrides = match &raw.limits {
+            Some(l) => l.validate(path, src, "limits")?,
+            None => LimitOverrides::default(),
+        };
         Ok(Manifest {
             events: raw.events,
             allowed_hosts,
             config,
-            limits,
+            limits: Limits::resolve(&LimitOverrides::default(), &limit_overrides),
+            limit_overrides,
         })
     }
 }
@@ -552,13 +620,6 @@ struct RawManifest {
     /// Overrides `switchboard dev` applies when deploying an example; not used at run time.
     #[allow(dead_code)]
     dev: Option<toml::Table>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    timeout_ms: Option<Spanned<u64>>,
-    memory_mb: Option<Spanned<u64>>,
 }
 
 #[cfg(test)]

@@ -161,6 +161,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, id);
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS optouts (
+    tenant TEXT NOT NULL,
+    number TEXT NOT NULL,
+    opted_out INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (tenant, number)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kv (
     tenant TEXT NOT NULL,
     plugin TEXT NOT NULL,
@@ -306,6 +313,22 @@ impl Db {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Whether the contact has opted out of the tenant's messages.
+    pub async fn is_opted_out(&self, tenant: &str, number: &str) -> Result<bool, DbError> {
+        let (t, n) = (tenant.to_string(), number.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT opted_out FROM optouts WHERE tenant = ?1 AND number = ?2",
+                    params![t, n],
+                    |r| r.get::<_, bool>(0),
+                )
+                .optional()?
+                .unwrap_or(false))
         })
         .await
     }

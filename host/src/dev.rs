@@ -29,6 +29,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         justcall_base_url: reqwest::Url::parse(&format!("{origin}/justcall"))?,
         justcall_api_key: Secret::new("demo-key"),
         justcall_api_secret: Secret::new("demo-secret"),
+        limits: Default::default(),
     };
     Ok(Config {
         listen,

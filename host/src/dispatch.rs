@@ -37,7 +37,13 @@ pub enum InvokeError {
     /// It tried to grow memory past its cap.
     #[error("memory limit ({0} MiB): {1}")]
     Memory(usize, String),
-    /// It trapped (panic, unreachable, stack overflow, …).
+    /// It went over a per-event quota.
+    #[error("{0}")]
+    Limit(String),
+    /// It overflowed the wasm stack.
+    #[error("stack overflow (wasm stack limit {0} KiB)")]
+    StackOverflow(usize),
+    /// It trapped (panic, unreachable, …).
     #[error("trap: {0}")]
     Trap(String),
     /// It could not be instantiated.
@@ -112,6 +118,12 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
 fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::Duration) -> InvokeError {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return InvokeError::Deadline(timeout.as_millis());
+    }
+    if let Some(breach) = e.downcast_ref::<crate::capabilities::LimitBreach>() {
+        return InvokeError::Limit(breach.to_string());
+    }
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
+        return InvokeError::StackOverflow(crate::runtime::MAX_WASM_STACK >> 10);
     }
     let message = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),

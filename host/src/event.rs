@@ -101,6 +101,36 @@ pub struct Event {
     pub agent_id: Option<String>,
 }
 
+/// Inbound bodies that opt a contact out (FCC keywords), compared trimmed,
+/// case-insensitively, with inner whitespace collapsed.
+pub const OPT_OUT_KEYWORDS: &[&str] = &["STOP", "QUIT", "END", "REVOKE", "OPT OUT", "CANCEL", "UNSUBSCRIBE"];
+/// Inbound bodies that opt a contact back in.
+pub const OPT_IN_KEYWORDS: &[&str] = &["START"];
+
+impl Event {
+    /// How this event changes the contact's opt-out state, if it does:
+    /// `(contact, opted_out)`. Opt-out and opt-in events count, and so does an
+    /// inbound SMS whose body is exactly one of the keywords.
+    pub fn opt_change(&self) -> Option<(String, bool)> {
+        match self.kind {
+            EventKind::OptOut => Some((self.from.clone(), true)),
+            EventKind::OptIn => Some((self.from.clone(), false)),
+            EventKind::Received => {
+                let words: Vec<String> = self.body.split_whitespace().map(str::to_ascii_uppercase).collect();
+                let body = words.join(" ");
+                if OPT_OUT_KEYWORDS.contains(&body.as_str()) {
+                    Some((self.from.clone(), true))
+                } else if OPT_IN_KEYWORDS.contains(&body.as_str()) {
+                    Some((self.from.clone(), false))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Which wire format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -499,6 +529,36 @@ mod tests {
             Parsed::Event(i) => *i,
             other => panic!("expected an event, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn opt_out_keywords_in_any_case_and_spacing() {
+        let mut e = event(r#"{"event":"sms.received","timestamp":"2026-03-12T14:30:00Z","data":{"message_id":"m","direction":"inbound","from":"+15125551234","to":"+15125550100","body":"x","justcall_number":"+15125550100"}}"#).event;
+        for body in [
+            "STOP",
+            " stop ",
+            "Quit",
+            "end",
+            "revoke",
+            "opt  out",
+            "Opt Out\n",
+            "CANCEL",
+            "unsubscribe",
+        ] {
+            e.body = body.to_string();
+            assert_eq!(e.opt_change(), Some(("+15125551234".to_string(), true)), "{body:?}");
+        }
+        for body in ["START", " start"] {
+            e.body = body.to_string();
+            assert_eq!(e.opt_change(), Some(("+15125551234".to_string(), false)), "{body:?}");
+        }
+        for body in ["please stop", "STOPPED", "optout", "", "START NOW"] {
+            e.body = body.to_string();
+            assert_eq!(e.opt_change(), None, "{body:?}");
+        }
+        e.kind = EventKind::Sent;
+        e.body = "STOP".into();
+        assert_eq!(e.opt_change(), None, "only inbound messages opt out");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod dispatch;
+pub mod egress;
 pub mod event;
 pub mod guest_build;
 pub mod justcall;

@@ -102,15 +102,17 @@ pub type PluginSet = Arc<Vec<Arc<LoadedPlugin>>>;
 #[derive(Debug)]
 pub struct Registry {
     runtime: Arc<Runtime>,
+    tenant_limits: HashMap<String, crate::config::LimitOverrides>,
     tenants: RwLock<HashMap<String, PluginSet>>,
     rejected: Mutex<HashMap<String, BTreeMap<String, Rejection>>>,
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new(runtime: Arc<Runtime>) -> Registry {
+    /// An empty registry; `tenant_limits` sit beneath each manifest's `[limits]`.
+    pub fn new(runtime: Arc<Runtime>, tenant_limits: HashMap<String, crate::config::LimitOverrides>) -> Registry {
         Registry {
             runtime,
+            tenant_limits,
             tenants: RwLock::new(HashMap::new()),
             rejected: Mutex::new(HashMap::new()),
         }
@@ -181,6 +183,13 @@ impl Registry {
             Some(src) => Manifest::parse(&wasm.with_extension("toml"), src)?,
             None => Manifest::default(),
         };
+        // The tenant is the plugin's folder.
+        let tenant = wasm
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
         let (hash, pre) = self.runtime.load(bytes).map_err(|source| PluginLoadError::Component {
             path: wasm.to_path_buf(),
             source,

@@ -42,6 +42,9 @@ pub enum LoadError {
     /// It imports something the host does not provide.
     #[error("imports what Switchboard does not provide: {0:#}")]
     Imports(wasmtime::Error),
+    /// It imports an interface the host refuses to provide.
+    #[error("imports {0}, which Switchboard does not provide to plugins (no sockets: use the `http` interface)")]
+    Refused(String),
     /// It does not export the `switchboard:plugin/plugin` world.
     #[error("does not implement world switchboard:plugin/plugin@0.1.0: {0:#}")]
     WrongWorld(wasmtime::Error),
@@ -224,10 +227,24 @@ impl Runtime {
         check_header(bytes)?;
         let hash = Self::content_hash(bytes);
         let component = self.component(bytes, &hash)?;
+        if let Some(refused) = refused_import(&self.engine, &component) {
+            return Err(LoadError::Refused(refused));
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
         Ok((hash, pre))
     }
+}
+
+/// Interfaces no plugin may import, even though WASI defines them.
+pub const REFUSED_IMPORTS: &[&str] = &["wasi:sockets/"];
+
+fn refused_import(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .find(|name| REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)))
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {

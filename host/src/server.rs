@@ -66,7 +66,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         cache_dir: Some(config.data_dir.join("cache")),
     })?);
     let db = Db::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
-    let registry = Arc::new(Registry::new(runtime));
+    let registry = Arc::new(Registry::new(
+        runtime,
+        config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect(),
+    ));
     let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
     let loader = registry.clone();
     let rejected = tokio::task::spawn_blocking(move || loader.load_all(&plugins_dir, &tenant_ids)).await?;
@@ -82,6 +85,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let justcall_http = reqwest::Client::builder().build().context("building the JustCall HTTP client")?;
     let plugin_http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(crate::egress::PublicOnlyResolver))
+        .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .context("building the plugin HTTP client")?;
     let tenants: HashMap<String, Arc<TenantRuntime>> = config

@@ -97,7 +97,6 @@ pub mod sms {
             SmsError::NotTenantNumber(n) => format!("{n} is not one of the tenant's numbers"),
             SmsError::OptedOut(n) => format!("{n} has opted out"),
             SmsError::InvalidRequest(m) => format!("invalid request: {m}"),
-            SmsError::QuotaExceeded => "SMS quota for this event used up".to_string(),
             SmsError::NotFound => "no such message".to_string(),
             SmsError::Provider(p) => format!("JustCall answered {}: {}", p.status, p.message),
             SmsError::Unavailable(m) => format!("JustCall unavailable: {m}"),
@@ -159,7 +158,6 @@ pub mod http {
         match e {
             HttpError::NotAllowed(m) => m.clone(),
             HttpError::InvalidRequest(m) => format!("invalid request: {m}"),
-            HttpError::QuotaExceeded => "HTTP quota for this event used up".to_string(),
             HttpError::ResponseTooLarge => "response too large".to_string(),
             HttpError::Timeout => "timed out".to_string(),
             HttpError::Transport(m) => format!("transport error: {m}"),

@@ -93,6 +93,7 @@ pub struct TenantSpec {
     pub dialect: ApiDialect,
     pub justcall: String,
     pub plugins: Vec<PluginSpec>,
+    pub limits: switchboard::config::LimitOverrides,
 }
 
 impl TenantSpec {
@@ -106,6 +107,7 @@ impl TenantSpec {
             dialect: ApiDialect::Seed,
             justcall: justcall.to_string(),
             plugins: Vec::new(),
+            limits: Default::default(),
         }
     }
 
@@ -175,6 +177,7 @@ impl TestHost {
                     justcall_base_url: reqwest::Url::parse(&t.justcall).unwrap(),
                     justcall_api_key: Secret::new(API_KEY),
                     justcall_api_secret: Secret::new(API_SECRET),
+                    limits: t.limits,
                 },
             );
         }
