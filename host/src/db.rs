@@ -438,6 +438,16 @@ fn apply(conn: &Connection, w: &Write) -> Result<Reply, DbError> {
                 )?;
                 return Ok(Reply::Insert(InsertOutcome::Duplicate { event_id }));
             }
+            // Opt-out state changes in the same transaction as the event, so
+            // no plugin runs on an event before its opt-out is in force.
+            if let Some((number, opted_out)) = event.opt_change() {
+                conn.execute(
+                    "INSERT INTO optouts (tenant, number, opted_out) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant, number) DO UPDATE SET opted_out = excluded.opted_out,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    params![event.tenant, number, opted_out],
+                )?;
+            }
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
             )?;

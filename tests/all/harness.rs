@@ -94,6 +94,7 @@ pub struct TenantSpec {
     pub justcall: String,
     pub plugins: Vec<PluginSpec>,
     pub limits: switchboard::config::LimitOverrides,
+    pub number: &'static str,
 }
 
 impl TenantSpec {
@@ -108,12 +109,18 @@ impl TenantSpec {
             justcall: justcall.to_string(),
             plugins: Vec::new(),
             limits: Default::default(),
+            number: NUMBER,
         }
     }
 
     pub fn auth(mut self, auth: WebhookAuth, secret: &'static str) -> Self {
         self.auth = auth;
         self.secret = Some(secret);
+        self
+    }
+
+    pub fn number(mut self, n: &'static str) -> Self {
+        self.number = n;
         self
     }
 
@@ -170,7 +177,7 @@ impl TestHost {
                 t.id.to_string(),
                 TenantConfig {
                     id: t.id.to_string(),
-                    numbers: vec![NUMBER.to_string()],
+                    numbers: vec![t.number.to_string()],
                     webhook_auth: t.auth,
                     webhook_secret: t.secret.map(Secret::new),
                     justcall_api: t.dialect,
@@ -348,6 +355,7 @@ struct RecorderState {
     requests: Vec<Recorded>,
     status: Option<u16>,
     delay: Option<Duration>,
+    redirect: Option<String>,
 }
 
 /// A real HTTP server on loopback that records every request and answers
@@ -371,6 +379,11 @@ impl Recorder {
     /// Answer every later request with this status.
     pub fn respond_with(&self, status: u16) {
         self.state.lock().unwrap().status = Some(status);
+    }
+
+    /// Answer every later request with a 302 to `location`.
+    pub fn redirect_to(&self, location: &str) {
+        self.state.lock().unwrap().redirect = Some(location.to_string());
     }
 
     /// Wait this long before answering.
@@ -402,8 +415,8 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> impl IntoResponse {
-    let (status, delay, n) = {
+) -> axum::response::Response {
+    let (status, delay, n, redirect) = {
         let mut st = state.lock().unwrap();
         st.requests.push(Recorded {
             method: method.to_string(),
@@ -411,13 +424,17 @@ async fn record(
             headers,
             body: serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
         });
-        (st.status.unwrap_or(200), st.delay, st.requests.len())
+        (st.status.unwrap_or(200), st.delay, st.requests.len(), st.redirect.clone())
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    if let Some(location) = redirect {
+        return (StatusCode::FOUND, [("location", location)]).into_response();
     }
     (
         StatusCode::from_u16(status).unwrap(),
         axum::Json(json!({ "status": "success", "id": format!("sim_{n}") })),
     )
+        .into_response()
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod conventions;
 mod harness;
+mod hostile;
 mod plugins;
 mod reload;
 mod signatures;

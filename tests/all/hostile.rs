@@ -1,0 +1,315 @@
+//! The hostile-plugin suite: real guest components that attack the host, run
+//! in the real server while a well-behaved tenant receives events at the same
+//! time. Each attack must end in its own recorded reason, and the neighbour
+//! must get every delivery done with `/healthz` green throughout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+
+const EVIL_NUMBER: &str = "+15125550199";
+
+fn hostile(name: &'static str, manifest: String) -> PluginSpec {
+    PluginSpec::new("hostile", name, format!("events = [\"received\"]\n{manifest}"))
+}
+
+fn evil_event(id: &str) -> String {
+    fixture("seed-format/sms.received.json")
+        .replace("msg_abc123", id)
+        .replace("+15125550100", EVIL_NUMBER)
+        .replace("+15125551234", "+15125557777")
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
+    let jc = Recorder::start().await;
+    let crm = Recorder::start().await;
+    let redirector = Recorder::start().await;
+    redirector.redirect_to("http://169.254.169.254/latest/meta-data/");
+    let silent = Recorder::start().await;
+    silent.delay(Duration::from_secs(30));
+    let crm_port = crm.url.rsplit(':').next().unwrap().to_string();
+
+    let evil = TenantSpec::new("evil", &jc.url)
+        .number(EVIL_NUMBER)
+        .plugin(hostile("looper", "[config]\nmode = \"loop\"\n[limits]\ntimeout_ms = 300\n".into()))
+        .plugin(hostile("grower", "[config]\nmode = \"grow\"\n[limits]\nmemory_mb = 32\n".into()))
+        .plugin(hostile("recurser", "[config]\nmode = \"recurse\"\n".into()))
+        .plugin(hostile("panicker", "[config]\nmode = \"panic\"\n".into()))
+        .plugin(hostile(
+            "logger",
+            "[config]\nmode = \"log-flood\"\nlines = 20000\n[limits]\ntimeout_ms = 10000\n".into(),
+        ))
+        .plugin(hostile("spammer", "[config]\nmode = \"sms-flood\"\n".into()))
+        .plugin(hostile(
+            "outsider",
+            "[config]\nmode = \"http\"\nurl = \"https://example.com/\"\n".into(),
+        ))
+        .plugin(hostile("loopback", format!("[config]\nmode = \"http\"\nurl = \"{}/x\"\n", crm.url)))
+        .plugin(hostile(
+            "by-name",
+            format!(
+                "allowed_hosts = [\"http://localhost:{crm_port}\"]\n[config]\nmode = \"http\"\nurl = \"http://localhost:{crm_port}/x\"\n"
+            ),
+        ))
+        .plugin(hostile(
+            "metadata",
+            "[config]\nmode = \"http\"\nurl = \"http://169.254.169.254/latest/meta-data/\"\n".into(),
+        ))
+        .plugin(hostile(
+            "redirected",
+            format!(
+                "allowed_hosts = [\"{}\"]\n[config]\nmode = \"http\"\nurl = \"{}/go\"\n",
+                redirector.url, redirector.url
+            ),
+        ))
+        .plugin(hostile(
+            "waiter",
+            format!(
+                "allowed_hosts = [\"{}\"]\n[config]\nmode = \"http\"\nurl = \"{}/slow\"\n[limits]\ntimeout_ms = 500\n",
+                silent.url, silent.url
+            ),
+        ))
+        .plugin(hostile("vault", "[config]\nmode = \"kv-read\"\n".into()))
+        .plugin(hostile(
+            "impostor",
+            "[config]\nmode = \"send-from\"\nfrom = \"+15125550100\"\n".into(),
+        ))
+        .plugin(hostile("nagger", "[config]\nmode = \"send-to\"\nto = \"+15125551234\"\n".into()))
+        .plugin(PluginSpec::new("sockets", "sockets", ""))
+        .plugin(PluginSpec::new("wrong-world", "wrong-world", ""));
+    let good = TenantSpec::new("good", &jc.url)
+        .plugin(PluginSpec::new("appointment-confirm", "appointment-confirm", ""))
+        .plugin(PluginSpec::new(
+            "hostile",
+            "vault",
+            "[config]\nmode = \"kv-write\"\nvalue = \"s3cret\"\n",
+        ));
+    let host = TestHost::start(vec![evil, good]).await;
+    std::fs::write(host.plugin_dir("evil").join("core-module.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(host.plugin_dir("evil").join("garbage.wasm"), b"MZ\x90\0 not wasm at all").unwrap();
+
+    // The good tenant stores its secret; the evil tenant's opted-out contact opts out.
+    let (status, _) = host.post("good", fixture("seed-format/sms.received.json"), &[]).await;
+    assert_eq!(status, 202);
+    let stop = fixture("seed-format/sms.optout.json").replace("+15125550100", EVIL_NUMBER);
+    assert_eq!(host.post("evil", stop, &[]).await.0, 202);
+    host.idle().await;
+    let good_sms_before = jc.to("/texts/new").len();
+
+    // Attack, while the neighbour keeps texting.
+    let (status, resp) = host.post("evil", evil_event("attack"), &[]).await;
+    assert_eq!(status, 202);
+    let attack = resp["event_id"].as_str().unwrap().to_string();
+    let mut good_events = Vec::new();
+    for i in 0..10 {
+        let (status, resp) = host
+            .post(
+                "good",
+                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("g{i}")),
+                &[],
+            )
+            .await;
+        assert_eq!(status, 202);
+        good_events.push(resp["event_id"].as_str().unwrap().to_string());
+        assert!(host.healthy().await, "healthz went red during the attack");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    host.idle().await;
+    assert!(host.healthy().await);
+
+    for id in &good_events {
+        let d = host.deliveries(id);
+        assert!(d.iter().all(|(_, status, _)| status == "done"), "neighbour delivery {d:?}");
+    }
+    let good_replies = jc.to("/texts/new").into_iter().filter(|r| r.body["from"] == "+15125550100").count();
+    assert_eq!(good_replies - good_sms_before, 10, "every neighbour CONFIRM answered");
+
+    let reasons: HashMap<String, (String, Option<String>)> = host.deliveries(&attack).into_iter().map(|(p, s, e)| (p, (s, e))).collect();
+    let reason = |p: &str| -> String {
+        let (status, error) = reasons.get(p).unwrap_or_else(|| panic!("no delivery for {p}: {reasons:?}"));
+        assert_eq!(status, "failed", "{p}: {error:?}");
+        error.clone().unwrap()
+    };
+    assert_eq!(reason("looper"), "deadline exceeded (300 ms)");
+    assert!(reason("grower").starts_with("memory limit (32 MiB)"), "{}", reason("grower"));
+    assert_eq!(reason("recurser"), "stack overflow (wasm stack limit 512 KiB)");
+    assert!(reason("panicker").starts_with("trap: "), "{}", reason("panicker"));
+    assert_eq!(reason("spammer"), "sms quota exceeded (5 sends per event)");
+    assert_eq!(
+        reason("outsider"),
+        "plugin error: http: https://example.com:443 is not in allowed_hosts"
+    );
+    assert_eq!(
+        reason("loopback"),
+        format!("plugin error: http: {} is not in allowed_hosts", crm.url)
+    );
+    assert!(
+        reason("by-name").starts_with("plugin error: http: localhost resolves to "),
+        "{}",
+        reason("by-name")
+    );
+    assert!(reason("by-name").ends_with("a loopback address"), "{}", reason("by-name"));
+    assert_eq!(
+        reason("metadata"),
+        "plugin error: http: http://169.254.169.254:80 is not in allowed_hosts"
+    );
+    assert_eq!(
+        reason("redirected"),
+        "plugin error: http: redirect refused: http://169.254.169.254:80 is not in allowed_hosts"
+    );
+    assert_eq!(reason("waiter"), "deadline exceeded (500 ms)");
+    assert_eq!(
+        reason("impostor"),
+        "plugin error: sms: +15125550100 is not one of the tenant's numbers"
+    );
+    assert_eq!(reason("nagger"), "plugin error: sms: +15125551234 has opted out");
+    // The log flood is cut off, not fatal; KV of another tenant is invisible.
+    assert_eq!(reasons["logger"].0, "done");
+    assert_eq!(reasons["vault"], ("done".to_string(), None), "the evil vault read nothing");
+    assert!(crm.requests().is_empty(), "no disallowed request was ever made");
+    assert_eq!(
+        redirector.requests().len(),
+        1,
+        "the allowed host was asked once; its redirect was not followed"
+    );
+    assert_eq!(
+        jc.to("/texts/new").into_iter().filter(|r| r.body["from"] == EVIL_NUMBER).count(),
+        5,
+        "the spammer got exactly its quota out"
+    );
+
+    // Components that cannot load are rejected with their reasons and never run.
+    let plugins = host.admin_plugins("evil").await;
+    let rejected: HashMap<String, String> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == "rejected")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["rejected"]["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(rejected["sockets"].contains("imports wasi:sockets/"), "{rejected:?}");
+    assert!(
+        rejected["wrong-world"].contains("does not implement world switchboard:plugin/plugin@0.1.0"),
+        "{rejected:?}"
+    );
+    // core-module and garbage were written after start: the watcher rejects them.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = host.admin_plugins("evil").await;
+        let names: Vec<&str> = seen["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"] == "rejected")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        if names.contains(&"core-module") && names.contains(&"garbage") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error_of = |name: &str| {
+        seen["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["rejected"]["error"].as_str().unwrap_or("").to_string())
+    };
+    assert!(
+        error_of("core-module")
+            .unwrap()
+            .contains("a core WebAssembly module, not a component"),
+        "{seen}"
+    );
+    assert!(error_of("garbage").unwrap().contains("not a WebAssembly file"), "{seen}");
+    assert!(!reasons.contains_key("sockets") && !reasons.contains_key("wrong-world"));
+}
+
+#[tokio::test]
+async fn tenant_limits_sit_beneath_the_manifest() {
+    let jc = Recorder::start().await;
+    let mut tenant = TenantSpec::new("acme", &jc.url)
+        .plugin(hostile("spammer", "[config]\nmode = \"sms-flood\"\n".into()))
+        .plugin(hostile(
+            "chatty",
+            "[config]\nmode = \"sms-flood\"\n[limits]\nsms_per_event = 3\n".into(),
+        ));
+    tenant.limits.sms_per_event = Some(2);
+    let host = TestHost::start(vec![tenant]).await;
+    let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    let d: HashMap<String, Option<String>> = host
+        .deliveries(resp["event_id"].as_str().unwrap())
+        .into_iter()
+        .map(|(p, _, e)| (p, e))
+        .collect();
+    assert_eq!(
+        d["spammer"].as_deref(),
+        Some("sms quota exceeded (2 sends per event)"),
+        "the tenant's limit"
+    );
+    assert_eq!(
+        d["chatty"].as_deref(),
+        Some("sms quota exceeded (3 sends per event)"),
+        "the manifest's limit wins"
+    );
+    assert_eq!(jc.to("/texts/new").len(), 5);
+}
+
+#[tokio::test]
+async fn opt_out_holds_for_every_keyword_and_event_source() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url).plugin(hostile("nagger", "[config]\nmode = \"send-to\"\nto = \"+15125551234\"\n".into())),
+    ])
+    .await;
+    let mut n = 0;
+    let mut post = |body: String| {
+        n += 1;
+        let body = body.replace("msg_abc12", &format!("opt{n}_"));
+        let host = &host;
+        async move { host.post("acme", body, &[]).await.1["event_id"].as_str().map(str::to_string) }
+    };
+    let received = |text: &str| fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", text);
+    let nag = |host: &TestHost, id: Option<String>| {
+        let d = host.deliveries(&id.unwrap());
+        d.into_iter().find(|x| x.0 == "nagger").map(|x| x.2)
+    };
+    let opted_out = Some(Some("plugin error: sms: +15125551234 has opted out".to_string()));
+
+    let sources: Vec<(String, String)> = ["STOP", "quit", " End ", "REVOKE", "opt out", "Cancel", "UNSUBSCRIBE"]
+        .iter()
+        .map(|k| (received(k), received("START")))
+        .chain([
+            (fixture("seed-format/sms.optout.json"), fixture("seed-format/sms.optin.json")),
+            (
+                fixture("justcall-v2.1/jc.contact_status_updated.json"),
+                fixture("justcall-v2.1/jc.contact_status_updated.json")
+                    .replace("\"dnd\": true", "\"dnd\": false")
+                    .replace("0005", "0006"),
+            ),
+        ])
+        .collect();
+    for (out, back_in) in sources {
+        post(out.clone()).await;
+        host.idle().await;
+        let id = post(received("hello?")).await;
+        host.idle().await;
+        assert_eq!(nag(&host, id), opted_out, "after {out}");
+        post(back_in.clone()).await;
+        host.idle().await;
+        let id = post(received("hello again")).await;
+        host.idle().await;
+        assert_eq!(nag(&host, id), Some(None), "after {back_in}");
+    }
+}
