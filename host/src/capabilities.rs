@@ -388,6 +388,22 @@ impl kv::Host for PluginCtx {
             return Ok(Err(kv::KvError::QuotaExceeded(format!("value is over {MAX_KV_VALUE} bytes"))));
         }
         let t = &self.inv.tenant.config.id;
+        let (keys, bytes) = match self.inv.db.kv_usage(t, &self.inv.plugin, &key).await {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(kv_storage(e))),
+        };
+        if keys + 1 > self.limits.kv_keys {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!(
+                "the store holds its maximum of {} keys",
+                self.limits.kv_keys
+            ))));
+        }
+        if bytes + (key.len() + value.len()) as u64 > self.limits.kv_bytes {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!(
+                "the store would exceed {} bytes",
+                self.limits.kv_bytes
+            ))));
+        }
         Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, Some(value)).await.map_err(kv_storage))
     }
 

@@ -381,6 +381,10 @@ fn resolve_tenant(
 pub const MAX_SMS_PER_EVENT: u64 = 100;
 /// Ceiling for outbound HTTP requests per event.
 pub const MAX_HTTP_PER_EVENT: u64 = 100;
+/// Ceiling for KV keys per (tenant, plugin).
+pub const MAX_KV_KEYS: u64 = 100_000;
+/// Ceiling for KV bytes per (tenant, plugin), KiB.
+pub const MAX_KV_KB: u64 = 64 << 10;
 /// Ceiling for the HTTP response bytes a plugin may read, in KiB.
 pub const MAX_HTTP_RESPONSE_KB: u64 = 16 << 10;
 
@@ -398,6 +402,10 @@ pub struct LimitOverrides {
     pub http_per_event: Option<u64>,
     /// HTTP response bytes read, KiB.
     pub http_response_kb: Option<u64>,
+    /// KV keys stored per (tenant, plugin).
+    pub kv_keys: Option<u64>,
+    /// KV bytes (keys + values) stored per (tenant, plugin), KiB.
+    pub kv_kb: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +416,8 @@ struct RawLimits {
     sms_per_event: Option<Spanned<u64>>,
     http_per_event: Option<Spanned<u64>>,
     http_response_kb: Option<Spanned<u64>>,
+    kv_keys: Option<Spanned<u64>>,
+    kv_kb: Option<Spanned<u64>>,
 }
 
 impl RawLimits {
@@ -432,6 +442,8 @@ impl RawLimits {
             sms_per_event: check(&self.sms_per_event, "sms_per_event", MAX_SMS_PER_EVENT)?,
             http_per_event: check(&self.http_per_event, "http_per_event", MAX_HTTP_PER_EVENT)?,
             http_response_kb: check(&self.http_response_kb, "http_response_kb", MAX_HTTP_RESPONSE_KB)?,
+            kv_keys: check(&self.kv_keys, "kv_keys", MAX_KV_KEYS)?,
+            kv_kb: check(&self.kv_kb, "kv_kb", MAX_KV_KB)?,
         })
     }
 }
@@ -449,6 +461,8 @@ impl Limits {
             http_per_event: pick(manifest.http_per_event, tenant.http_per_event).map_or(d.http_per_event, |n| n as u32),
             http_response_bytes: pick(manifest.http_response_kb, tenant.http_response_kb)
                 .map_or(d.http_response_bytes, |kb| (kb as usize) << 10),
+            kv_keys: pick(manifest.kv_keys, tenant.kv_keys).unwrap_or(d.kv_keys),
+            kv_bytes: pick(manifest.kv_kb, tenant.kv_kb).map_or(d.kv_bytes, |kb| kb << 10),
         }
     }
 }
@@ -466,6 +480,10 @@ pub struct Limits {
     pub http_per_event: u32,
     /// Largest HTTP response body a plugin may read.
     pub http_response_bytes: usize,
+    /// KV keys per (tenant, plugin).
+    pub kv_keys: u64,
+    /// KV bytes (keys + values) per (tenant, plugin).
+    pub kv_bytes: u64,
 }
 
 impl Default for Limits {
@@ -476,6 +494,8 @@ impl Default for Limits {
             sms_per_event: 5,
             http_per_event: 10,
             http_response_bytes: 1 << 20,
+            kv_keys: 1_000,
+            kv_bytes: 1 << 20,
         }
     }
 }

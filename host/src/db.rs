@@ -317,6 +317,20 @@ impl Db {
         .await
     }
 
+    /// How many keys, and how many bytes of keys and values, a (tenant,
+    /// plugin) namespace holds, not counting `except_key`.
+    pub async fn kv_usage(&self, tenant: &str, plugin: &str, except_key: &str) -> Result<(u64, u64), DbError> {
+        let (t, p, k) = (tenant.to_string(), plugin.to_string(), except_key.to_string());
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key != ?3",
+                params![t, p, k],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+
     /// Whether the contact has opted out of the tenant's messages.
     pub async fn is_opted_out(&self, tenant: &str, number: &str) -> Result<bool, DbError> {
         let (t, n) = (tenant.to_string(), number.to_string());

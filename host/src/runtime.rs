@@ -21,6 +21,8 @@ use crate::capabilities::PluginCtx;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The largest component accepted for compilation.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// The longest a component may take to compile.
+pub const MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
 /// Wasm stack available to a plugin.
 pub const MAX_WASM_STACK: usize = 512 << 10;
 
@@ -39,6 +41,9 @@ pub enum LoadError {
     /// Cranelift or the validator rejected it.
     #[error("does not compile: {0:#}")]
     Compile(wasmtime::Error),
+    /// Compiling took longer than [`MAX_COMPILE_TIME`].
+    #[error("compiling took longer than {0} s; the component is too large or too complex")]
+    CompileTimeout(u64),
     /// It imports something the host does not provide.
     #[error("imports what Switchboard does not provide: {0:#}")]
     Imports(wasmtime::Error),
@@ -195,7 +200,7 @@ impl Runtime {
             }
             None => {
                 let started = Instant::now();
-                let c = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+                let c = self.compile_bounded(bytes)?;
                 self.count(0);
                 tracing::info!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
                 if let Some(d) = &self.disk
@@ -211,6 +216,24 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .insert(hash.to_string(), component.clone());
         Ok(component)
+    }
+
+    /// Compiles on a separate thread and gives up after [`MAX_COMPILE_TIME`],
+    /// so a compile bomb cannot stall a reload. (The abandoned thread finishes
+    /// in the background; its result is dropped.)
+    fn compile_bounded(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, bytes) = (self.engine.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("switchboard-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Component::new(&engine, &bytes));
+            })
+            .map_err(|e| LoadError::Compile(wasmtime::Error::msg(format!("cannot start a compile thread: {e}"))))?;
+        match rx.recv_timeout(MAX_COMPILE_TIME) {
+            Ok(result) => result.map_err(LoadError::Compile),
+            Err(_) => Err(LoadError::CompileTimeout(MAX_COMPILE_TIME.as_secs())),
+        }
     }
 
     /// Forgets in-memory compiled code no loaded plugin uses any more.

@@ -267,6 +267,29 @@ async fn tenant_limits_sit_beneath_the_manifest() {
 }
 
 #[tokio::test]
+async fn kv_is_bounded_per_tenant_and_plugin() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url).plugin(hostile("hoarder", "[config]\nmode = \"kv-fill\"\n[limits]\nkv_keys = 3\n".into())),
+    ])
+    .await;
+    let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(
+        d[0].2.as_deref(),
+        Some("plugin error: kv: quota exceeded: the store holds its maximum of 3 keys")
+    );
+    let db = rusqlite::Connection::open(host.config.data_dir.join("switchboard.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM kv WHERE tenant = 'acme' AND plugin = 'hoarder'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
 async fn opt_out_holds_for_every_keyword_and_event_source() {
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![
