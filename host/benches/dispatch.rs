@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         db,
         http,
         event_id: Arc::from("e"),
+        long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     for _ in 0..500 {
         switchboard::dispatch::invoke(&plugin, inv.clone(), &event).await?;

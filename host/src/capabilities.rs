@@ -61,6 +61,8 @@ pub struct Invocation {
     pub http: reqwest::Client,
     /// The event being handled.
     pub event_id: Arc<str>,
+    /// Slots for long-running invocations (see [`crate::dispatch::LONG_RUN_TICKS`]).
+    pub long_runners: Arc<tokio::sync::Semaphore>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -95,6 +97,10 @@ pub struct PluginCtx {
     limits: Limits,
     /// When the invocation must end.
     pub deadline: Instant,
+    /// Epoch ticks seen while running wasm (≈ ms of CPU).
+    pub ticks: u64,
+    /// The long-runner slot, once this invocation has needed one.
+    pub long_run_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     sms_sent: u32,
     http_calls: u32,
     log_bytes: usize,
@@ -128,6 +134,8 @@ impl PluginCtx {
                 memory_denied: false,
             },
             deadline: Instant::now() + limits.timeout,
+            ticks: 0,
+            long_run_permit: Arc::default(),
             inv,
             limits,
             sms_sent: 0,
@@ -135,6 +143,11 @@ impl PluginCtx {
             log_bytes: 0,
             log_truncated: false,
         }
+    }
+
+    /// The shared slots for long-running invocations.
+    pub fn long_runners(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inv.long_runners.clone()
     }
 
     /// The memory cap, in MiB.

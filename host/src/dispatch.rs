@@ -65,6 +65,16 @@ impl std::fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
+/// Epoch ticks (≈ ms of wasm execution) after which an invocation must hold a
+/// long-runner slot to go on.
+pub const LONG_RUN_TICKS: u64 = 20;
+
+/// How many long-running invocations may execute at once: all cores but one,
+/// so short, well-behaved invocations always find a core.
+pub fn long_runner_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// Shared state every delivery needs.
 #[derive(Debug, Clone)]
 pub struct DispatchCtx {
@@ -76,6 +86,8 @@ pub struct DispatchCtx {
     pub db: Db,
     /// Outbound HTTP client for plugins.
     pub http: reqwest::Client,
+    /// Slots for long-running invocations.
+    pub long_runners: Arc<Semaphore>,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
@@ -88,12 +100,27 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
     // Check the deadline every epoch tick, yielding to other tasks meanwhile so
     // a spinning plugin cannot starve its neighbours.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+    store.epoch_deadline_callback(|mut ctx| {
+        let data = ctx.data_mut();
+        if Instant::now() >= data.deadline {
+            return Err(wasmtime::Error::new(DeadlineExceeded));
         }
+        data.ticks += 1;
+        if data.ticks == LONG_RUN_TICKS {
+            // From here on this invocation is a long runner: it continues only
+            // while holding one of the few long-runner slots, so spinning
+            // plugins can never occupy every core.
+            let (slots, held) = (data.long_runners(), data.long_run_permit.clone());
+            return Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if let Ok(permit) = slots.acquire_owned().await {
+                        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+                    }
+                }),
+            ));
+        }
+        Ok(UpdateDeadline::Yield(1))
     });
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
     let call = async {
@@ -208,6 +235,7 @@ async fn run_job(ctx: &DispatchCtx, job: Job) {
                 db: ctx.db.clone(),
                 http: ctx.http.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
+                long_runners: ctx.long_runners.clone(),
             };
             invoke(&plugin, inv, &job.event).await
         }

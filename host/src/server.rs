@@ -108,6 +108,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             tenants: tenants.clone(),
             db: db.clone(),
             http: plugin_http,
+            long_runners: Arc::new(tokio::sync::Semaphore::new(crate::dispatch::long_runner_slots())),
         },
         config.max_concurrent_invocations as usize,
     );

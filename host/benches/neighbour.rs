@@ -1,0 +1,169 @@
+//! Noisy-neighbour isolation against the real release binary: a well-behaved
+//! tenant's ack-to-done latency (webhook acknowledged → its plugin's SMS
+//! reaches a local fake JustCall), p50/p99, alone and beside a tenant whose
+//! plugin loops to its deadline on every event.
+//!
+//! Run with `cargo bench --bench neighbour`.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use switchboard::guest_build::GuestWorkspace;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const GOOD_EVENTS: usize = 400;
+const GOOD_RATE_HZ: u64 = 40;
+const EVIL_RATE_HZ: u64 = 2;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn fake_justcall(State(arrivals): State<Arrivals>, Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
+    if let Some(text) = body["body"].as_str()
+        && let Some((_, id)) = text.split_once(':')
+    {
+        arrivals.lock().unwrap().insert(id.to_string(), Instant::now());
+    }
+    Json(serde_json::json!({ "id": "1" }))
+}
+
+fn event(tenant_number: &str, id: &str) -> String {
+    serde_json::json!({
+        "event": "sms.received", "timestamp": chrono::Utc::now().to_rfc3339(),
+        "data": { "message_id": id, "direction": "inbound", "from": "+15125551234", "to": tenant_number,
+                  "body": "hello", "media_urls": [], "justcall_number": tenant_number, "contact_name": null, "agent_id": null }
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm: &HashMap<String, std::path::PathBuf>) -> (f64, f64) {
+    arrivals.lock().unwrap().clear();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = format!("listen = \"127.0.0.1:{port}\"\n");
+    for (t, n) in [("good", "+15125550100"), ("evil", "+15125550199")] {
+        cfg.push_str(&format!(
+            "[tenants.{t}]\nnumbers = [\"{n}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"whsec_c2VjcmV0\"\njustcall_base_url = \"{jc_url}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("sb.toml"), cfg).unwrap();
+    for (t, p, manifest) in [
+        ("good", "answer-a", ""),
+        ("evil", "hostile", "[config]\nmode = \"loop\"\n[limits]\ntimeout_ms = 1000\n"),
+    ] {
+        let d = dir.path().join("plugins.d").join(t);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(&wasm[p], d.join(format!("{p}.wasm"))).unwrap();
+        std::fs::write(d.join(format!("{p}.toml")), manifest).unwrap();
+    }
+    let _server = Server(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("sb.toml"))
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    while client.get(format!("{url}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (post_client, base) = (client.clone(), url.clone());
+    let post = move |tenant: &'static str, body: String| {
+        let client = post_client.clone();
+        let url = format!("{base}/webhooks/{tenant}");
+        async move {
+            let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let sig = switchboard::auth::standard_webhooks_signature("whsec_c2VjcmV0", &id, &ts, body.as_bytes());
+            let resp = client
+                .post(url)
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts)
+                .header("webhook-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+            Instant::now()
+        }
+    };
+    let evil = if with_neighbour {
+        let post = post.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / EVIL_RATE_HZ));
+            for i in 0.. {
+                tick.tick().await;
+                post("evil", event("+15125550199", &format!("evil{i}"))).await;
+            }
+        }))
+    } else {
+        None
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut acks = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / GOOD_RATE_HZ));
+    for i in 0..GOOD_EVENTS {
+        tick.tick().await;
+        let id = format!("good{i}");
+        acks.insert(id.clone(), post("good", event("+15125550100", &id)).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().unwrap().len() < GOOD_EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(e) = evil {
+        e.abort();
+    }
+    let arrived = arrivals.lock().unwrap().clone();
+    let mut lat: Vec<f64> = acks
+        .iter()
+        .filter_map(|(id, ack)| arrived.get(id).map(|t| t.saturating_duration_since(*ack).as_secs_f64() * 1e3))
+        .collect();
+    assert_eq!(lat.len(), GOOD_EVENTS, "every good event answered");
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+#[tokio::main]
+async fn main() {
+    let built = GuestWorkspace::from_source_checkout()
+        .expect("plugins/")
+        .build(true)
+        .expect("build guests");
+    let wasm: HashMap<String, std::path::PathBuf> = built.into_iter().map(|p| (p.name, p.wasm)).collect();
+    let arrivals: Arrivals = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jc_url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/api/v2/texts/new", axum::routing::post(fake_justcall))
+        .with_state(arrivals.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (alone50, alone99) = run(false, &jc_url, &arrivals, &wasm).await;
+    let (noisy50, noisy99) = run(true, &jc_url, &arrivals, &wasm).await;
+    println!(
+        "neighbour isolation ({GOOD_EVENTS} events at {GOOD_RATE_HZ}/s; neighbour loops 1 s on each of {EVIL_RATE_HZ} events/s): \
+         alone p50 {alone50:.2} ms p99 {alone99:.2} ms; with neighbour p50 {noisy50:.2} ms p99 {noisy99:.2} ms; p99 ratio {:.2}",
+        noisy99 / alone99
+    );
+}
