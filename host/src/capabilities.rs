@@ -18,8 +18,6 @@ use crate::justcall::{ApiMessage, JustCallClient, JustCallError};
 pub const MAX_KV_KEY: usize = 512;
 /// Largest KV value, bytes.
 pub const MAX_KV_VALUE: usize = 64 << 10;
-/// Log bytes a plugin may write per event before the rest is dropped.
-pub const MAX_LOG_BYTES: usize = 64 << 10;
 /// Redirects a plugin's request may follow.
 pub const MAX_REDIRECTS: u32 = 5;
 /// Longest SMS body JustCall accepts.
@@ -69,6 +67,7 @@ pub struct Invocation {
 #[derive(Debug)]
 pub struct Limiter {
     memory_bytes: usize,
+    table_elements: usize,
     /// Set when a growth request was refused.
     pub memory_denied: bool,
 }
@@ -83,7 +82,7 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= self.table_elements)
     }
 }
 
@@ -131,6 +130,7 @@ impl PluginCtx {
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory_bytes: limits.memory_bytes,
+                table_elements: limits.table_elements,
                 memory_denied: false,
             },
             deadline: Instant::now() + limits.timeout,
@@ -448,9 +448,10 @@ impl log::Host for PluginCtx {
         }
         self.log_bytes += message.len();
         let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
-        if self.log_bytes > MAX_LOG_BYTES {
+        if self.log_bytes > self.limits.log_bytes {
             self.log_truncated = true;
-            tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {MAX_LOG_BYTES} bytes for this event]");
+            let cap = self.limits.log_bytes;
+            tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {cap} bytes for this event]");
             return Ok(());
         }
         match level {

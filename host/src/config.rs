@@ -381,6 +381,12 @@ fn resolve_tenant(
 pub const MAX_SMS_PER_EVENT: u64 = 100;
 /// Ceiling for outbound HTTP requests per event.
 pub const MAX_HTTP_PER_EVENT: u64 = 100;
+/// Ceiling for log bytes per event, KiB.
+pub const MAX_LOG_KB: u64 = 1024;
+/// Ceiling for the event handed to a plugin, KiB (the webhook body cap).
+pub const MAX_EVENT_KB: u64 = 256;
+/// Ceiling for elements per table; also the pooling allocator's table size.
+pub const MAX_TABLE_ELEMENTS: u64 = 100_000;
 /// Ceiling for KV keys per (tenant, plugin).
 pub const MAX_KV_KEYS: u64 = 100_000;
 /// Ceiling for KV bytes per (tenant, plugin), KiB.
@@ -406,6 +412,12 @@ pub struct LimitOverrides {
     pub kv_keys: Option<u64>,
     /// KV bytes (keys + values) stored per (tenant, plugin), KiB.
     pub kv_kb: Option<u64>,
+    /// Log bytes per event before the rest is dropped, KiB.
+    pub log_kb: Option<u64>,
+    /// Size of the event handed to the plugin, KiB.
+    pub event_kb: Option<u64>,
+    /// Elements per table.
+    pub table_elements: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +430,9 @@ struct RawLimits {
     http_response_kb: Option<Spanned<u64>>,
     kv_keys: Option<Spanned<u64>>,
     kv_kb: Option<Spanned<u64>>,
+    log_kb: Option<Spanned<u64>>,
+    event_kb: Option<Spanned<u64>>,
+    table_elements: Option<Spanned<u64>>,
 }
 
 impl RawLimits {
@@ -444,6 +459,9 @@ impl RawLimits {
             http_response_kb: check(&self.http_response_kb, "http_response_kb", MAX_HTTP_RESPONSE_KB)?,
             kv_keys: check(&self.kv_keys, "kv_keys", MAX_KV_KEYS)?,
             kv_kb: check(&self.kv_kb, "kv_kb", MAX_KV_KB)?,
+            log_kb: check(&self.log_kb, "log_kb", MAX_LOG_KB)?,
+            event_kb: check(&self.event_kb, "event_kb", MAX_EVENT_KB)?,
+            table_elements: check(&self.table_elements, "table_elements", MAX_TABLE_ELEMENTS)?,
         })
     }
 }
@@ -463,6 +481,9 @@ impl Limits {
                 .map_or(d.http_response_bytes, |kb| (kb as usize) << 10),
             kv_keys: pick(manifest.kv_keys, tenant.kv_keys).unwrap_or(d.kv_keys),
             kv_bytes: pick(manifest.kv_kb, tenant.kv_kb).map_or(d.kv_bytes, |kb| kb << 10),
+            log_bytes: pick(manifest.log_kb, tenant.log_kb).map_or(d.log_bytes, |kb| (kb as usize) << 10),
+            event_bytes: pick(manifest.event_kb, tenant.event_kb).map_or(d.event_bytes, |kb| (kb as usize) << 10),
+            table_elements: pick(manifest.table_elements, tenant.table_elements).map_or(d.table_elements, |n| n as usize),
         }
     }
 }
@@ -484,6 +505,12 @@ pub struct Limits {
     pub kv_keys: u64,
     /// KV bytes (keys + values) per (tenant, plugin).
     pub kv_bytes: u64,
+    /// Log bytes per event; the rest is dropped after a marker.
+    pub log_bytes: usize,
+    /// Largest event handed to the plugin.
+    pub event_bytes: usize,
+    /// Elements per table.
+    pub table_elements: usize,
 }
 
 impl Default for Limits {
@@ -496,6 +523,9 @@ impl Default for Limits {
             http_response_bytes: 1 << 20,
             kv_keys: 1_000,
             kv_bytes: 1 << 20,
+            log_bytes: 64 << 10,
+            event_bytes: 256 << 10,
+            table_elements: 100_000,
         }
     }
 }

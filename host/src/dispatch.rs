@@ -46,6 +46,9 @@ pub enum InvokeError {
     /// It trapped (panic, unreachable, …).
     #[error("trap: {0}")]
     Trap(String),
+    /// The event is larger than the plugin accepts.
+    #[error("event input too large ({0} bytes, limit {1})")]
+    InputTooLarge(usize, usize),
     /// It could not be instantiated.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
@@ -95,6 +98,10 @@ pub struct DispatchCtx {
 pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Result<(), InvokeError> {
     let engine = plugin.pre.engine();
     let timeout = plugin.manifest.limits.timeout;
+    let size = event_size(event);
+    if size > plugin.manifest.limits.event_bytes {
+        return Err(InvokeError::InputTooLarge(size, plugin.manifest.limits.event_bytes));
+    }
     let mut store = Store::new(engine, PluginCtx::new(inv));
     store.limiter(|ctx| &mut ctx.limiter);
     // Check the deadline every epoch tick, yielding to other tasks meanwhile so
@@ -140,6 +147,24 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
         // A host call (HTTP, JustCall) was still waiting at the deadline.
         Err(_) => Err(InvokeError::Deadline(timeout.as_millis())),
     }
+}
+
+/// The bytes of text an event carries into the plugin.
+fn event_size(e: &Event) -> usize {
+    let strings = [
+        &e.tenant,
+        &e.event_id,
+        &e.occurred_at,
+        &e.message_id,
+        &e.from,
+        &e.to,
+        &e.body,
+        &e.justcall_number,
+    ];
+    strings.iter().map(|s| s.len()).sum::<usize>()
+        + e.media_urls.iter().map(String::len).sum::<usize>()
+        + e.contact_name.as_ref().map_or(0, String::len)
+        + e.agent_id.as_ref().map_or(0, String::len)
 }
 
 fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::Duration) -> InvokeError {

@@ -115,7 +115,7 @@ impl Runtime {
             .total_tables(n * 8)
             .total_stacks(n)
             .max_memory_size((crate::config::MAX_MEMORY_MB as usize) << 20)
-            .table_elements(100_000)
+            .table_elements(crate::config::MAX_TABLE_ELEMENTS as usize)
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
             .decommit_batch_size(16);

@@ -336,3 +336,31 @@ async fn opt_out_holds_for_every_keyword_and_event_source() {
         assert_eq!(nag(&host, id), Some(None), "after {back_in}");
     }
 }
+
+#[tokio::test]
+async fn input_size_and_log_volume_are_bounded_per_plugin() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url)
+            .plugin(PluginSpec::new("appointment-confirm", "small-input", "[limits]\nevent_kb = 1\n"))
+            .plugin(hostile(
+                "logger",
+                "[config]\nmode = \"log-flood\"\nlines = 5000\n[limits]\nlog_kb = 4\n".into(),
+            )),
+    ])
+    .await;
+    let long_body = "y".repeat(2000);
+    let body = fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", &long_body);
+    let (_, resp) = host.post("acme", body, &[]).await;
+    host.idle().await;
+    let d: HashMap<String, (String, Option<String>)> = host
+        .deliveries(resp["event_id"].as_str().unwrap())
+        .into_iter()
+        .map(|(p, s, e)| (p, (s, e)))
+        .collect();
+    let (status, error) = &d["small-input"];
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap().starts_with("event input too large ("), "{error:?}");
+    assert!(error.as_deref().unwrap().ends_with("bytes, limit 1024)"), "{error:?}");
+    assert_eq!(d["logger"].0, "done", "a log flood is cut off, not fatal");
+}
