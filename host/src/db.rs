@@ -259,6 +259,16 @@ impl Db {
         self.write(|reply| Write::StartDelivery { id, plugin_hash, reply }).await
     }
 
+    /// Marks a delivery as running without waiting for the commit. Writes are
+    /// applied in order, so a later [`Db::finish_delivery`] still lands after
+    /// it; if the process dies first, the delivery is simply pending again.
+    pub fn start_delivery_detached(&self, id: i64, plugin_hash: String) {
+        let (reply, _) = oneshot::channel();
+        if self.writer.send(Write::StartDelivery { id, plugin_hash, reply }).is_err() {
+            tracing::warn!(delivery = id, "database writer stopped; delivery not marked running");
+        }
+    }
+
     /// Records how a delivery ended.
     pub async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, duration_us: i64) -> Result<(), DbError> {
         self.write(|reply| Write::FinishDelivery {
