@@ -2,8 +2,6 @@
 //! tenant's ack-to-done latency (webhook acknowledged → its plugin's SMS
 //! reaches a local fake JustCall), p50/p99, alone and beside a tenant whose
 //! plugin loops to its deadline on every event.
-//!
-//! Run with `cargo bench --bench neighbour`.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use switchboard::guest_build::GuestWorkspace;
+use serde_json::{Map, Value, json};
+
+use crate::common::Guests;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const GOOD_EVENTS: usize = 400;
@@ -52,7 +52,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm: &HashMap<String, std::path::PathBuf>) -> (f64, f64) {
+async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm: &HashMap<String, std::path::PathBuf>) -> (f64, f64) {
     arrivals.lock().unwrap().clear();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -144,13 +144,8 @@ async fn run(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm: &Has
     (percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
-#[tokio::main]
-async fn main() {
-    let built = GuestWorkspace::from_source_checkout()
-        .expect("plugins/")
-        .build(true)
-        .expect("build guests");
-    let wasm: HashMap<String, std::path::PathBuf> = built.into_iter().map(|p| (p.name, p.wasm)).collect();
+pub async fn run(guests: &Guests) -> Map<String, Value> {
+    let wasm: HashMap<String, std::path::PathBuf> = guests.clone();
     let arrivals: Arrivals = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let jc_url = format!("http://{}", listener.local_addr().unwrap());
@@ -159,11 +154,15 @@ async fn main() {
         .with_state(arrivals.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let (alone50, alone99) = run(false, &jc_url, &arrivals, &wasm).await;
-    let (noisy50, noisy99) = run(true, &jc_url, &arrivals, &wasm).await;
+    let (alone50, alone99) = run_once(false, &jc_url, &arrivals, &wasm).await;
+    let (noisy50, noisy99) = run_once(true, &jc_url, &arrivals, &wasm).await;
     println!(
         "neighbour isolation ({GOOD_EVENTS} events at {GOOD_RATE_HZ}/s; neighbour loops 1 s on each of {EVIL_RATE_HZ} events/s): \
-         alone p50 {alone50:.2} ms p99 {alone99:.2} ms; with neighbour p50 {noisy50:.2} ms p99 {noisy99:.2} ms; p99 ratio {:.2}",
-        noisy99 / alone99
+         alone p50 {alone50:.2} ms p99 {alone99:.2} ms; with neighbour p50 {noisy50:.2} ms p99 {noisy99:.2} ms"
     );
+    let mut m = Map::new();
+    m.insert("neighbour_alone_ms_p99".into(), json!(alone99));
+    m.insert("neighbour_noisy_ms_p99".into(), json!(noisy99));
+    m.insert("neighbour_p99_ratio".into(), json!(noisy99 / alone99));
+    m
 }

@@ -1,0 +1,158 @@
+//! Shared benchmark plumbing: built guests, starting the real release binary
+//! with a generated config, percentiles, and a description of the machine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::guest_build::GuestWorkspace;
+
+/// The release binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+/// The admin token of every benchmark server.
+pub const TOKEN: &str = "bench-admin";
+
+/// Built guests by name.
+pub type Guests = HashMap<String, PathBuf>;
+
+pub fn build_guests() -> Guests {
+    let built = GuestWorkspace::from_source_checkout()
+        .expect("plugins/")
+        .build(true)
+        .expect("build guests");
+    built.into_iter().map(|p| (p.name, p.wasm)).collect()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// A running `switchboard serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn plugin_dir(&self, tenant: &str) -> PathBuf {
+        self.dir.path().join("plugins.d").join(tenant)
+    }
+}
+
+/// A tenant for [`start`]: id, number, and (plugin file stem, guest, manifest).
+pub struct Tenant<'a> {
+    pub id: String,
+    pub number: String,
+    pub plugins: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Webhook secret of every benchmark tenant (Standard Webhooks).
+pub const SECRET: &str = "whsec_c2VjcmV0";
+
+/// Writes a config and plugin folders, starts the binary, waits for /healthz.
+pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\nadmin_token = \"{TOKEN}\"\n");
+    for t in tenants {
+        cfg.push_str(&format!(
+            "[tenants.{}]\nnumbers = [\"{}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{justcall}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
+            t.id, t.number
+        ));
+        let d = dir.path().join("plugins.d").join(&t.id);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, guest, manifest) in &t.plugins {
+            std::fs::copy(&guests[*guest], d.join(format!("{name}.wasm"))).unwrap();
+            std::fs::write(d.join(format!("{name}.toml")), manifest).unwrap();
+        }
+    }
+    std::fs::write(dir.path().join("switchboard.toml"), cfg).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("switchboard.toml"))
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start switchboard");
+    let server = Server { child, port, dir };
+    let started = Instant::now();
+    while reqwest::blocking::get(format!("{}/healthz", server.url())).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(300), "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// A seed-format `sms.received` body.
+pub fn event(number: &str, id: &str, body: &str) -> String {
+    serde_json::json!({
+        "event": "sms.received", "timestamp": "2026-03-12T14:30:00Z",
+        "data": { "message_id": id, "direction": "inbound", "from": "+15125551234", "to": number,
+                  "body": body, "media_urls": [], "justcall_number": number, "contact_name": null, "agent_id": null }
+    })
+    .to_string()
+}
+
+/// Signed Standard Webhooks headers for a body.
+pub fn signed(body: &str) -> [(&'static str, String); 3] {
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let sig = switchboard::auth::standard_webhooks_signature(SECRET, &id, &ts, body.as_bytes());
+    [("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", sig)]
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Cores, CPU model and git commit.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let commit = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    serde_json::json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "commit": commit,
+    })
+}

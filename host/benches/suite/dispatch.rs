@@ -1,0 +1,160 @@
+//! Per-event dispatch cost: a fresh instance per event through Switchboard's
+//! real dispatch path (`dispatch::invoke`: store, limits, epoch deadline, host
+//! context), beside a bare-wasmtime loop over the same component (InstancePre
+//! + new Store + call) in the same process, and per language.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use switchboard::bindings::PluginPre;
+use switchboard::capabilities::{Invocation, TenantRuntime, to_wit};
+use switchboard::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
+use switchboard::event::{Direction, Event, EventKind};
+use switchboard::justcall::JustCallClient;
+use switchboard::plugins::{LoadedPlugin, Registry};
+use switchboard::runtime::{Runtime, RuntimeOptions};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::common::{Guests, percentile, sorted};
+
+const EVENTS: usize = 10_000;
+
+fn event() -> Event {
+    Event {
+        tenant: "bench".into(),
+        kind: EventKind::Received,
+        event_id: "e".into(),
+        occurred_at: "2026-03-12T14:30:00Z".into(),
+        message_id: "m".into(),
+        direction: Direction::Inbound,
+        from: "+15125551234".into(),
+        to: "+15125550100".into(),
+        body: "hello".into(),
+        media_urls: vec![],
+        justcall_number: "+15125550100".into(),
+        contact_name: Some("Sarah Chen".into()),
+        agent_id: None,
+    }
+}
+
+async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = switchboard::db::Db::open(dir.path()).unwrap();
+    let tenant = TenantConfig {
+        id: "bench".into(),
+        numbers: vec!["+15125550100".into()],
+        webhook_auth: WebhookAuth::None,
+        webhook_secret: None,
+        justcall_api: ApiDialect::Seed,
+        justcall_base_url: reqwest::Url::parse("http://127.0.0.1:9").unwrap(),
+        justcall_api_key: Secret::new("k"),
+        justcall_api_secret: Secret::new("s"),
+        limits: Default::default(),
+    };
+    let http = reqwest::Client::new();
+    let inv = Invocation {
+        tenant: Arc::new(TenantRuntime {
+            justcall: JustCallClient::new(&tenant, http.clone()),
+            config: tenant,
+        }),
+        plugin: Arc::from(plugin.name.as_str()),
+        manifest: Arc::new(Manifest::default()),
+        db,
+        http,
+        event_id: Arc::from("e"),
+        long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
+    };
+    (inv, dir)
+}
+
+/// Microseconds per event through the real dispatch path.
+async fn through_switchboard(plugin: &LoadedPlugin, events: usize) -> Vec<f64> {
+    let (inv, _dir) = invocation(plugin).await;
+    let ev = event();
+    for _ in 0..(events / 20).max(10) {
+        switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(events);
+    for _ in 0..events {
+        let t = Instant::now();
+        switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await.unwrap();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    sorted(samples)
+}
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Microseconds per event for the minimal wasmtime loop.
+async fn bare(engine: &wasmtime::Engine, wasm: &std::path::Path) -> Vec<f64> {
+    let component = Component::from_file(engine, wasm).unwrap();
+    let mut linker: Linker<Bare> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let pre = PluginPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let ev = to_wit(&event());
+    let mut samples = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS + 500 {
+        let t = Instant::now();
+        let mut store = wasmtime::Store::new(
+            engine,
+            Bare {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        store.set_epoch_deadline(1 << 40);
+        let plugin = pre.instantiate_async(&mut store).await.unwrap();
+        plugin.call_handle_event(&mut store, &ev).await.unwrap().unwrap();
+        drop(store);
+        if i >= 500 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    sorted(samples)
+}
+
+pub async fn run(guests: &Guests) -> Map<String, Value> {
+    let runtime = Arc::new(
+        Runtime::new(RuntimeOptions {
+            max_instances: 16,
+            cache_dir: None,
+        })
+        .unwrap(),
+    );
+    let registry = Registry::new(runtime.clone(), Default::default());
+    let noop = registry.load_file(&guests["noop"]).unwrap();
+    let ours = through_switchboard(&noop, EVENTS).await;
+    let base = bare(runtime.engine(), &guests["noop"]).await;
+    let js = registry.load_file(&guests["confirm-js"]).unwrap();
+    let js_samples = through_switchboard(&js, 2_000).await;
+    let (p50, p99, b50) = (percentile(&ours, 0.5), percentile(&ours, 0.99), percentile(&base, 0.5));
+    println!(
+        "dispatch: p50 {p50:.1} µs, p99 {p99:.1} µs; bare wasmtime p50 {b50:.1} µs; JS p50 {:.1} µs",
+        percentile(&js_samples, 0.5)
+    );
+    let mut m = Map::new();
+    m.insert("dispatch_us_p50".into(), json!(p50));
+    m.insert("dispatch_us_p99".into(), json!(p99));
+    m.insert("baseline_us_p50".into(), json!(b50));
+    m.insert("dispatch_ratio".into(), json!(p50 / b50));
+    m.insert(
+        "dispatch_us_p50_by_lang".into(),
+        json!({ "rust": p50, "js": percentile(&js_samples, 0.5) }),
+    );
+    m
+}
