@@ -95,11 +95,26 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
         .expect("start switchboard");
     let server = Server { child, port, dir };
     let started = Instant::now();
-    while reqwest::blocking::get(format!("{}/healthz", server.url())).is_err() {
+    let addr = format!("127.0.0.1:{}", server.port);
+    while !healthy(&addr) {
         assert!(started.elapsed() < Duration::from_secs(300), "server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
     server
+}
+
+/// `GET /healthz` answers 200 (plain std I/O: usable from any context).
+fn healthy(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
 /// A seed-format `sms.received` body.

@@ -38,7 +38,13 @@ async fn main() {
         report.extend(ingest::run_full_path(&guests).await);
     }
     if wants("reload") {
-        report.extend(reload::run(&guests));
+        // Blocking HTTP polling: keep it off the async workers.
+        let g = guests.clone();
+        report.extend(
+            tokio::task::spawn_blocking(move || reload::run(&g))
+                .await
+                .expect("reload benchmark"),
+        );
     }
     if wants("neighbour") {
         report.extend(neighbour::run(&guests).await);

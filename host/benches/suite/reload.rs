@@ -10,8 +10,8 @@ use switchboard::runtime::Runtime;
 
 use crate::common::{Guests, Server, TOKEN, Tenant, start};
 
-fn serving_hash(server: &Server, tenant: &str, name: &str) -> Option<String> {
-    let v: Value = reqwest::blocking::Client::new()
+fn serving_hash(client: &reqwest::blocking::Client, server: &Server, tenant: &str, name: &str) -> Option<String> {
+    let v: Value = client
         .get(format!("{}/admin/tenants/{tenant}/plugins", server.url()))
         .bearer_auth(TOKEN)
         .send()
@@ -37,12 +37,15 @@ fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
 }
 
 fn time_until_serving(server: &Server, path: &Path, bytes: &[u8]) -> f64 {
+    thread_local! {
+        static CLIENT: reqwest::blocking::Client = reqwest::blocking::Client::new();
+    }
     let want = Runtime::content_hash(bytes);
     let tmp = path.with_file_name(".bench.tmp");
     let t = Instant::now();
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-    while serving_hash(server, "t0", "p").as_deref() != Some(want.as_str()) {
+    while CLIENT.with(|c| serving_hash(c, server, "t0", "p")).as_deref() != Some(want.as_str()) {
         assert!(t.elapsed() < Duration::from_secs(120), "new version never served");
         std::thread::sleep(Duration::from_millis(1));
     }
