@@ -70,7 +70,7 @@ impl std::error::Error for DeadlineExceeded {}
 
 /// Epoch ticks (≈ ms of wasm execution) after which an invocation must hold a
 /// long-runner slot to go on.
-pub const LONG_RUN_TICKS: u64 = 20;
+pub const LONG_RUN_TICKS: u64 = 10;
 
 /// How many long-running invocations may execute at once: all cores but one,
 /// so short, well-behaved invocations always find a core.
