@@ -42,43 +42,62 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Build a test SMS webhook, sign it, and post it to a running Switchboard.
-    Send {
-        /// Switchboard's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Tenant id.
-        #[arg(long, default_value = "demo")]
-        tenant: String,
-        /// Event kind.
-        #[arg(long, default_value = "received", value_parser = parse_kind)]
-        kind: EventKind,
-        /// Sender, E.164.
-        #[arg(long, default_value = "+15125551234")]
-        from: String,
-        /// Recipient, E.164 (for inbound kinds, the tenant's number).
-        #[arg(long, default_value = "+15125550100")]
-        to: String,
-        /// Message text.
-        #[arg(long, default_value = "CONFIRM")]
-        body: String,
-        /// Wire format.
-        #[arg(long, value_enum, default_value = "seed")]
-        format: WireFormat,
-        /// Signing secret; with it, the webhook is signed using --auth.
-        #[arg(long, env = "SWITCHBOARD_SEND_SECRET", hide_env_values = true)]
-        secret: Option<String>,
-        /// Signature scheme.
-        #[arg(long, value_enum, default_value = "justcall-v1")]
-        auth: SignWith,
-        /// The webhook URL JustCall signs (the server's `public_url` + /webhooks/TENANT).
-        #[arg(long)]
-        webhook_url: Option<String>,
-    },
+    Send(SendArgs),
     /// Plugin author tools.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// Switchboard's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Tenant id.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// Event kind.
+    #[arg(long, default_value = "received", value_parser = parse_kind)]
+    kind: EventKind,
+    /// Sender, E.164.
+    #[arg(long, default_value = "+15125551234")]
+    from: String,
+    /// Recipient, E.164 (for inbound kinds, the tenant's number).
+    #[arg(long, default_value = "+15125550100")]
+    to: String,
+    /// Message text.
+    #[arg(long, default_value = "CONFIRM")]
+    body: String,
+    /// Wire format.
+    #[arg(long, value_enum, default_value = "seed")]
+    format: WireFormat,
+    /// Signing secret; with it, the webhook is signed using --auth.
+    #[arg(long, env = "SWITCHBOARD_SEND_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Signature scheme.
+    #[arg(long, value_enum, default_value = "justcall-v1")]
+    auth: SignWith,
+    /// The webhook URL JustCall signs (the server's `public_url` + /webhooks/TENANT).
+    #[arg(long)]
+    webhook_url: Option<String>,
+}
+
+impl From<SendArgs> for SendRequest {
+    fn from(a: SendArgs) -> SendRequest {
+        SendRequest {
+            url: a.url,
+            tenant: a.tenant,
+            kind: a.kind,
+            from: a.from,
+            to: a.to,
+            body: a.body,
+            format: a.format,
+            sign: a.secret.map(|s| (a.auth, s)),
+            webhook_url: a.webhook_url,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,29 +162,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             crate::dev::run(listen, data_dir).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send {
-            url,
-            tenant,
-            kind,
-            from,
-            to,
-            body,
-            format,
-            secret,
-            auth,
-            webhook_url,
-        } => {
-            let req = SendRequest {
-                url,
-                tenant,
-                kind,
-                from,
-                to,
-                body,
-                format,
-                sign: secret.map(|s| (auth, s)),
-                webhook_url,
-            };
+        Command::Send(args) => {
+            let req = SendRequest::from(args);
             let resp = crate::send::send(&req).await?;
             println!("{} {}", resp.status, resp.body);
             Ok(if (200..300).contains(&resp.status) {

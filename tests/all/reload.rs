@@ -14,6 +14,18 @@ fn confirm_event(id: &str) -> String {
     fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", id)
 }
 
+/// A server with tenant `acme` running appointment-confirm as `confirm`.
+async fn confirm_host(manifest: &str) -> (TestHost, Recorder) {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
+        "appointment-confirm",
+        "confirm",
+        manifest,
+    ))])
+    .await;
+    (host, jc)
+}
+
 fn hash_of(path: &std::path::Path) -> String {
     switchboard::runtime::Runtime::content_hash(&std::fs::read(path).unwrap())
 }
@@ -86,13 +98,7 @@ async fn replacing_a_plugin_under_a_stream_runs_each_event_once_on_one_version()
 
 #[tokio::test]
 async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
-    let jc = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
-        "appointment-confirm",
-        "confirm",
-        "",
-    ))])
-    .await;
+    let (host, jc) = confirm_host("").await;
     let v1 = hash_of(&guest("appointment-confirm"));
     let dir = host.plugin_dir("acme");
 
@@ -153,13 +159,7 @@ async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
 
 #[tokio::test]
 async fn delete_unloads_and_re_adding_loads_again() {
-    let jc = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
-        "appointment-confirm",
-        "confirm",
-        "",
-    ))])
-    .await;
+    let (host, jc) = confirm_host("").await;
     let dir = host.plugin_dir("acme");
     std::fs::remove_file(dir.join("confirm.wasm")).unwrap();
     wait_admin(&host, "acme", "confirm", "unload", |p| p.is_none()).await;
@@ -201,13 +201,7 @@ async fn a_slow_copy_in_place_is_loaded_only_once_complete() {
 
 #[tokio::test]
 async fn a_manifest_only_change_applies_the_new_manifest() {
-    let jc = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
-        "appointment-confirm",
-        "confirm",
-        "[config]\nreply = \"first\"\n",
-    ))])
-    .await;
+    let (host, jc) = confirm_host("[config]\nreply = \"first\"\n").await;
     let before = host.admin_plugin("acme", "confirm").await.unwrap();
     write_then_rename(&host.plugin_dir("acme").join("confirm.toml"), b"[config]\nreply = \"second\"\n");
     let after = wait_admin(&host, "acme", "confirm", "the new manifest", |p| {
@@ -295,13 +289,7 @@ async fn the_admin_api_needs_the_token_and_a_known_tenant() {
 
 #[tokio::test]
 async fn when_the_watched_folder_disappears_periodic_rescans_take_over() {
-    let jc = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
-        "appointment-confirm",
-        "confirm",
-        "",
-    ))])
-    .await;
+    let (host, _jc) = confirm_host("").await;
     std::fs::remove_dir_all(&host.config.plugins_dir).unwrap();
     wait_admin(&host, "acme", "confirm", "unload", |p| p.is_none()).await;
     // The watch on the old folder is gone; only rescans can see this.
