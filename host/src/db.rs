@@ -254,15 +254,11 @@ impl Db {
         .await
     }
 
-    /// Marks a delivery as running and counts the attempt.
-    pub async fn start_delivery(&self, id: i64, plugin_hash: String) -> Result<(), DbError> {
-        self.write(|reply| Write::StartDelivery { id, plugin_hash, reply }).await
-    }
-
-    /// Marks a delivery as running without waiting for the commit. Writes are
-    /// applied in order, so a later [`Db::finish_delivery`] still lands after
-    /// it; if the process dies first, the delivery is simply pending again.
-    pub fn start_delivery_detached(&self, id: i64, plugin_hash: String) {
+    /// Marks a delivery as running and counts the attempt, without waiting
+    /// for the commit. Writes are applied in order, so a later
+    /// [`Db::finish_delivery`] still lands after it; if the process dies
+    /// first, the delivery is simply pending again.
+    pub fn start_delivery(&self, id: i64, plugin_hash: String) {
         let (reply, _) = oneshot::channel();
         if self.writer.send(Write::StartDelivery { id, plugin_hash, reply }).is_err() {
             tracing::warn!(delivery = id, "database writer stopped; delivery not marked running");
@@ -578,7 +574,9 @@ mod tests {
         assert_eq!(again, InsertOutcome::Duplicate { event_id: "e1".into() });
 
         let InsertOutcome::Inserted(ids) = first else { unreachable!() };
-        db.start_delivery(ids[0], "h".into()).await.unwrap();
+        db.start_delivery(ids[0], "h".into());
+        // Writes apply in order: once this one is durable, so is the start.
+        db.kv_put("acme", "p", "sync", Some(vec![])).await.unwrap();
         drop(db);
         // A delivery left running by a crash is pending again after reopening.
         let db = Db::open(dir.path()).unwrap();

@@ -250,7 +250,7 @@ async fn run_job(ctx: &DispatchCtx, job: Job) {
     let result = match (ctx.tenants.get(tenant_id), ctx.registry.get(tenant_id, &job.plugin)) {
         (Some(tenant), Some(plugin)) => {
             // Not awaited: the commit is off the critical path (see the docs).
-            ctx.db.start_delivery_detached(job.delivery_id, plugin.hash.clone());
+            ctx.db.start_delivery(job.delivery_id, plugin.hash.clone());
             let inv = Invocation {
                 tenant: tenant.clone(),
                 plugin: Arc::from(plugin.name.as_str()),

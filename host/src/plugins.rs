@@ -174,10 +174,10 @@ impl Registry {
         })?;
         let manifest_path = wasm.with_extension("toml");
         let manifest_src = std::fs::read_to_string(&manifest_path).ok();
-        self.load_bytes(wasm, &bytes, manifest_src)
+        self.load_bytes(wasm, &bytes, Runtime::content_hash(&bytes), manifest_src)
     }
 
-    fn load_bytes(&self, wasm: &Path, bytes: &[u8], manifest_src: Option<String>) -> Result<LoadedPlugin, PluginLoadError> {
+    fn load_bytes(&self, wasm: &Path, bytes: &[u8], hash: String, manifest_src: Option<String>) -> Result<LoadedPlugin, PluginLoadError> {
         let name = plugin_name(wasm).ok_or_else(|| PluginLoadError::BadName(wasm.to_path_buf()))?;
         let manifest = match &manifest_src {
             Some(src) => Manifest::parse(&wasm.with_extension("toml"), src)?,
@@ -190,7 +190,7 @@ impl Registry {
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
-        let (hash, pre) = self.runtime.load(bytes).map_err(|source| PluginLoadError::Component {
+        let pre = self.runtime.load(bytes, &hash).map_err(|source| PluginLoadError::Component {
             path: wasm.to_path_buf(),
             source,
         })?;
@@ -277,7 +277,7 @@ impl Registry {
                 continue;
             }
             let manifest_src_copy = manifest_src.clone();
-            match self.load_bytes(&wasm, &bytes, manifest_src) {
+            match self.load_bytes(&wasm, &bytes, hash.clone(), manifest_src) {
                 Ok(p) => {
                     tracing::info!(%tenant, plugin = %p.name, hash = %&p.hash[..12], replaced = old.as_ref().map(|o| &o.hash[..12]), "loaded plugin");
                     rejections.remove(&name);

@@ -244,18 +244,18 @@ impl Runtime {
             .retain(|h, _| live.contains(h));
     }
 
-    /// Validates and compiles a component (reusing the compiled code of an
-    /// identical file loaded before) and pre-instantiates it against the linker.
-    pub fn load(&self, bytes: &[u8]) -> Result<(String, PluginPre<PluginCtx>), LoadError> {
+    /// Validates and compiles a component whose [`Runtime::content_hash`] is
+    /// `hash` (reusing the compiled code of an identical file loaded before)
+    /// and pre-instantiates it against the linker.
+    pub fn load(&self, bytes: &[u8], hash: &str) -> Result<PluginPre<PluginCtx>, LoadError> {
         check_header(bytes)?;
-        let hash = Self::content_hash(bytes);
-        let component = self.component(bytes, &hash)?;
+        let component = self.component(bytes, hash)?;
         if let Some(refused) = refused_import(&self.engine, &component) {
             return Err(LoadError::Refused(refused));
         }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
-        Ok((hash, pre))
+        Ok(pre)
     }
 }
 
