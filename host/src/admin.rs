@@ -1,11 +1,14 @@
 //! The admin API under `/admin`, behind the configured bearer token: what each
-//! tenant's plugins are doing (version serving, rejections). HTTP errors for
-//! it are mapped here only.
+//! tenant's plugins are doing (version serving, rejections, pause state and
+//! failures), resuming paused plugins, listing deliveries and replaying
+//! events. HTTP errors for it are mapped here only.
 
-use axum::extract::{Path, State};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -21,6 +24,15 @@ pub enum AdminError {
     /// No such tenant (or plugin, or event) for this tenant.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The request makes no sense as given.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request conflicts with the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not answer.
+    #[error("unavailable: {0}")]
+    Unavailable(#[from] crate::db::DbError),
 }
 
 impl IntoResponse for AdminError {
@@ -28,6 +40,9 @@ impl IntoResponse for AdminError {
         let status = match self {
             AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -35,7 +50,19 @@ impl IntoResponse for AdminError {
 
 /// The admin routes, to be nested at `/admin`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/tenants/{tenant}/plugins", get(plugins))
+    Router::new()
+        .route("/tenants/{tenant}/plugins", get(plugins))
+        .route("/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
+        .route("/tenants/{tenant}/deliveries", get(deliveries))
+        .route("/tenants/{tenant}/events/{event}/replay", post(replay))
+}
+
+fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
+    if state.tenants.contains_key(tenant) {
+        Ok(())
+    } else {
+        Err(AdminError::NotFound(format!("tenant `{tenant}`")))
+    }
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
@@ -56,27 +83,122 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
 
 async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Json<Value>, AdminError> {
     authorize(&state, &headers)?;
-    if !state.tenants.contains_key(&tenant) {
-        return Err(AdminError::NotFound(format!("tenant `{tenant}`")));
-    }
+    known_tenant(&state, &tenant)?;
     let serving = state.registry.plugins(&tenant);
     let mut rejections = state.registry.rejections(&tenant);
+    let mut health = state.db.plugin_health(&tenant).await?;
     let mut out = Vec::new();
+    let status = |rejected: bool, paused: bool| match (rejected, paused) {
+        (_, true) => "paused",
+        (true, false) => "rejected",
+        (false, false) => "active",
+    };
     for p in serving.iter() {
         let rejected = rejections.remove(&p.name);
+        let h = health.remove(&p.name).unwrap_or_default();
         out.push(json!({
             "name": p.name,
-            "status": if rejected.is_some() { "rejected" } else { "active" },
+            "status": status(rejected.is_some(), h.paused),
             "hash": p.hash,
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
             "rejected": rejected,
+            "delivery": h,
         }));
     }
     for (name, r) in rejections {
-        out.push(json!({ "name": name, "status": "rejected", "hash": null, "rejected": r }));
+        let h = health.remove(&name).unwrap_or_default();
+        out.push(json!({ "name": name, "status": status(true, h.paused), "hash": null, "rejected": r, "delivery": h }));
+    }
+    // Plugins no longer deployed that still have paused or held deliveries.
+    for (name, h) in health.into_iter().filter(|(_, h)| h.paused || h.held > 0) {
+        out.push(json!({ "name": name, "status": status(false, h.paused), "hash": null, "removed": true, "delivery": h }));
     }
     Ok(Json(
         json!({ "tenant": tenant, "plugins": out, "compile": state.registry.runtime().stats() }),
+    ))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    match state.dispatcher.resume(&tenant, &plugin).await? {
+        Some(released) => Ok(Json(
+            json!({ "tenant": tenant, "plugin": plugin, "status": "active", "released": released }),
+        )),
+        None if state.registry.get(&tenant, &plugin).is_some() => Err(AdminError::Conflict(format!("plugin `{plugin}` is not paused"))),
+        None => Err(AdminError::NotFound(format!("plugin `{plugin}` of tenant `{tenant}`"))),
+    }
+}
+
+/// Delivery statuses that can be listed.
+const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "held"];
+
+#[derive(serde::Deserialize)]
+struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    if let Some(s) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(AdminError::BadRequest(format!(
+            "status `{s}` is not one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let list = state.db.deliveries(&tenant, q.status.as_deref(), limit).await?;
+    Ok(Json(json!({ "tenant": tenant, "status": q.status, "deliveries": list })))
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, event_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    let event = state
+        .db
+        .event(&tenant, &event_id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`")))?;
+    let plugins = state.registry.subscribers(&tenant, event.kind);
+    let new = plugins
+        .iter()
+        .map(|p| crate::db::NewDelivery {
+            plugin: p.name.clone(),
+            plugin_hash: p.hash.clone(),
+        })
+        .collect();
+    let created = state.db.add_deliveries(&tenant, &event_id, new).await?;
+    let event = Arc::new(event);
+    let mut out = Vec::new();
+    for (c, p) in created.iter().zip(plugins.iter()) {
+        if !c.held {
+            state.dispatcher.submit(crate::dispatch::Job {
+                delivery_id: c.id,
+                plugin: p.name.clone(),
+                event: event.clone(),
+            });
+        }
+        out.push(json!({ "id": c.id, "plugin": p.name, "status": if c.held { "held" } else { "pending" } }));
+    }
+    tracing::info!(%tenant, event = %event_id, deliveries = out.len(), "event replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "tenant": tenant, "event_id": event_id, "deliveries": out })),
     ))
 }

@@ -61,6 +61,9 @@ pub struct Invocation {
     pub event_id: Arc<str>,
     /// Slots for long-running invocations (see [`crate::dispatch::LONG_RUN_TICKS`]).
     pub long_runners: Arc<tokio::sync::Semaphore>,
+    /// The delivery being run, whose side effects are journaled so a retry
+    /// does not repeat them; `None` runs without a journal.
+    pub delivery_id: Option<i64>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -102,6 +105,8 @@ pub struct PluginCtx {
     pub long_run_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     sms_sent: u32,
     http_calls: u32,
+    /// Side-effecting calls so far: the next one's journal sequence number.
+    effects: u32,
     log_bytes: usize,
     log_truncated: bool,
 }
@@ -140,6 +145,7 @@ impl PluginCtx {
             limits,
             sms_sent: 0,
             http_calls: 0,
+            effects: 0,
             log_bytes: 0,
             log_truncated: false,
         }
@@ -200,11 +206,215 @@ pub fn to_wit(e: &Event) -> types::SmsEvent {
 
 impl types::Host for PluginCtx {}
 
+/// A hash of a side-effecting request, over length-prefixed parts.
+fn request_hash(parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+fn journal_unavailable(e: crate::db::DbError) -> JustCallError {
+    JustCallError::Unavailable(format!("cannot journal the send: {e}"))
+}
+
+/// Sends per SMS call while JustCall answers 5xx and the message is not found.
+const SMS_SEND_TRIES: u32 = 3;
+
+impl PluginCtx {
+    fn next_effect(&mut self) -> u32 {
+        self.effects += 1;
+        self.effects - 1
+    }
+
+    /// Sends an SMS at most once per delivery: the send is journaled before
+    /// it is made; a later attempt gets a journaled success back, and looks
+    /// up a send whose outcome was never learnt before sending again.
+    async fn send_journaled(&mut self, from: &str, to: &str, body: &str, media: &[String]) -> Result<String, JustCallError> {
+        let seq = self.next_effect();
+        let justcall = &self.inv.tenant.justcall;
+        let Some(delivery) = self.inv.delivery_id else {
+            return justcall.send(from, to, body, media, self.deadline).await;
+        };
+        let db = self.inv.db.clone();
+        let hash = request_hash(&[b"sms", from.as_bytes(), to.as_bytes(), body.as_bytes(), media.join("\n").as_bytes()]);
+        match db.journal_get(delivery, seq).await.map_err(journal_unavailable)? {
+            Some(e) if e.request_hash == hash && e.state == "done" => {
+                let id = e
+                    .result
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                tracing::info!(delivery, seq, %id, "sms sent by an earlier attempt; returning its journaled result");
+                return Ok(id);
+            }
+            Some(e) if e.request_hash == hash => {
+                // An earlier attempt started this send and never learnt how it
+                // ended: look for it before sending again.
+                if let Some(id) = self.reconcile(delivery, seq, from, to, body, e.started_ms).await? {
+                    return Ok(id);
+                }
+            }
+            _ => {}
+        }
+        let mut started_ms = db.journal_begin(delivery, seq, hash.clone()).await.map_err(journal_unavailable)?;
+        let mut tries = 1;
+        loop {
+            match self.inv.tenant.justcall.send(from, to, body, media, self.deadline).await {
+                Ok(id) => {
+                    let result = serde_json::json!({ "id": id }).to_string();
+                    self.inv
+                        .db
+                        .journal_end(delivery, seq, true, Some(result), (!id.is_empty()).then_some(id.clone()));
+                    return Ok(id);
+                }
+                Err(JustCallError::Status { status, message }) if status >= 500 => {
+                    // JustCall answered 5xx: it may have sent anyway.
+                    if let Some(id) = self.reconcile(delivery, seq, from, to, body, started_ms).await? {
+                        return Ok(id);
+                    }
+                    if tries >= SMS_SEND_TRIES || Instant::now() >= self.deadline {
+                        self.inv.db.journal_end(delivery, seq, false, None, None);
+                        return Err(JustCallError::Status { status, message });
+                    }
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                    started_ms = self
+                        .inv
+                        .db
+                        .journal_begin(delivery, seq, hash.clone())
+                        .await
+                        .map_err(journal_unavailable)?;
+                }
+                // Timed out: the entry stays `started`, so the next attempt
+                // reconciles before it sends.
+                Err(e @ JustCallError::Unknown(_)) => return Err(e),
+                Err(e) => {
+                    self.inv.db.journal_end(delivery, seq, false, None, None);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        delivery: i64,
+        seq: u32,
+        from: &str,
+        to: &str,
+        body: &str,
+        started_ms: i64,
+    ) -> Result<Option<String>, JustCallError> {
+        reconcile(
+            &self.inv.db,
+            &self.inv.tenant.justcall,
+            self.deadline,
+            (delivery, seq),
+            (from, to, body),
+            started_ms,
+        )
+        .await
+    }
+
+    /// Journals a non-GET/HEAD request around `perform`: a request that
+    /// succeeded (2xx) on an earlier attempt is answered from the journal.
+    async fn http_journaled(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        let method = req.method.to_ascii_uppercase();
+        let (Some(delivery), false) = (self.inv.delivery_id, matches!(method.as_str(), "GET" | "HEAD")) else {
+            return self.http_perform(req).await;
+        };
+        let seq = self.next_effect();
+        let mut headers: Vec<String> = req.headers.iter().map(|(k, v)| format!("{}:{v}", k.to_ascii_lowercase())).collect();
+        headers.sort();
+        let hash = request_hash(&[
+            b"http",
+            method.as_bytes(),
+            req.url.as_bytes(),
+            headers.join("\n").as_bytes(),
+            &req.body,
+        ]);
+        let db = self.inv.db.clone();
+        match db.journal_get(delivery, seq).await {
+            Ok(Some(e)) if e.request_hash == hash && e.state == "done" => {
+                if let Some(resp) = e.result.as_deref().and_then(decode_response) {
+                    tracing::info!(
+                        delivery,
+                        seq,
+                        "request made by an earlier attempt; returning its journaled response"
+                    );
+                    return Ok(Ok(resp));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(Err(http::HttpError::Transport(format!("cannot journal the request: {e}")))),
+        }
+        if let Err(e) = db.journal_begin(delivery, seq, hash).await {
+            return Ok(Err(http::HttpError::Transport(format!("cannot journal the request: {e}"))));
+        }
+        let result = self.http_perform(req).await;
+        match &result {
+            Ok(Ok(resp)) if (200..300).contains(&resp.status) => db.journal_end(delivery, seq, true, Some(encode_response(resp)), None),
+            _ => db.journal_end(delivery, seq, false, None, None),
+        }
+        result
+    }
+}
+
+/// Finds a message JustCall sent for journal entry `(delivery, seq)` since
+/// `started_ms` and not already claimed by another entry; records it.
+async fn reconcile(
+    db: &Db,
+    justcall: &JustCallClient,
+    deadline: Instant,
+    (delivery, seq): (i64, u32),
+    (from, to, body): (&str, &str, &str),
+    started_ms: i64,
+) -> Result<Option<String>, JustCallError> {
+    let since = chrono::DateTime::from_timestamp_millis(started_ms).unwrap_or_else(chrono::Utc::now);
+    let candidates = justcall.find_sent(from, to, body, since, deadline).await?;
+    for m in candidates {
+        if !db.journal_claimed(&m.id).await.map_err(journal_unavailable)? {
+            tracing::info!(delivery, seq, id = %m.id, "sms with an unknown outcome was sent; reconciled, not sent again");
+            let result = serde_json::json!({ "id": m.id }).to_string();
+            db.journal_end(delivery, seq, true, Some(result), Some(m.id.clone()));
+            return Ok(Some(m.id));
+        }
+    }
+    tracing::info!(delivery, seq, "sms with an unknown outcome was not sent; sending it");
+    Ok(None)
+}
+
+fn encode_response(r: &http::Response) -> String {
+    use base64::Engine as _;
+    serde_json::json!({
+        "status": r.status,
+        "headers": r.headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(&r.body),
+    })
+    .to_string()
+}
+
+fn decode_response(s: &str) -> Option<http::Response> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    Some(http::Response {
+        status: u16::try_from(v["status"].as_u64()?).ok()?,
+        headers: serde_json::from_value(v["headers"].clone()).ok()?,
+        body: base64::engine::general_purpose::STANDARD.decode(v["body"].as_str()?).ok()?,
+    })
+}
+
 fn sms_error(e: JustCallError) -> sms::SmsError {
     match e {
         JustCallError::Status { status, message } => sms::SmsError::Provider(sms::ProviderError { status, message }),
         JustCallError::NotFound => sms::SmsError::NotFound,
         JustCallError::Unavailable(m) | JustCallError::Decode(m) => sms::SmsError::Unavailable(m),
+        JustCallError::Unknown(m) => sms::SmsError::Unavailable(format!("outcome unknown ({m}); it is reconciled before any resend")),
+        JustCallError::RateLimited(d) => sms::SmsError::RateLimited(d.as_millis().max(1) as u64),
     }
 }
 
@@ -254,7 +464,7 @@ impl sms::Host for PluginCtx {
                 "body is over {MAX_SMS_BODY} characters"
             ))));
         }
-        let result = tenant.justcall.send(&from, &to, &message.body, &message.media_urls).await;
+        let result = self.send_journaled(&from, &to, &message.body, &message.media_urls).await;
         match &result {
             Ok(id) => {
                 tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, id = %id, "sms sent")
@@ -267,7 +477,15 @@ impl sms::Host for PluginCtx {
     }
 
     async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
-        Ok(self.inv.tenant.justcall.get(&id).await.map(wit_message).map_err(sms_error))
+        let deadline = self.deadline;
+        Ok(self
+            .inv
+            .tenant
+            .justcall
+            .get(&id, deadline)
+            .await
+            .map(wit_message)
+            .map_err(sms_error))
     }
 
     async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
@@ -275,7 +493,7 @@ impl sms::Host for PluginCtx {
             .inv
             .tenant
             .justcall
-            .list(page, per_page)
+            .list(page, per_page, self.deadline)
             .await
             .map(|v| v.into_iter().map(wit_message).collect())
             .map_err(sms_error))
@@ -284,6 +502,12 @@ impl sms::Host for PluginCtx {
 
 impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        self.http_journaled(req).await
+    }
+}
+
+impl PluginCtx {
+    async fn http_perform(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         if self.http_calls >= self.limits.http_per_event {
             return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(self.limits.http_per_event)));
         }

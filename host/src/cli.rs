@@ -1,5 +1,5 @@
-//! The command line: `serve`, `dev`, `send` and `plugin build`, each a thin
-//! layer over the library.
+//! The command line: `serve`, `dev`, `send`, `admin …` and `plugin build`,
+//! each a thin layer over the library or the admin HTTP API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +48,77 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Operate a running Switchboard through its admin API.
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Switchboard's base URL.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin bearer token (the config's `admin_token`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// A tenant's plugins: serving version, status (active, paused,
+    /// rejected), failure counts and last error.
+    Plugins {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// Reactivate a paused plugin; its held deliveries run in arrival order.
+    Resume {
+        /// Tenant id.
+        tenant: String,
+        /// Plugin name.
+        plugin: String,
+    },
+    /// A tenant's deliveries, newest first.
+    Deliveries {
+        /// Tenant id.
+        tenant: String,
+        /// Only this status: pending, running, done, failed or held.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Run a stored event again through the tenant's current plugins.
+    Replay {
+        /// Tenant id.
+        tenant: String,
+        /// Event id (as returned when the webhook was accepted).
+        event: String,
+    },
+}
+
+impl AdminCommand {
+    fn request(&self, client: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+        let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        match self {
+            AdminCommand::Plugins { tenant } => client.get(format!("{base}/admin/tenants/{}/plugins", seg(tenant))),
+            AdminCommand::Resume { tenant, plugin } => {
+                client.post(format!("{base}/admin/tenants/{}/plugins/{}/resume", seg(tenant), seg(plugin)))
+            }
+            AdminCommand::Deliveries { tenant, status, limit } => {
+                let mut q = vec![("limit", limit.to_string())];
+                if let Some(s) = status {
+                    q.push(("status", s.clone()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/deliveries", seg(tenant))).query(&q)
+            }
+            AdminCommand::Replay { tenant, event } => {
+                client.post(format!("{base}/admin/tenants/{}/events/{}/replay", seg(tenant), seg(event)))
+            }
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +242,29 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Admin(args) => {
+            let base = args.url.trim_end_matches('/');
+            let resp = args
+                .command
+                .request(&reqwest::Client::new(), base)
+                .bearer_auth(&args.token)
+                .send()
+                .await
+                .with_context(|| format!("reaching {base}"))?;
+            let status = resp.status();
+            let text = resp.text().await.context("reading the answer")?;
+            let shown = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            if status.is_success() {
+                println!("{shown}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: {status}: {shown}");
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Plugin {
             command: PluginCommand::Build { dir },

@@ -119,6 +119,9 @@ pub struct TenantConfig {
     pub justcall_api_secret: Secret,
     /// Limits for this tenant's plugins, beneath each manifest's `[limits]`.
     pub limits: LimitOverrides,
+    /// JustCall API requests per minute Switchboard allows itself for this
+    /// tenant (default: the plan's limit, Team's 30 if no plan is named).
+    pub justcall_rate_per_minute: u32,
 }
 
 /// The whole server configuration.
@@ -143,6 +146,8 @@ pub struct Config {
     pub max_concurrent_invocations: u32,
     /// Bearer token for `/admin/*`; without one the admin API is off.
     pub admin_token: Option<Secret>,
+    /// Retry schedule, dedupe window and database lock wait.
+    pub delivery: crate::db::DbOptions,
 }
 
 impl Config {
@@ -185,6 +190,7 @@ impl Config {
             let tenant = resolve_tenant(path, src, id, t, env)?;
             tenants.insert(id.clone(), tenant);
         }
+        let delivery = delivery_options(path, src, &raw)?;
         let cfg = Config {
             listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
@@ -198,6 +204,7 @@ impl Config {
                 Some(t) => Some(resolve_secret(path, src, "admin_token", t, env)?),
                 None => None,
             },
+            delivery,
         };
         for t in cfg.tenants.values() {
             if t.webhook_auth == WebhookAuth::None {
@@ -224,8 +231,46 @@ struct RawConfig {
     signature_tolerance_secs: Option<u64>,
     max_concurrent_invocations: Option<u32>,
     admin_token: Option<Spanned<String>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
+    dedupe_window_secs: Option<Spanned<u64>>,
+    db_busy_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+}
+
+/// Most retries a schedule may list.
+pub const MAX_RETRIES: usize = 20;
+
+fn delivery_options(path: &Path, src: &str, raw: &RawConfig) -> Result<crate::db::DbOptions, ConfigError> {
+    let mut o = crate::db::DbOptions::default();
+    if let Some(d) = &raw.retry_delays_ms {
+        if d.get_ref().len() > MAX_RETRIES {
+            return Err(ConfigError::new(
+                path,
+                src,
+                Some(d.span()),
+                "retry_delays_ms",
+                format!("at most {MAX_RETRIES} retries"),
+            ));
+        }
+        o.retry_delays = d.get_ref().iter().map(|ms| Duration::from_millis(*ms)).collect();
+    }
+    if let Some(w) = &raw.dedupe_window_secs {
+        if *w.get_ref() == 0 {
+            return Err(ConfigError::new(
+                path,
+                src,
+                Some(w.span()),
+                "dedupe_window_secs",
+                "must be at least 1",
+            ));
+        }
+        o.dedupe_window = Duration::from_secs(*w.get_ref());
+    }
+    if let Some(b) = &raw.db_busy_timeout_ms {
+        o.busy_timeout = Duration::from_millis(*b.get_ref());
+    }
+    Ok(o)
 }
 
 #[derive(Deserialize)]
@@ -238,7 +283,32 @@ struct RawTenant {
     justcall_base_url: Option<Spanned<String>>,
     justcall_api_key: Spanned<String>,
     justcall_api_secret: Spanned<String>,
+    justcall_plan: Option<JustCallPlan>,
+    justcall_rate_per_minute: Option<Spanned<u32>>,
     limits: Option<RawLimits>,
+}
+
+/// A JustCall plan, for its API rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JustCallPlan {
+    /// 30 requests a minute.
+    Team,
+    /// 60 requests a minute.
+    Pro,
+    /// 90 requests a minute.
+    Business,
+}
+
+impl JustCallPlan {
+    /// The plan's documented API requests per minute.
+    pub fn per_minute(self) -> u32 {
+        match self {
+            JustCallPlan::Team => 30,
+            JustCallPlan::Pro => 60,
+            JustCallPlan::Business => 90,
+        }
+    }
 }
 
 fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
@@ -373,6 +443,19 @@ fn resolve_tenant(
         limits: match &t.limits {
             Some(l) => l.validate(path, src, &format!("tenants.{id}.limits"))?,
             None => LimitOverrides::default(),
+        },
+        justcall_rate_per_minute: match &t.justcall_rate_per_minute {
+            Some(r) if *r.get_ref() == 0 => {
+                return Err(ConfigError::new(
+                    path,
+                    src,
+                    Some(r.span()),
+                    k("justcall_rate_per_minute"),
+                    "must be at least 1",
+                ));
+            }
+            Some(r) => *r.get_ref(),
+            None => t.justcall_plan.unwrap_or(JustCallPlan::Team).per_minute(),
         },
     })
 }

@@ -30,6 +30,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         justcall_api_key: Secret::new("demo-key"),
         justcall_api_secret: Secret::new("demo-secret"),
         limits: Default::default(),
+        justcall_rate_per_minute: crate::config::JustCallPlan::Business.per_minute(),
     };
     Ok(Config {
         listen,
@@ -41,6 +42,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         signature_tolerance: Duration::from_secs(300),
         max_concurrent_invocations: 64,
         admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),
+        delivery: Default::default(),
     })
 }
 

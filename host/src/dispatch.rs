@@ -1,16 +1,17 @@
 //! The dispatcher: runs each stored delivery on a fresh plugin instance with
-//! its deadline and memory cap, records the outcome, and drains on shutdown.
+//! its deadline and memory cap, records the outcome, schedules retries,
+//! holds deliveries of paused plugins, and drains on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::capabilities::{Invocation, PluginCtx, TenantRuntime, to_wit};
-use crate::db::{Db, DeliveryOutcome};
+use crate::db::{Db, DeliveryOutcome, Finished};
 use crate::event::Event;
 use crate::plugins::{LoadedPlugin, Registry};
 
@@ -91,6 +92,8 @@ pub struct DispatchCtx {
     pub http: reqwest::Client,
     /// Slots for long-running invocations.
     pub long_runners: Arc<Semaphore>,
+    /// Which plugins are paused for which tenants.
+    pub paused: Arc<PauseBook>,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
@@ -191,10 +194,49 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::D
     }
 }
 
-/// Accepts jobs and runs them with bounded concurrency.
+/// Which (tenant, plugin) pairs are paused: the dispatcher's copy of the
+/// database's pause state, checked before each run.
+#[derive(Debug, Default)]
+pub struct PauseBook(std::sync::RwLock<HashSet<(String, String)>>);
+
+impl PauseBook {
+    /// Whether the plugin is paused for the tenant.
+    pub fn is_paused(&self, tenant: &str, plugin: &str) -> bool {
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.contains(&(tenant.to_string(), plugin.to_string()))
+    }
+
+    fn set(&self, tenant: &str, plugin: &str, paused: bool) {
+        let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_string(), plugin.to_string());
+        if paused {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+}
+
+enum Work {
+    One(Job),
+    InOrder(Vec<Job>),
+}
+
+/// Accepts jobs and runs them with bounded concurrency; applies the retry
+/// policy's verdicts (schedules retries, pauses plugins).
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::UnboundedSender<Work>,
+    ctx: DispatchCtx,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::One(j) => write!(f, "One({})", j.delivery_id),
+            Work::InOrder(j) => write!(f, "InOrder({} jobs)", j.len()),
+        }
+    }
 }
 
 /// Waits for the dispatcher to finish its in-flight deliveries.
@@ -206,8 +248,8 @@ pub struct DispatcherHandle {
 
 impl DispatcherHandle {
     /// Stops taking new jobs and waits for running deliveries to end (each is
-    /// bounded by its deadline). Jobs not yet started stay pending in the
-    /// database and run at the next start.
+    /// bounded by its deadline). Jobs not yet started, and scheduled retries,
+    /// stay pending in the database and run at the next start.
     pub async fn drain(self) {
         self.pump.abort();
         let _ = self.pump.await;
@@ -218,33 +260,137 @@ impl DispatcherHandle {
 
 impl Dispatcher {
     /// Starts the dispatcher with at most `concurrency` deliveries running.
-    pub fn start(ctx: DispatchCtx, concurrency: usize) -> (Dispatcher, DispatcherHandle) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    /// `paused` is the database's pause state at start.
+    pub fn start(ctx: DispatchCtx, concurrency: usize, paused: Vec<(String, String)>) -> (Dispatcher, DispatcherHandle) {
+        for (t, p) in &paused {
+            ctx.paused.set(t, p, true);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let spawner = tracker.clone();
+        let dispatcher = Dispatcher { tx, ctx };
+        let me = dispatcher.clone();
         let pump = tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let ctx = ctx.clone();
-                spawner.spawn(async move {
-                    run_job(&ctx, job).await;
-                    drop(permit);
-                });
+            while let Some(work) = rx.recv().await {
+                match work {
+                    Work::One(job) => {
+                        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                        let me = me.clone();
+                        spawner.spawn(async move {
+                            me.run(job).await;
+                            drop(permit);
+                        });
+                    }
+                    Work::InOrder(jobs) => {
+                        let (me, limit) = (me.clone(), limit.clone());
+                        spawner.spawn(async move {
+                            for job in jobs {
+                                let Ok(permit) = limit.acquire().await else { return };
+                                me.run(job).await;
+                                drop(permit);
+                            }
+                        });
+                    }
+                }
             }
         });
-        (Dispatcher { tx }, DispatcherHandle { tracker, pump })
+        (dispatcher, DispatcherHandle { tracker, pump })
     }
 
     /// Queues a job.
     pub fn submit(&self, job: Job) {
-        if self.tx.send(job).is_err() {
+        if self.tx.send(Work::One(job)).is_err() {
             tracing::warn!("dispatcher stopped; the delivery stays pending and runs at next start");
+        }
+    }
+
+    /// Queues a job to run at `due_ms` (unix ms), or now if that has passed.
+    pub fn submit_at(&self, job: Job, due_ms: Option<i64>) {
+        let wait = due_ms.map_or(0, |d| d - crate::db::now_ms());
+        if wait <= 0 {
+            self.submit(job);
+        } else {
+            self.retry_later(job, Duration::from_millis(wait as u64));
+        }
+    }
+
+    fn retry_later(&self, job: Job, delay: Duration) {
+        // The timer holds only a weak sender: after shutdown the retry is
+        // simply left pending in the database for the next start.
+        let tx = self.tx.downgrade();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Work::One(job));
+            }
+        });
+    }
+
+    /// Whether a plugin is paused for a tenant.
+    pub fn is_paused(&self, tenant: &str, plugin: &str) -> bool {
+        self.ctx.paused.is_paused(tenant, plugin)
+    }
+
+    /// Unpauses a plugin for a tenant and runs its held deliveries one after
+    /// another in arrival order. `None` if it was not paused.
+    pub async fn resume(&self, tenant: &str, plugin: &str) -> Result<Option<usize>, crate::db::DbError> {
+        // Unpause here first: a delivery held in the database meanwhile is
+        // still among those the database releases below.
+        let was = self.ctx.paused.is_paused(tenant, plugin);
+        self.ctx.paused.set(tenant, plugin, false);
+        let released = match self.ctx.db.resume_plugin(tenant, plugin).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.ctx.paused.set(tenant, plugin, was);
+                return Err(e);
+            }
+        };
+        let Some(held) = released else { return Ok(None) };
+        let n = held.len();
+        tracing::info!(tenant, plugin, held = n, "plugin resumed; running its held deliveries in order");
+        let jobs = held
+            .into_iter()
+            .map(|p| Job {
+                delivery_id: p.id,
+                plugin: p.plugin,
+                event: Arc::new(p.event),
+            })
+            .collect();
+        if self.tx.send(Work::InOrder(jobs)).is_err() {
+            tracing::warn!("dispatcher stopped; resumed deliveries stay pending and run at next start");
+        }
+        Ok(Some(n))
+    }
+
+    async fn run(&self, job: Job) {
+        let ctx = &self.ctx;
+        if ctx.paused.is_paused(&job.event.tenant, &job.plugin) {
+            match ctx.db.hold_delivery(job.delivery_id).await {
+                Ok(()) => {
+                    tracing::info!(tenant = %job.event.tenant, plugin = %job.plugin, delivery = job.delivery_id, "plugin paused; delivery held")
+                }
+                Err(e) => tracing::error!(delivery = job.delivery_id, error = %e, "cannot hold delivery; it stays pending"),
+            }
+            return;
+        }
+        match run_job(ctx, &job).await {
+            Some(Finished::Retry(delay)) => self.retry_later(job, delay),
+            Some(Finished::Paused) => {
+                ctx.paused.set(&job.event.tenant, &job.plugin, true);
+                tracing::warn!(
+                    tenant = %job.event.tenant,
+                    plugin = %job.plugin,
+                    delivery = job.delivery_id,
+                    "delivery failed its last retry; plugin paused for the tenant, new events are held until it is resumed"
+                );
+            }
+            Some(Finished::Done) | None => {}
         }
     }
 }
 
-async fn run_job(ctx: &DispatchCtx, job: Job) {
+async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let tenant_id = job.event.tenant.as_str();
     let started = Instant::now();
     let result = match (ctx.tenants.get(tenant_id), ctx.registry.get(tenant_id, &job.plugin)) {
@@ -259,6 +405,7 @@ async fn run_job(ctx: &DispatchCtx, job: Job) {
                 http: ctx.http.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
                 long_runners: ctx.long_runners.clone(),
+                delivery_id: Some(job.delivery_id),
             };
             invoke(&plugin, inv, &job.event).await
         }
@@ -275,7 +422,11 @@ async fn run_job(ctx: &DispatchCtx, job: Job) {
             DeliveryOutcome::Failed(e.to_string())
         }
     };
-    if let Err(e) = ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {
-        tracing::error!(delivery = job.delivery_id, error = %e, "cannot record delivery outcome");
+    match ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!(delivery = job.delivery_id, error = %e, "cannot record delivery outcome; it runs again at next start");
+            None
+        }
     }
 }

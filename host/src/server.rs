@@ -65,7 +65,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         max_instances: config.max_concurrent_invocations,
         cache_dir: Some(config.data_dir.join("cache")),
     })?);
-    let db = Db::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let db = Db::open(&config.data_dir, config.delivery.clone())
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
     let registry = Arc::new(Registry::new(
         runtime,
         config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect(),
@@ -109,20 +110,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             db: db.clone(),
             http: plugin_http,
             long_runners: Arc::new(tokio::sync::Semaphore::new(crate::dispatch::long_runner_slots())),
+            paused: Arc::default(),
         },
         config.max_concurrent_invocations as usize,
+        db.paused_plugins().await.context("reading paused plugins")?,
     );
-    // Resume whatever was accepted but not finished before the last stop.
+    // Resume whatever was accepted but not finished before the last stop;
+    // scheduled retries keep their due times.
     let pending = db.pending_deliveries().await.context("reading pending deliveries")?;
     if !pending.is_empty() {
         tracing::info!(count = pending.len(), "resuming pending deliveries");
     }
     for p in pending {
-        dispatcher.submit(Job {
+        let job = Job {
             delivery_id: p.id,
             plugin: p.plugin,
             event: Arc::new(p.event),
-        });
+        };
+        dispatcher.submit_at(job, p.due_ms);
     }
 
     let state = AppState {

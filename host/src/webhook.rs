@@ -160,19 +160,22 @@ pub async fn receive(
             tracing::info!(tenant = %tenant_id, %event_id, "duplicate webhook acknowledged, not dispatched");
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event_id": event_id }))).into_response())
         }
-        InsertOutcome::Inserted(ids) => {
+        InsertOutcome::Inserted(created) => {
             let event = Arc::new(ev);
-            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = ids.len(), "event accepted");
-            for (id, plugin) in ids.iter().zip(&plugins) {
-                state.dispatcher.submit(Job {
-                    delivery_id: *id,
-                    plugin: plugin.name.clone(),
-                    event: event.clone(),
-                });
+            let held = created.iter().filter(|c| c.held).count();
+            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = created.len(), held, "event accepted");
+            for (c, plugin) in created.iter().zip(&plugins) {
+                if !c.held {
+                    state.dispatcher.submit(Job {
+                        delivery_id: c.id,
+                        plugin: plugin.name.clone(),
+                        event: event.clone(),
+                    });
+                }
             }
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": ids.len() })),
+                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": created.len(), "held": held })),
             )
                 .into_response())
         }

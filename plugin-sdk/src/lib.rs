@@ -100,6 +100,7 @@ pub mod sms {
             SmsError::NotFound => "no such message".to_string(),
             SmsError::Provider(p) => format!("JustCall answered {}: {}", p.status, p.message),
             SmsError::Unavailable(m) => format!("JustCall unavailable: {m}"),
+            SmsError::RateLimited(ms) => format!("JustCall rate limit reached; retry in {ms} ms"),
         }
     }
 

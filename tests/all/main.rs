@@ -4,6 +4,8 @@
 
 mod cli;
 mod conventions;
+mod crash;
+mod delivery;
 mod harness;
 mod hostile;
 mod plugins;

@@ -126,14 +126,14 @@ async fn crm_failures_and_disallowed_hosts_fail_the_delivery() {
     let d = host.deliveries(resp["event_id"].as_str().unwrap());
     assert_eq!(d.len(), 2);
     let (_, status, error) = &d[0];
-    assert_eq!(status, "failed");
+    assert_eq!(status, "retrying");
     let origin = crm.url.replace("http://", "");
     assert_eq!(
         error.as_deref(),
         Some(format!("plugin error: http: http://{origin} is not in allowed_hosts").as_str())
     );
     let (_, status, error) = &d[1];
-    assert_eq!(status, "failed");
+    assert_eq!(status, "retrying");
     assert!(error.as_deref().unwrap().starts_with("plugin error: CRM answered 500"), "{error:?}");
     assert!(crm.to("/blocked").is_empty(), "a disallowed host is never contacted");
 }
@@ -176,14 +176,17 @@ async fn trapping_and_looping_plugins_are_contained() {
         let by_name = |n: &str| d.iter().find(|x| x.0 == n).unwrap().clone();
         assert_eq!(by_name("appointment-confirm").1, "done");
         let (_, status, error) = by_name("trapper");
-        assert_eq!(status, "failed");
+        assert_eq!(status, "retrying");
         assert!(error.as_deref().unwrap().starts_with("trap: "), "{error:?}");
         let (_, status, error) = by_name("looper");
-        assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("deadline exceeded (200 ms)")));
+        assert_eq!(
+            (status.as_str(), error.as_deref()),
+            ("retrying", Some("deadline exceeded (200 ms)"))
+        );
         let (_, status, error) = by_name("failer");
         assert_eq!(
             (status.as_str(), error.as_deref()),
-            ("failed", Some("plugin error: misbehave: failing on purpose"))
+            ("retrying", Some("plugin error: misbehave: failing on purpose"))
         );
     }
     // Both tenants' well-behaved plugins answered every event.
@@ -202,7 +205,7 @@ async fn sms_from_a_number_the_tenant_does_not_own_is_refused() {
     let (_, resp) = host.post("acme", body, &[]).await;
     host.idle().await;
     let d = host.deliveries(resp["event_id"].as_str().unwrap());
-    assert_eq!(d[0].1, "failed");
+    assert_eq!(d[0].1, "retrying");
     assert_eq!(
         d[0].2.as_deref(),
         Some("plugin error: sms: +15125559999 is not one of the tenant's numbers")

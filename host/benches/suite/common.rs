@@ -75,7 +75,7 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
     let mut cfg = format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\nadmin_token = \"{TOKEN}\"\n");
     for t in tenants {
         cfg.push_str(&format!(
-            "[tenants.{}]\nnumbers = [\"{}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{justcall}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
+            "[tenants.{}]\nnumbers = [\"{}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{justcall}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\njustcall_rate_per_minute = 100000000\n",
             t.id, t.number
         ));
         let d = dir.path().join("plugins.d").join(&t.id);

@@ -41,7 +41,7 @@ fn event() -> Event {
 
 async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let db = switchboard::db::Db::open(dir.path()).unwrap();
+    let db = switchboard::db::Db::open(dir.path(), Default::default()).unwrap();
     let tenant = TenantConfig {
         id: "bench".into(),
         numbers: vec!["+15125550100".into()],
@@ -52,6 +52,7 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
         justcall_api_key: Secret::new("k"),
         justcall_api_secret: Secret::new("s"),
         limits: Default::default(),
+        justcall_rate_per_minute: 60,
     };
     let http = reqwest::Client::new();
     let inv = Invocation {
@@ -65,6 +66,7 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
         http,
         event_id: Arc::from("e"),
         long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
+        delivery_id: None,
     };
     (inv, dir)
 }
