@@ -9,7 +9,7 @@ use switchboard::config::WebhookAuth;
 use switchboard::event::EventKind;
 use switchboard::send::{SendRequest, SignWith, WireFormat};
 
-use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, guest, wait_for};
+use crate::harness::{ADMIN_TOKEN, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -216,4 +216,65 @@ fn the_shipped_example_config_is_valid() {
     let cfg = switchboard::config::Config::parse(&path, &std::fs::read_to_string(&path).unwrap(), &env).unwrap();
     assert_eq!(cfg.tenants["acme"].webhook_auth, WebhookAuth::JustCallV1);
     assert_eq!(cfg.webhook_url("acme"), "https://hooks.example.com/webhooks/acme");
+    assert_eq!(cfg.tenants["acme"].justcall_rate_per_minute, 60, "the pro plan's budget");
+    assert_eq!(cfg.delivery.retry_delays, [30, 300, 1800].map(Duration::from_secs));
+}
+
+/// Runs `switchboard admin …` against a host; returns (success, stdout, stderr).
+async fn admin_cli(host: &TestHost, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(["admin", "--url", &host.url, "--token", token])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn admin_commands_mirror_the_admin_api() {
+    let jc = Recorder::start().await;
+    let tenant = TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("flaky", "flaky", "events = [\"received\"]\n"));
+    let host = TestHost::start_with_retries(vec![tenant], vec![Duration::from_millis(20)]).await;
+    let (_, resp) = host
+        .post(
+            "acme",
+            fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", "FAIL"),
+            &[],
+        )
+        .await;
+    let event = resp["event_id"].as_str().unwrap().to_string();
+    wait_for("the plugin to pause", Duration::from_secs(10), || {
+        host.deliveries(&event).first().is_some_and(|d| d.1 == "failed")
+    })
+    .await;
+
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["plugins", "acme"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok);
+    assert_eq!(v["plugins"][0]["status"], "paused", "{out}");
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["deliveries", "acme", "--status", "failed"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok);
+    assert_eq!(v["deliveries"][0]["event_id"], event.as_str());
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["resume", "acme", "flaky"]).await;
+    assert!(ok, "{out}");
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["replay", "acme", &event]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["deliveries"][0]["plugin"],
+        "flaky"
+    );
+
+    let (ok, _, err) = admin_cli(&host, "wrong", &["plugins", "acme"]).await;
+    assert!(!ok);
+    assert!(err.starts_with("error: 401 Unauthorized: "), "{err}");
+    assert!(err.contains("wrong bearer token"), "{err}");
+    let (ok, _, err) = admin_cli(&host, ADMIN_TOKEN, &["replay", "acme", "no-such-event"]).await;
+    assert!(!ok);
+    assert!(err.starts_with("error: 404 Not Found: "), "{err}");
 }
