@@ -1,6 +1,7 @@
 //! Building guest plugins from source: makes sure the `wasm32-wasip2` target is
 //! installed, builds every Rust guest in `plugins/` with one cargo invocation
-//! into `<target>/wasm`, installs the pinned npm toolchain (`npm ci`), and runs
+//! into `<target>/wasm`, installs the pinned npm toolchain (`npm ci`) and
+//! Python tools (`requirements.txt` into `plugins/.venv`), and runs
 //! each non-Rust plugin's `[build] command` from its `plugin.toml`, skipping
 //! those whose output is newer than their sources.
 
@@ -75,7 +76,11 @@ impl GuestWorkspace {
                 .flatten()
             {
                 let path = entry.path();
-                if !path.is_dir() || path.file_name().is_some_and(|n| n == "target" || n == "node_modules") {
+                if !path.is_dir()
+                    || path
+                        .file_name()
+                        .is_some_and(|n| n == "target" || n == "node_modules" || n == ".venv")
+                {
                     continue;
                 }
                 let manifest = path.join("Cargo.toml");
@@ -158,6 +163,11 @@ impl GuestWorkspace {
         let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
         if !scripted.is_empty() {
             self.npm_ci(quiet)?;
+            self.pip_install(quiet)?;
+            let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
+            path.insert(0, self.root.join("node_modules/.bin"));
+            path.insert(0, self.venv().join("bin"));
+            let path = std::env::join_paths(path).context("building PATH for plugin build commands")?;
             std::fs::create_dir_all(self.script_out_dir())?;
             let wit = self.root.join("../wit");
             for p in scripted {
@@ -171,6 +181,7 @@ impl GuestWorkspace {
                     .arg(command)
                     .current_dir(&p.source_dir)
                     .env("OUT_DIR", self.script_out_dir())
+                    .env("PATH", &path)
                     .stdin(Stdio::null());
                 run(cmd, quiet, &format!("building plugin {} (`{command}`)", p.name))?;
             }
@@ -185,6 +196,37 @@ impl GuestWorkspace {
 }
 
 impl GuestWorkspace {
+    /// The project-local Python environment holding the pinned Python tools.
+    pub fn venv(&self) -> PathBuf {
+        self.root.join(".venv")
+    }
+
+    /// Installs `requirements.txt` (exact pins) into [`GuestWorkspace::venv`]
+    /// unless the installed copy is already current; offline after that.
+    fn pip_install(&self, quiet: bool) -> anyhow::Result<()> {
+        let requirements = self.root.join("requirements.txt");
+        if !requirements.is_file() {
+            return Ok(());
+        }
+        let venv = self.venv();
+        let installed = venv.join("installed-requirements.txt");
+        if up_to_date(&installed, &[&requirements]) {
+            return Ok(());
+        }
+        tracing::info!("installing the pinned Python toolchain into {}", venv.display());
+        let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "venv"]).arg(&venv).stdin(Stdio::null());
+        run(cmd, quiet, "creating the Python venv for plugin tools")?;
+        let mut cmd = Command::new(venv.join("bin/pip"));
+        cmd.args(["install", "--disable-pip-version-check", "--no-input", "-r"])
+            .arg(&requirements)
+            .stdin(Stdio::null());
+        run(cmd, quiet, "`pip install -r requirements.txt` in the plugins folder")?;
+        std::fs::copy(&requirements, &installed).context("recording the installed Python requirements")?;
+        Ok(())
+    }
+
     /// Installs the pinned npm tools (`npm ci`) unless `node_modules` is
     /// already up to date with `package-lock.json`.
     fn npm_ci(&self, quiet: bool) -> anyhow::Result<()> {
@@ -229,7 +271,7 @@ fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
     let mut newest = meta.modified().ok()?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path).ok()?.flatten() {
-            if entry.file_name() == "node_modules" || entry.file_name() == "target" {
+            if entry.file_name() == "node_modules" || entry.file_name() == "target" || entry.file_name() == "__pycache__" {
                 continue;
             }
             if let Some(t) = newest_mtime(&entry.path()) {

@@ -254,3 +254,82 @@ async fn a_javascript_plugin_runs_in_the_same_host() {
         json!({"from": "+15125550100", "to": "+15125551234", "body": "Confirmed, from JavaScript."})
     );
 }
+
+fn inbound(from: &str, message_id: &str, at: &str, body: &str) -> String {
+    fixture("seed-format/sms.received.json")
+        .replace("\"from\": \"+15125551234\"", &format!("\"from\": \"{from}\""))
+        .replace("msg_abc123", message_id)
+        .replace("2026-03-12T14:30:00Z", at)
+        .replace("Hi, I'd like to schedule an appointment", body)
+}
+
+#[tokio::test]
+async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_window() {
+    let jc = Recorder::start().await;
+    let crm = Recorder::start().await;
+    let manifest = format!(
+        "events = [\"received\"]\nallowed_hosts = [\"{crm}\"]\n[config]\nteams = \"sales,support\"\n\
+         sales_keywords = \"price|quote\"\nsales_url = \"{crm}/sales\"\nsupport_keywords = \"broken|help\"\n\
+         support_url = \"{crm}/support\"\nreroute_window_secs = \"3600\"\n[limits]\ntimeout_ms = 5000\nmemory_mb = 128\n",
+        crm = crm.url
+    );
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
+        "lead-router",
+        "lead-router",
+        manifest,
+    ))])
+    .await;
+    let sarah = "+15125551234";
+    let bob = "+15125559876";
+
+    let (status, resp) = host
+        .post(
+            "acme",
+            inbound(sarah, "m1", "2026-03-12T14:30:00Z", "What's the PRICE of a cleaning?"),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    host.idle().await;
+    assert_eq!(host.deliveries(resp["event_id"].as_str().unwrap())[0].1, "done");
+    let leads = crm.to("/sales");
+    assert_eq!(leads.len(), 1);
+    assert_eq!(leads[0].body["team"], "sales");
+    assert_eq!(leads[0].body["contact"], sarah);
+    assert_eq!(leads[0].body["message"], "What's the PRICE of a cleaning?");
+    let texts = jc.to("/api/v2/texts/new");
+    assert_eq!(
+        texts[0].body,
+        json!({"from": "+15125550100", "to": sarah, "body": "Thanks, our sales team will reply shortly"})
+    );
+
+    // Sarah writes again ten minutes later: not routed again.
+    host.post("acme", inbound(sarah, "m2", "2026-03-12T14:40:00Z", "also it is broken"), &[])
+        .await;
+    // Bob needs help: support.
+    host.post("acme", inbound(bob, "m3", "2026-03-12T14:41:00Z", "Help, the app is broken"), &[])
+        .await;
+    // A message matching no rule is left alone.
+    host.post("acme", inbound("+15125550001", "m4", "2026-03-12T14:42:00Z", "hello"), &[])
+        .await;
+    host.idle().await;
+    assert_eq!(crm.to("/sales").len(), 1, "Sarah is not re-routed within the window");
+    let support = crm.to("/support");
+    assert_eq!((support.len(), support[0].body["contact"].as_str()), (1, Some(bob)));
+    assert_eq!(jc.to("/api/v2/texts/new").len(), 2);
+
+    // After the window, Sarah is routed again.
+    host.post("acme", inbound(sarah, "m5", "2026-03-12T16:00:00Z", "a quote, please"), &[])
+        .await;
+    host.idle().await;
+    assert_eq!(crm.to("/sales").len(), 2);
+    assert_eq!(jc.to("/api/v2/texts/new").len(), 3);
+
+    // A CRM that fails fails the delivery with the reason.
+    crm.respond_with(500);
+    let (_, resp) = host.post("acme", inbound(bob, "m6", "2026-03-12T18:00:00Z", "price?"), &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d[0].1, "retrying");
+    assert_eq!(d[0].2.as_deref(), Some("plugin error: the sales CRM answered 500"));
+}
