@@ -84,8 +84,17 @@ pub fn deploy_for_dev(plugin: &BuiltPlugin, tenant_dir: &Path, origin: &str) -> 
     Ok(wasm)
 }
 
+/// Examples are the plugins outside `fixtures/`, unless their manifest says
+/// `[dev] deploy = false`.
 fn is_example(p: &BuiltPlugin) -> bool {
-    !p.source_dir.components().any(|c| c.as_os_str() == "fixtures")
+    let opted_out = p
+        .manifest
+        .as_ref()
+        .and_then(|m| std::fs::read_to_string(m).ok())
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .and_then(|doc| doc.get("dev")?.get("deploy")?.as_bool())
+        == Some(false);
+    !opted_out && !p.source_dir.components().any(|c| c.as_os_str() == "fixtures")
 }
 
 fn deploy_examples(built: &[BuiltPlugin], tenant_dir: &Path, origin: &str) -> anyhow::Result<Vec<String>> {
@@ -110,7 +119,9 @@ fn watch_sources(ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Opt
                 && e.paths.iter().any(|p| {
                     !p.starts_with(&target)
                         && !p.components().any(|c| c.as_os_str() == "target")
-                        && p.extension().is_some_and(|x| x == "rs" || x == "toml" || x == "wit")
+                        && !p.components().any(|c| c.as_os_str() == "node_modules" || c.as_os_str() == ".venv")
+                        && p.extension()
+                            .is_some_and(|x| matches!(x.to_str(), Some("rs" | "toml" | "wit" | "js" | "py" | "c" | "h")))
                 })
         });
         if relevant {

@@ -232,27 +232,53 @@ async fn pending_deliveries_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn a_javascript_plugin_runs_in_the_same_host() {
+async fn appointment_confirm_in_javascript_books_and_replies() {
     let jc = Recorder::start().await;
+    let booking = Recorder::start().await;
     let js = PluginSpec::new(
-        "confirm-js",
-        "confirm-js",
-        "events = [\"received\"]\n[config]\nreply = \"Confirmed, from JavaScript.\"\n[limits]\nmemory_mb = 128\ntimeout_ms = 5000\n",
+        "appointment-confirm-js",
+        "appointment-confirm-js",
+        format!(
+            "events = [\"received\"]\nallowed_hosts = [\"{b}\"]\n[config]\nbooking_url = \"{b}/confirmations\"\n\
+             [limits]\nmemory_mb = 128\ntimeout_ms = 5000\n",
+            b = booking.url
+        ),
     );
     let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(js)]).await;
-    let (status, resp) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    let confirm = fixture("seed-format/sms.received-confirm.json");
+    let (status, resp) = host.post("acme", confirm.replace("CONFIRM", "  confirm "), &[]).await;
     assert_eq!(status, 202);
     host.idle().await;
     assert_eq!(
         host.deliveries(resp["event_id"].as_str().unwrap()),
-        vec![("confirm-js".to_string(), "done".to_string(), None)]
+        vec![("appointment-confirm-js".to_string(), "done".to_string(), None)]
     );
+    let booked = booking.to("/confirmations");
+    assert_eq!(booked.len(), 1);
+    assert_eq!(booked[0].body["phone"], "+15125551234");
+    assert_eq!(booked[0].body["confirmed_at"], "2026-03-12T14:31:00Z");
     let sent = jc.to("/api/v2/texts/new");
     assert_eq!(sent.len(), 1);
     assert_eq!(
         sent[0].body,
-        json!({"from": "+15125550100", "to": "+15125551234", "body": "Confirmed, from JavaScript."})
+        json!({"from": "+15125550100", "to": "+15125551234", "body": "Your appointment is confirmed."})
     );
+
+    // Other replies get no answer.
+    host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    assert_eq!((booking.requests().len(), jc.requests().len()), (1, 1));
+
+    // A failing booking system fails the delivery, with the reason, and no text.
+    booking.respond_with(503);
+    let (_, resp) = host.post("acme", confirm.replace("msg_abc124", "m2"), &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(
+        (d[0].1.as_str(), d[0].2.as_deref()),
+        ("retrying", Some("plugin error: booking system answered 503"))
+    );
+    assert_eq!(jc.requests().len(), 1);
 }
 
 fn inbound(from: &str, message_id: &str, at: &str, body: &str) -> String {

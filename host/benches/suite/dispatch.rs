@@ -142,7 +142,7 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
     let noop = registry.load_file(&guests["noop"]).unwrap();
     let ours = through_switchboard(&noop, EVENTS).await;
     let base = bare(runtime.engine(), &guests["noop"]).await;
-    let js = registry.load_file(&guests["confirm-js"]).unwrap();
+    let js = registry.load_file(&guests["appointment-confirm-js"]).unwrap();
     let js_samples = through_switchboard(&js, 2_000).await;
     let (p50, p99, b50) = (percentile(&ours, 0.5), percentile(&ours, 0.99), percentile(&base, 0.5));
     println!(

@@ -85,7 +85,7 @@ pub fn run(guests: &Guests) -> Map<String, Value> {
         .rev()
         .map(|n| time_until_serving(&server, &target, &variant(&rust, n)))
         .collect();
-    let js = std::fs::read(&guests["confirm-js"]).unwrap();
+    let js = std::fs::read(&guests["appointment-confirm-js"]).unwrap();
     let js_compiled: Vec<f64> = (1..=2).map(|n| time_until_serving(&server, &target, &variant(&js, n))).collect();
     let js_cached: Vec<f64> = (1..=2)
         .rev()
