@@ -64,6 +64,8 @@ pub struct Invocation {
     /// The delivery being run, whose side effects are journaled so a retry
     /// does not repeat them; `None` runs without a journal.
     pub delivery_id: Option<i64>,
+    /// `plugin test`: record side effects here instead of making them.
+    pub dry_run: Option<crate::author::CallLog>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -235,6 +237,14 @@ impl PluginCtx {
     /// up a send whose outcome was never learnt before sending again.
     async fn send_journaled(&mut self, from: &str, to: &str, body: &str, media: &[String]) -> Result<String, JustCallError> {
         let seq = self.next_effect();
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::SmsSend {
+                from: from.to_string(),
+                to: to.to_string(),
+                body: body.to_string(),
+            });
+            return Ok(format!("dry-run-{seq}"));
+        }
         let justcall = &self.inv.tenant.justcall;
         let Some(delivery) = self.inv.delivery_id else {
             return justcall.send(from, to, body, media, self.deadline).await;
@@ -477,6 +487,12 @@ impl sms::Host for PluginCtx {
     }
 
     async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::SmsRead {
+                what: format!("get-message {id}"),
+            });
+            return Ok(Err(sms::SmsError::NotFound));
+        }
         let deadline = self.deadline;
         Ok(self
             .inv
@@ -489,6 +505,12 @@ impl sms::Host for PluginCtx {
     }
 
     async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::SmsRead {
+                what: format!("list-messages page {page}, {per_page} per page"),
+            });
+            return Ok(Ok(vec![]));
+        }
         Ok(self
             .inv
             .tenant
@@ -502,6 +524,22 @@ impl sms::Host for PluginCtx {
 
 impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        if let Some(log) = self.inv.dry_run.clone() {
+            if self.http_calls >= self.limits.http_per_event {
+                return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(self.limits.http_per_event)));
+            }
+            self.http_calls += 1;
+            log.push(crate::author::HostCall::Http {
+                method: req.method.to_ascii_uppercase(),
+                url: req.url,
+                body: String::from_utf8_lossy(&req.body).into_owned(),
+            });
+            return Ok(Ok(http::Response {
+                status: 200,
+                headers: vec![],
+                body: vec![],
+            }));
+        }
         self.http_journaled(req).await
     }
 }
@@ -641,10 +679,19 @@ impl kv::Host for PluginCtx {
                 self.limits.kv_bytes
             ))));
         }
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::KvSet {
+                key: key.clone(),
+                value: String::from_utf8_lossy(&value).into_owned(),
+            });
+        }
         Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, Some(value)).await.map_err(kv_storage))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::KvDelete { key: key.clone() });
+        }
         let t = &self.inv.tenant.config.id;
         Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage))
     }
@@ -677,6 +724,19 @@ impl log::Host for PluginCtx {
             let cap = self.limits.log_bytes;
             tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {cap} bytes for this event]");
             return Ok(());
+        }
+        if let Some(log) = &self.inv.dry_run {
+            log.push(crate::author::HostCall::Log {
+                level: match level {
+                    log::Level::Trace => "trace",
+                    log::Level::Debug => "debug",
+                    log::Level::Info => "info",
+                    log::Level::Warn => "warn",
+                    log::Level::Error => "error",
+                }
+                .to_string(),
+                message: message.clone(),
+            });
         }
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `dev`, `send`, `admin …` and `plugin build`,
-//! each a thin layer over the library or the admin HTTP API.
+//! The command line: `serve`, `dev`, `send`, `admin …` and `plugin
+//! build|check|test`, each a thin layer over the library or the admin HTTP API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,6 +178,34 @@ enum PluginCommand {
         /// The guest workspace folder.
         dir: Option<PathBuf>,
     },
+    /// Validate a component against Switchboard's world without running it:
+    /// imports (provided, warned, refused), exports, size and compile time.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+    /// Run a plugin once on one event, recording (not making) its SMS, HTTP
+    /// requests, KV writes and logs, and print them.
+    Test {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// A webhook payload (seed or v2.1 JSON), e.g. a fixture.
+        #[arg(long)]
+        event: PathBuf,
+        /// The manifest (default: FILE with a .toml extension, if present).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// A `[config]` value, overriding the manifest's; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        config: Vec<(String, String)>,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
 fn parse_kind(s: &str) -> Result<EventKind, String> {
@@ -187,10 +215,11 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
         .ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
 }
 
-/// Sets up logging from `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+/// Sets up logging from `RUST_LOG` (default: `info`, or `warn` for the
+/// commands whose output is the point).
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},wasmtime=warn,cranelift_codegen=warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -199,7 +228,14 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing();
+    let quiet = matches!(
+        cli.command,
+        Command::Plugin {
+            command: PluginCommand::Check { .. } | PluginCommand::Test { .. }
+        } | Command::Admin(_)
+            | Command::Send(_)
+    );
+    init_tracing(if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -264,6 +300,59 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("error: {status}: {shown}");
                 Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
+            let report = tokio::task::spawn_blocking(move || crate::author::check(&file)).await??;
+            println!("size     {} bytes", report.size);
+            println!("compile  {:.1} ms", report.compile_ms);
+            println!("exports");
+            for e in &report.exports {
+                println!("  {e}");
+            }
+            println!("imports");
+            for (name, verdict) in &report.imports {
+                match verdict {
+                    crate::author::ImportVerdict::Provided => println!("  ok       {name}"),
+                    crate::author::ImportVerdict::Warning(w) => println!("  warning  {name}: {w}"),
+                    crate::author::ImportVerdict::Error(e) => println!("  error    {name}: {e}"),
+                }
+            }
+            match report.refusal {
+                None => {
+                    println!("ok: implements switchboard:plugin/plugin@0.1.0 and loads in Switchboard");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(reason) => {
+                    eprintln!("error: {reason}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    event,
+                    manifest,
+                    config,
+                },
+        } => {
+            let run = crate::author::test_run(&file, &event, manifest.as_deref(), &config).await?;
+            for call in &run.calls {
+                println!("{call}");
+            }
+            match run.result {
+                Ok(()) => {
+                    println!("ok ({:.1} ms; nothing was sent)", run.elapsed_ms);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(reason) => {
+                    eprintln!("error: {reason} ({:.1} ms)", run.elapsed_ms);
+                    Ok(ExitCode::FAILURE)
+                }
             }
         }
         Command::Plugin {

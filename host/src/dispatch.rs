@@ -406,6 +406,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 event_id: Arc::from(job.event.event_id.as_str()),
                 long_runners: ctx.long_runners.clone(),
                 delivery_id: Some(job.delivery_id),
+                dry_run: None,
             };
             invoke(&plugin, inv, &job.event).await
         }

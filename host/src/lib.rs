@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod author;
 pub mod bindings;
 pub mod cache;
 pub mod capabilities;

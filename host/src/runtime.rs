@@ -270,7 +270,9 @@ fn refused_import(engine: &Engine, component: &Component) -> Option<String> {
         .find(|name| REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)))
 }
 
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+/// Classifies a file by its header: garbage, a core module, too large, or
+/// (`Ok`) a component.
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() > MAX_COMPONENT_BYTES {
         return Err(LoadError::TooLarge(bytes.len()));
     }

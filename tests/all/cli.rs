@@ -278,3 +278,96 @@ async fn admin_commands_mirror_the_admin_api() {
     assert!(!ok);
     assert!(err.starts_with("error: 404 Not Found: "), "{err}");
 }
+
+fn plugin_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).arg("plugin").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_check_lists_imports_and_exports_and_refuses_what_would_not_load() {
+    let ok = guest("appointment-confirm");
+    let (code, out, err) = plugin_cmd(&["check", ok.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  switchboard:plugin/plugin@0.1.0#handle-event") || out.contains("handle-event"),
+        "{out}"
+    );
+    assert!(out.contains("  ok       switchboard:plugin/sms@0.1.0"), "{out}");
+    assert!(out.contains("compile  "), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("size     ") && l.ends_with(" bytes")), "{out}");
+    assert!(out.contains("ok: implements switchboard:plugin/plugin@0.1.0"), "{out}");
+
+    let (code, out, err) = plugin_cmd(&["check", guest("sockets").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.lines().any(|l| l.starts_with("  error    wasi:sockets/")), "{out}");
+    assert!(err.starts_with("error: imports wasi:sockets/"), "{err}");
+
+    let (code, _, err) = plugin_cmd(&["check", guest("wrong-world").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not implement world switchboard:plugin/plugin@0.1.0"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let (code, _, err) = plugin_cmd(&["check", core.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("core.wasm: a core WebAssembly module, not a component"), "{err}");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"MZ not wasm").unwrap();
+    let (code, _, err) = plugin_cmd(&["check", garbage.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("garbage.wasm: not a WebAssembly file (bad magic number)"), "{err}");
+}
+
+#[test]
+fn plugin_test_prints_the_side_effects_it_did_not_make() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fixtures = repo.join("../shared/fixtures/seed-format");
+    let wasm = guest("appointment-confirm");
+    let manifest = repo.join("plugins/appointment-confirm/plugin.toml");
+    let confirm = fixtures.join("sms.received-confirm.json");
+    let (code, out, err) = plugin_cmd(&[
+        "test",
+        wasm.to_str().unwrap(),
+        "--event",
+        confirm.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--config",
+        "booking_url=https://booking.example.com/c",
+        "--config",
+        "reply=See you then!",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("http.send    POST https://booking.example.com/c \"{"), "{out}");
+    assert!(lines[0].contains("\\\"phone\\\":\\\"+15125551234\\\""), "{out}");
+    assert_eq!(lines[1], "sms.send     from +15125550100 to +15125551234: \"See you then!\"");
+    assert!(lines[2].starts_with("log.info    confirmed appointment for +15125551234"), "{out}");
+    assert!(lines[3].starts_with("ok (") && lines[3].ends_with("ms; nothing was sent)"), "{out}");
+
+    // KV writes are shown too; a failing plugin exits non-zero with its reason.
+    let flaky = guest("flaky");
+    let fail = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        fail.path(),
+        std::fs::read_to_string(fixtures.join("sms.received.json"))
+            .unwrap()
+            .replace("Hi, I'd like to schedule an appointment", "FAIL"),
+    )
+    .unwrap();
+    let (code, out, err) = plugin_cmd(&["test", flaky.to_str().unwrap(), "--event", fail.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.lines().next().unwrap().starts_with("kv.set       attempts/"), "{out}");
+    assert!(err.starts_with("error: plugin error: flaky: attempt 1 fails as planned ("), "{err}");
+
+    // Bad input is named.
+    let (code, _, err) = plugin_cmd(&["test", flaky.to_str().unwrap(), "--event", "/nonexistent.json"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: reading /nonexistent.json"), "{err}");
+}

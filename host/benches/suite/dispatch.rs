@@ -67,6 +67,7 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
         event_id: Arc::from("e"),
         long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
         delivery_id: None,
+        dry_run: None,
     };
     (inv, dir)
 }
