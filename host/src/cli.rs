@@ -173,10 +173,24 @@ impl From<SendArgs> for SendRequest {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Build every plugin in a guest workspace (default: this checkout's plugins/).
+    /// Build one plugin (a folder whose plugin.toml has a [build] command),
+    /// or every plugin of a guest workspace (default: this checkout's
+    /// plugins/); prints each .wasm and its size.
     Build {
-        /// The guest workspace folder.
+        /// A plugin folder or a guest workspace folder.
         dir: Option<PathBuf>,
+    },
+    /// Create a working starter plugin: source, manifest with its build
+    /// command, README.
+    New {
+        /// The plugin's name (a-z, 0-9, '-'); also its folder and .wasm name.
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// Where to create the folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Validate a component against Switchboard's world without running it:
     /// imports (provided, warned, refused), exports, size and compile time.
@@ -199,6 +213,15 @@ enum PluginCommand {
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
         config: Vec<(String, String)>,
     },
+}
+
+/// Whether `dir/Cargo.toml` declares a workspace with members.
+fn is_workspace(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|d| d.get("workspace")?.get("members").cloned())
+        .is_some()
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -354,6 +377,23 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => {
+            let created = crate::scaffold::new_plugin(&dir, &name, lang)?;
+            println!("created {}", created.display());
+            println!("build it with: switchboard plugin build {}", created.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: PluginCommand::Build { dir: Some(dir) },
+        } if dir.join("plugin.toml").is_file() && !is_workspace(&dir) => {
+            let tools = crate::guest_build::GuestWorkspace::from_source_checkout();
+            let wasm = tokio::task::spawn_blocking(move || crate::guest_build::build_one(&dir, tools.as_ref(), false)).await??;
+            let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+            println!("{:>9} bytes  {}", size, wasm.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {
             command: PluginCommand::Build { dir },

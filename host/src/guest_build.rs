@@ -162,12 +162,8 @@ impl GuestWorkspace {
         let packages = self.packages()?;
         let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
         if !scripted.is_empty() {
-            self.npm_ci(quiet)?;
-            self.pip_install(quiet)?;
-            let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
-            path.insert(0, self.root.join("node_modules/.bin"));
-            path.insert(0, self.venv().join("bin"));
-            let path = std::env::join_paths(path).context("building PATH for plugin build commands")?;
+            self.install_tools(quiet)?;
+            let path = self.tool_path()?;
             std::fs::create_dir_all(self.script_out_dir())?;
             let wit = self.root.join("../wit");
             for p in scripted {
@@ -182,6 +178,7 @@ impl GuestWorkspace {
                     .current_dir(&p.source_dir)
                     .env("OUT_DIR", self.script_out_dir())
                     .env("PATH", &path)
+                    .env("SWITCHBOARD_WIT", self.wit_dir())
                     .stdin(Stdio::null());
                 run(cmd, quiet, &format!("building plugin {} (`{command}`)", p.name))?;
             }
@@ -195,7 +192,62 @@ impl GuestWorkspace {
     }
 }
 
+/// Builds one plugin folder by its `plugin.toml` `[build] command`, with the
+/// pinned tools of `tools` (the checkout's `plugins/` workspace) on PATH and
+/// `SWITCHBOARD_WIT` set; returns `<dir>/target/<folder name>.wasm`.
+pub fn build_one(dir: &Path, tools: Option<&GuestWorkspace>, quiet: bool) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join("plugin.toml");
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?)
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let Some(command) = doc.get("build").and_then(|b| b.get("command")).and_then(|c| c.as_str()) else {
+        bail!("{}: no [build] command", manifest.display());
+    };
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out_dir = dir.join("target");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(&dir)
+        .env("OUT_DIR", &out_dir)
+        .stdin(Stdio::null());
+    if let Some(ws) = tools {
+        ws.install_tools(quiet)?;
+        cmd.env("PATH", ws.tool_path()?).env("SWITCHBOARD_WIT", ws.wit_dir());
+    } else if std::env::var_os("SWITCHBOARD_WIT").is_none() {
+        bail!("no Switchboard checkout found for the pinned tools and wit/; set SWITCHBOARD_WIT to its wit/ folder");
+    }
+    ensure_wasm_target()?;
+    run(cmd, quiet, &format!("building plugin {name} (`{command}`)"))?;
+    let wasm = out_dir.join(format!("{name}.wasm"));
+    if !wasm.is_file() {
+        bail!("`{command}` succeeded but did not write {}", wasm.display());
+    }
+    Ok(wasm)
+}
+
 impl GuestWorkspace {
+    /// The one `wit/` folder every binding is generated from.
+    pub fn wit_dir(&self) -> PathBuf {
+        let wit = self.root.join("../wit");
+        wit.canonicalize().unwrap_or(wit)
+    }
+
+    /// Installs the pinned npm and Python tools, if not already current.
+    pub fn install_tools(&self, quiet: bool) -> anyhow::Result<()> {
+        self.npm_ci(quiet)?;
+        self.pip_install(quiet)
+    }
+
+    /// PATH with the pinned tools first.
+    pub fn tool_path(&self) -> anyhow::Result<std::ffi::OsString> {
+        let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
+        path.insert(0, self.root.join("node_modules/.bin"));
+        path.insert(0, self.venv().join("bin"));
+        std::env::join_paths(path).context("building PATH for plugin build commands")
+    }
+
     /// The project-local Python environment holding the pinned Python tools.
     pub fn venv(&self) -> PathBuf {
         self.root.join(".venv")

@@ -21,6 +21,7 @@ pub mod guest_build;
 pub mod justcall;
 pub mod plugins;
 pub mod runtime;
+pub mod scaffold;
 pub mod send;
 pub mod server;
 pub mod simulator;

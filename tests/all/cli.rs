@@ -371,3 +371,68 @@ fn plugin_test_prints_the_side_effects_it_did_not_make() {
     assert_eq!(code, 1);
     assert!(err.starts_with("error: reading /nonexistent.json"), "{err}");
 }
+
+#[tokio::test]
+async fn plugin_new_output_builds_and_runs_in_the_host_unedited() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url)]).await;
+    let work = tempfile::tempdir().unwrap();
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    guest("noop"); // the pinned JS and Python tools are installed by the guest build
+    let names = ["hello-rs", "hello-js", "hello-py"];
+    for (name, lang) in names.iter().zip(["rust", "js", "python"]) {
+        let out = tokio::process::Command::new(BIN)
+            .args(["plugin", "new", name, "--lang", lang, "--dir"])
+            .arg(work.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dir = work.path().join(name);
+        assert!(dir.join("README.md").is_file() && dir.join("plugin.toml").is_file());
+        let out = tokio::process::Command::new(BIN)
+            .args(["plugin", "build"])
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{lang}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let wasm = dir.join(format!("target/{name}.wasm"));
+        assert!(
+            stdout
+                .trim()
+                .ends_with(&format!("bytes  {}", wasm.canonicalize().unwrap().display())),
+            "{stdout}"
+        );
+        // Deploy exactly as the README says: manifest beside the .wasm.
+        std::fs::copy(dir.join("plugin.toml"), host.plugin_dir("acme").join(format!("{name}.toml"))).unwrap();
+        crate::harness::write_then_rename(
+            &host.plugin_dir("acme").join(format!("{name}.wasm")),
+            &std::fs::read(&wasm).unwrap(),
+        );
+    }
+    for name in names {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while host.admin_plugin("acme", name).await.is_none_or(|p| p["status"] != "active") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never loaded: {:?}",
+                host.admin_plugin("acme", name).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (status, _) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    assert_eq!(status, 202);
+    host.idle().await;
+    let replies = jc.to("/api/v2/texts/new");
+    assert_eq!(replies.len(), 3, "one reply per scaffolded plugin: {replies:?}");
+    for r in replies {
+        assert_eq!(
+            r.body,
+            serde_json::json!({"from": "+15125550100", "to": "+15125551234", "body": "Thanks! We got your message and will answer soon."})
+        );
+    }
+}
