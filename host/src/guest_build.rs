@@ -26,6 +26,10 @@ pub struct BuiltPlugin {
     pub manifest: Option<PathBuf>,
     /// For non-Rust plugins, the `[build] command` from `plugin.toml`.
     pub build_command: Option<String>,
+    /// Pinned tools its build command needs, as `crate@version` (from
+    /// `[build] requires`), installed with `cargo install` into
+    /// `<target>/tools`.
+    pub requires: Vec<String>,
 }
 
 /// The guest workspace and where it builds to.
@@ -96,6 +100,7 @@ impl GuestWorkspace {
                             source_dir: path.clone(),
                             manifest: Some(plugin_toml),
                             build_command: Some(command.to_string()),
+                            requires: required_tools(&doc),
                         });
                         continue;
                     }
@@ -122,6 +127,7 @@ impl GuestWorkspace {
                             wasm,
                             manifest: plugin_toml.is_file().then_some(plugin_toml),
                             build_command: None,
+                            requires: Vec::new(),
                         });
                     }
                 } else {
@@ -163,6 +169,10 @@ impl GuestWorkspace {
         let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
         if !scripted.is_empty() {
             self.install_tools(quiet)?;
+            for tool in scripted.iter().flat_map(|p| &p.requires) {
+                self.cargo_install(tool, quiet)?;
+            }
+            let adapter = self.wasi_adapter()?;
             let path = self.tool_path()?;
             std::fs::create_dir_all(self.script_out_dir())?;
             let wit = self.root.join("../wit");
@@ -179,6 +189,7 @@ impl GuestWorkspace {
                     .env("OUT_DIR", self.script_out_dir())
                     .env("PATH", &path)
                     .env("SWITCHBOARD_WIT", self.wit_dir())
+                    .env("SWITCHBOARD_WASI_ADAPTER", &adapter)
                     .stdin(Stdio::null());
                 run(cmd, quiet, &format!("building plugin {} (`{command}`)", p.name))?;
             }
@@ -190,6 +201,15 @@ impl GuestWorkspace {
         }
         Ok(packages)
     }
+}
+
+/// The `[build] requires` list of a plugin.toml.
+fn required_tools(doc: &toml::Table) -> Vec<String> {
+    doc.get("build")
+        .and_then(|b| b.get("requires"))
+        .and_then(|r| r.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 /// Builds one plugin folder by its `plugin.toml` `[build] command`, with the
@@ -214,7 +234,12 @@ pub fn build_one(dir: &Path, tools: Option<&GuestWorkspace>, quiet: bool) -> any
         .stdin(Stdio::null());
     if let Some(ws) = tools {
         ws.install_tools(quiet)?;
-        cmd.env("PATH", ws.tool_path()?).env("SWITCHBOARD_WIT", ws.wit_dir());
+        for tool in required_tools(&doc) {
+            ws.cargo_install(&tool, quiet)?;
+        }
+        cmd.env("PATH", ws.tool_path()?)
+            .env("SWITCHBOARD_WIT", ws.wit_dir())
+            .env("SWITCHBOARD_WASI_ADAPTER", ws.wasi_adapter()?);
     } else if std::env::var_os("SWITCHBOARD_WIT").is_none() {
         bail!("no Switchboard checkout found for the pinned tools and wit/; set SWITCHBOARD_WIT to its wit/ folder");
     }
@@ -240,9 +265,50 @@ impl GuestWorkspace {
         self.pip_install(quiet)
     }
 
+    /// Where `[build] requires` tools are installed.
+    pub fn tools_root(&self) -> PathBuf {
+        self.target_dir.join("tools")
+    }
+
+    /// Installs a pinned `crate@version` with `cargo install --locked` into
+    /// [`GuestWorkspace::tools_root`], unless that version is there already.
+    pub fn cargo_install(&self, tool: &str, quiet: bool) -> anyhow::Result<()> {
+        let Some((krate, version)) = tool.split_once('@') else {
+            bail!("[build] requires: `{tool}` is not `crate@version`");
+        };
+        let root = self.tools_root();
+        let marker = root.join(format!(".installed-{krate}-{version}"));
+        if marker.is_file() {
+            return Ok(());
+        }
+        tracing::info!("installing {krate} {version} into {} (once; a few minutes)", root.display());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["install", "--locked", "--quiet", "--root"])
+            .arg(&root)
+            .arg(format!("{krate}@{version}"))
+            .stdin(Stdio::null());
+        run(cmd, quiet, &format!("`cargo install {krate}@{version}`"))?;
+        std::fs::write(&marker, b"")?;
+        Ok(())
+    }
+
+    /// Writes wasmtime's WASI preview1 → preview2 reactor adapter (for
+    /// `wasm-tools component new --adapt`) and returns its path.
+    pub fn wasi_adapter(&self) -> anyhow::Result<PathBuf> {
+        let path = self.target_dir.join("wasi_snapshot_preview1.reactor.wasm");
+        let bytes = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            std::fs::create_dir_all(&self.target_dir)?;
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(path)
+    }
+
     /// PATH with the pinned tools first.
     pub fn tool_path(&self) -> anyhow::Result<std::ffi::OsString> {
         let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
+        path.insert(0, self.tools_root().join("bin"));
         path.insert(0, self.root.join("node_modules/.bin"));
         path.insert(0, self.venv().join("bin"));
         std::env::join_paths(path).context("building PATH for plugin build commands")

@@ -359,3 +359,53 @@ async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_win
     assert_eq!(d[0].1, "retrying");
     assert_eq!(d[0].2.as_deref(), Some("plugin error: the sales CRM answered 500"));
 }
+
+#[tokio::test]
+async fn analytics_pipeline_in_c_streams_all_six_kinds_as_ndjson() {
+    let jc = Recorder::start().await;
+    let warehouse = Recorder::start().await;
+    let manifest = format!(
+        "allowed_hosts = [\"{w}\"]\n[config]\nwarehouse_url = \"{w}/ingest\"\nwarehouse_token = \"wh-token\"\n",
+        w = warehouse.url
+    );
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
+        "analytics-pipeline",
+        "analytics-pipeline",
+        manifest,
+    ))])
+    .await;
+    let kinds = ["received", "sent", "delivered", "failed", "optout", "optin"];
+    for k in kinds {
+        let (status, resp) = host.post("acme", fixture(&format!("seed-format/sms.{k}.json")), &[]).await;
+        assert_eq!(status, 202, "{k}: {resp}");
+        // One at a time, so the warehouse sees them in order.
+        host.idle().await;
+    }
+    let lines = warehouse.to("/ingest");
+    assert_eq!(lines.len(), 6);
+    let got: Vec<&str> = lines.iter().map(|l| l.body["kind"].as_str().unwrap()).collect();
+    assert_eq!(got, ["received", "sent", "delivered", "failed", "opt-out", "opt-in"]);
+    for l in &lines {
+        assert_eq!(l.headers["content-type"], "application/x-ndjson");
+        assert_eq!(l.headers["authorization"], "Bearer wh-token");
+        assert_eq!(l.body["tenant"], "acme");
+    }
+    let first = &lines[0].body;
+    assert_eq!(first["from"], "+15125551234");
+    assert_eq!(first["body"], "Hi, I'd like to schedule an appointment");
+    assert_eq!(first["contact_name"], "Sarah Chen");
+    assert_eq!(first["agent_id"], Value::Null);
+    assert_eq!(first["direction"], "inbound");
+
+    // A failing warehouse fails the delivery with the reason.
+    warehouse.respond_with(502);
+    let (_, resp) = host
+        .post("acme", fixture("seed-format/sms.received.json").replace("msg_abc123", "m9"), &[])
+        .await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(
+        (d[0].1.as_str(), d[0].2.as_deref()),
+        ("retrying", Some("plugin error: warehouse answered 502"))
+    );
+}
