@@ -145,11 +145,16 @@ fn watch_sources(ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Opt
             while rx.try_recv().is_ok() {}
             tracing::info!("plugin sources changed; rebuilding");
             let build_ws = ws.clone();
-            match tokio::task::spawn_blocking(move || build_ws.build(false)).await {
-                Ok(Ok(built)) => match deploy_examples(&built, &tenant_dir, &origin) {
-                    Ok(names) => tracing::info!(plugins = %names.join(", "), "rebuilt and redeployed; hot reload picks them up"),
-                    Err(e) => tracing::error!(error = %e, "cannot redeploy the rebuilt plugins"),
-                },
+            match tokio::task::spawn_blocking(move || build_ws.build_lenient(false)).await {
+                Ok(Ok((built, failed))) => {
+                    for (name, e) in &failed {
+                        tracing::error!("rebuilding {name} failed; its previous version keeps serving:\n{e:#}");
+                    }
+                    match deploy_examples(&built, &tenant_dir, &origin) {
+                        Ok(names) => tracing::info!(plugins = %names.join(", "), "rebuilt and redeployed; hot reload picks them up"),
+                        Err(e) => tracing::error!(error = %e, "cannot redeploy the rebuilt plugins"),
+                    }
+                }
                 Ok(Err(e)) => tracing::error!("rebuild failed; the previous versions keep serving:\n{e:#}"),
                 Err(e) => tracing::error!(error = %e, "rebuild panicked"),
             }
@@ -170,7 +175,10 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
         .context("dev mode builds the example plugins from this checkout's plugins/ folder, which is missing")?;
     tracing::info!("building the example plugins (first run takes a minute)");
     let build_ws = ws.clone();
-    let built = tokio::task::spawn_blocking(move || build_ws.build(false)).await??;
+    let (built, failed) = tokio::task::spawn_blocking(move || build_ws.build_lenient(false)).await??;
+    for (name, e) in &failed {
+        tracing::warn!("example plugin {name} was not built and is not deployed (see the README's prerequisites): {e:#}");
+    }
     let config = dev_config(addr, &origin, &data_dir)?;
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
     let names = deploy_examples(&built, &tenant_dir, &origin)?;

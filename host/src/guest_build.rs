@@ -139,9 +139,9 @@ impl GuestWorkspace {
         Ok(out)
     }
 
-    /// Builds every guest (incrementally) and returns them. With `quiet`,
+    /// Builds the workspace's Rust guests with one cargo call. With `quiet`,
     /// cargo's output is shown only if the build fails.
-    pub fn build(&self, quiet: bool) -> anyhow::Result<Vec<BuiltPlugin>> {
+    fn cargo_build(&self, quiet: bool) -> anyhow::Result<()> {
         ensure_wasm_target()?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -165,20 +165,69 @@ impl GuestWorkspace {
         if !status.success() {
             bail!("building the guest plugins in {} failed ({status})", self.root.display());
         }
+        Ok(())
+    }
+
+    /// Builds every guest (incrementally) and returns them; any failure
+    /// fails the whole build. With `quiet`, tools' output is shown only on
+    /// failure.
+    pub fn build(&self, quiet: bool) -> anyhow::Result<Vec<BuiltPlugin>> {
+        self.cargo_build(quiet)?;
         let packages = self.packages()?;
-        let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
-        if !scripted.is_empty() {
-            self.install_tools(quiet)?;
-            for tool in scripted.iter().flat_map(|p| &p.requires) {
-                self.cargo_install(tool, quiet)?;
+        let failures = self.build_scripted(&packages, quiet);
+        if let Some((name, e)) = failures.into_iter().next() {
+            return Err(e.context(format!("building plugin {name}")));
+        }
+        for p in &packages {
+            if !p.wasm.is_file() {
+                bail!("cargo succeeded but {} is missing", p.wasm.display());
             }
-            let adapter = self.wasi_adapter()?;
-            let path = self.tool_path()?;
+        }
+        Ok(packages)
+    }
+
+    /// Like [`GuestWorkspace::build`], but a non-Rust plugin that fails to
+    /// build (say, its toolchain is missing) is left out and reported rather
+    /// than failing the rest: what `switchboard dev` uses.
+    pub fn build_lenient(&self, quiet: bool) -> anyhow::Result<(Vec<BuiltPlugin>, Vec<(String, anyhow::Error)>)> {
+        self.cargo_build(quiet)?;
+        let packages = self.packages()?;
+        let failures = self.build_scripted(&packages, quiet);
+        let built = packages
+            .into_iter()
+            .filter(|p| !failures.iter().any(|(name, _)| *name == p.name) && p.wasm.is_file())
+            .collect();
+        Ok((built, failures))
+    }
+
+    /// Runs the `[build] command` of every non-Rust plugin that is out of
+    /// date; returns the ones that failed.
+    fn build_scripted(&self, packages: &[BuiltPlugin], quiet: bool) -> Vec<(String, anyhow::Error)> {
+        let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
+        if scripted.is_empty() {
+            return Vec::new();
+        }
+        let setup = (|| -> anyhow::Result<(PathBuf, std::ffi::OsString)> {
+            self.install_tools(quiet)?;
             std::fs::create_dir_all(self.script_out_dir())?;
-            let wit = self.root.join("../wit");
-            for p in scripted {
-                if up_to_date(&p.wasm, &[&p.source_dir, &wit]) {
-                    continue;
+            Ok((self.wasi_adapter()?, self.tool_path()?))
+        })();
+        let (adapter, path) = match setup {
+            Ok(x) => x,
+            Err(e) => {
+                let message = format!("{e:#}");
+                return scripted.iter().map(|p| (p.name.clone(), anyhow::anyhow!("{message}"))).collect();
+            }
+        };
+        let wit = self.root.join("../wit");
+        let mut failures = Vec::new();
+        for p in scripted {
+            if up_to_date(&p.wasm, &[&p.source_dir, &wit]) {
+                continue;
+            }
+            let result = (|| -> anyhow::Result<()> {
+                for tool in &p.requires {
+                    self.cargo_install(tool, quiet)?;
                 }
                 let command = p.build_command.as_deref().unwrap_or_default();
                 tracing::info!(plugin = %p.name, "building: {command}");
@@ -191,15 +240,13 @@ impl GuestWorkspace {
                     .env("SWITCHBOARD_WIT", self.wit_dir())
                     .env("SWITCHBOARD_WASI_ADAPTER", &adapter)
                     .stdin(Stdio::null());
-                run(cmd, quiet, &format!("building plugin {} (`{command}`)", p.name))?;
+                run(cmd, quiet, &format!("`{command}`"))
+            })();
+            if let Err(e) = result {
+                failures.push((p.name.clone(), e));
             }
         }
-        for p in &packages {
-            if !p.wasm.is_file() {
-                bail!("cargo succeeded but {} is missing", p.wasm.display());
-            }
-        }
-        Ok(packages)
+        failures
     }
 }
 

@@ -61,7 +61,8 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
             config: tenant,
         }),
         plugin: Arc::from(plugin.name.as_str()),
-        manifest: Arc::new(Manifest::default()),
+        // Room for the Python and JavaScript runtimes.
+        manifest: Arc::new(Manifest::parse(std::path::Path::new("bench.toml"), "[limits]\nmemory_mb = 128\n").unwrap()),
         db,
         http,
         event_id: Arc::from("e"),
@@ -74,16 +75,27 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
 
 /// Microseconds per event through the real dispatch path.
 async fn through_switchboard(plugin: &LoadedPlugin, events: usize) -> Vec<f64> {
+    through_switchboard_expecting(plugin, events, Ok(())).await
+}
+
+/// Like [`through_switchboard`], for a plugin whose every run must end with
+/// `expected` (the C example, without its config, returns a config error).
+async fn through_switchboard_expecting(plugin: &LoadedPlugin, events: usize, expected: Result<(), &str>) -> Vec<f64> {
     let (inv, _dir) = invocation(plugin).await;
     let ev = event();
+    let check = |r: Result<(), switchboard::dispatch::InvokeError>| {
+        let r = r.map_err(|e| e.to_string());
+        assert_eq!(r.as_ref().map_err(String::as_str), expected, "{}", plugin.name);
+    };
     for _ in 0..(events / 20).max(10) {
-        switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await.unwrap();
+        check(switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await);
     }
     let mut samples = Vec::with_capacity(events);
     for _ in 0..events {
         let t = Instant::now();
-        switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await.unwrap();
+        let r = switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
+        check(r);
     }
     sorted(samples)
 }
@@ -143,12 +155,20 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
     let noop = registry.load_file(&guests["noop"]).unwrap();
     let ours = through_switchboard(&noop, EVENTS).await;
     let base = bare(runtime.engine(), &guests["noop"]).await;
+    // Each language's example on an event it does not act on: a fresh
+    // instance, the call, and its early return.
     let js = registry.load_file(&guests["appointment-confirm-js"]).unwrap();
     let js_samples = through_switchboard(&js, 2_000).await;
+    let py = registry.load_file(&guests["lead-router"]).unwrap();
+    let py_samples = through_switchboard(&py, 1_000).await;
+    let c = registry.load_file(&guests["analytics-pipeline"]).unwrap();
+    let c_samples = through_switchboard_expecting(&c, EVENTS, Err("plugin error: config has no `warehouse_url`")).await;
     let (p50, p99, b50) = (percentile(&ours, 0.5), percentile(&ours, 0.99), percentile(&base, 0.5));
     println!(
-        "dispatch: p50 {p50:.1} µs, p99 {p99:.1} µs; bare wasmtime p50 {b50:.1} µs; JS p50 {:.1} µs",
-        percentile(&js_samples, 0.5)
+        "dispatch: p50 {p50:.1} µs, p99 {p99:.1} µs; bare wasmtime p50 {b50:.1} µs; JS p50 {:.1} µs; Python p50 {:.1} µs; C p50 {:.1} µs",
+        percentile(&js_samples, 0.5),
+        percentile(&py_samples, 0.5),
+        percentile(&c_samples, 0.5)
     );
     let mut m = Map::new();
     m.insert("dispatch_us_p50".into(), json!(p50));
@@ -157,7 +177,7 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
     m.insert("dispatch_ratio".into(), json!(p50 / b50));
     m.insert(
         "dispatch_us_p50_by_lang".into(),
-        json!({ "rust": p50, "js": percentile(&js_samples, 0.5) }),
+        json!({ "rust": p50, "js": percentile(&js_samples, 0.5), "python": percentile(&py_samples, 0.5), "c": percentile(&c_samples, 0.5) }),
     );
     m
 }
