@@ -189,7 +189,7 @@ impl GuestWorkspace {
     /// Like [`GuestWorkspace::build`], but a non-Rust plugin that fails to
     /// build (say, its toolchain is missing) is left out and reported rather
     /// than failing the rest: what `switchboard dev` uses.
-    pub fn build_lenient(&self, quiet: bool) -> anyhow::Result<(Vec<BuiltPlugin>, Vec<(String, anyhow::Error)>)> {
+    pub fn build_lenient(&self, quiet: bool) -> anyhow::Result<(Vec<BuiltPlugin>, Vec<BuildFailure>)> {
         self.cargo_build(quiet)?;
         let packages = self.packages()?;
         let failures = self.build_scripted(&packages, quiet);
@@ -202,7 +202,7 @@ impl GuestWorkspace {
 
     /// Runs the `[build] command` of every non-Rust plugin that is out of
     /// date; returns the ones that failed.
-    fn build_scripted(&self, packages: &[BuiltPlugin], quiet: bool) -> Vec<(String, anyhow::Error)> {
+    fn build_scripted(&self, packages: &[BuiltPlugin], quiet: bool) -> Vec<BuildFailure> {
         let scripted: Vec<&BuiltPlugin> = packages.iter().filter(|p| p.build_command.is_some()).collect();
         if scripted.is_empty() {
             return Vec::new();
@@ -249,6 +249,9 @@ impl GuestWorkspace {
         failures
     }
 }
+
+/// A plugin that failed to build: its name and why.
+pub type BuildFailure = (String, anyhow::Error);
 
 /// The `[build] requires` list of a plugin.toml.
 fn required_tools(doc: &toml::Table) -> Vec<String> {
