@@ -81,8 +81,11 @@ async fn through_switchboard(plugin: &LoadedPlugin, events: usize) -> Vec<f64> {
 /// Like [`through_switchboard`], for a plugin whose every run must end with
 /// `expected` (the C example, without its config, returns a config error).
 async fn through_switchboard_expecting(plugin: &LoadedPlugin, events: usize, expected: Result<(), &str>) -> Vec<f64> {
+    through_switchboard_with(plugin, events, expected, event()).await
+}
+
+async fn through_switchboard_with(plugin: &LoadedPlugin, events: usize, expected: Result<(), &str>, ev: Event) -> Vec<f64> {
     let (inv, _dir) = invocation(plugin).await;
-    let ev = event();
     let check = |r: Result<(), switchboard::dispatch::InvokeError>| {
         let r = r.map_err(|e| e.to_string());
         assert_eq!(r.as_ref().map(|_| ()).map_err(String::as_str), expected, "{}", plugin.name);
@@ -161,6 +164,16 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
     let js_samples = through_switchboard(&js, 2_000).await;
     let py = registry.load_file(&guests["lead-router"]).unwrap();
     let py_samples = through_switchboard(&py, 1_000).await;
+    let sent = Event {
+        kind: EventKind::Sent,
+        ..event()
+    };
+    let py_ignored = through_switchboard_with(&py, 1_000, Ok(()), sent).await;
+    println!(
+        "python: received (reads KV, no rule matches) p50 {:.1} µs; sent (ignored by kind) p50 {:.1} µs",
+        percentile(&py_samples, 0.5),
+        percentile(&py_ignored, 0.5)
+    );
     let c = registry.load_file(&guests["analytics-pipeline"]).unwrap();
     let c_samples = through_switchboard_expecting(&c, EVENTS, Err("plugin error: config has no `warehouse_url`")).await;
     let (p50, p99, b50) = (percentile(&ours, 0.5), percentile(&ours, 0.99), percentile(&base, 0.5));

@@ -59,7 +59,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
     let mut cfg = format!("listen = \"127.0.0.1:{port}\"\n");
     for (t, n) in [("good", "+15125550100"), ("evil", "+15125550199")] {
         cfg.push_str(&format!(
-            "[tenants.{t}]\nnumbers = [\"{n}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"whsec_c2VjcmV0\"\njustcall_base_url = \"{jc_url}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n"
+            "[tenants.{t}]\nnumbers = [\"{n}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"whsec_c2VjcmV0\"\njustcall_base_url = \"{jc_url}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\njustcall_rate_per_minute = 100000000\n"
         ));
     }
     std::fs::write(dir.path().join("sb.toml"), cfg).unwrap();
