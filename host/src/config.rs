@@ -474,6 +474,12 @@ pub const MAX_TABLE_ELEMENTS: u64 = 100_000;
 pub const MAX_KV_KEYS: u64 = 100_000;
 /// Ceiling for KV bytes per (tenant, plugin), KiB.
 pub const MAX_KV_KB: u64 = 64 << 10;
+/// Default wasm stack, KiB.
+pub const DEFAULT_STACK_KB: u64 = 512;
+/// Ceiling for the wasm stack, KiB.
+pub const MAX_STACK_KB: u64 = 1024;
+/// Floor for the wasm stack, KiB.
+pub const MIN_STACK_KB: u64 = 64;
 /// Ceiling for the HTTP response bytes a plugin may read, in KiB.
 pub const MAX_HTTP_RESPONSE_KB: u64 = 16 << 10;
 
@@ -501,6 +507,8 @@ pub struct LimitOverrides {
     pub event_kb: Option<u64>,
     /// Elements per table.
     pub table_elements: Option<u64>,
+    /// Wasm stack, KiB.
+    pub stack_kb: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +524,7 @@ struct RawLimits {
     log_kb: Option<Spanned<u64>>,
     event_kb: Option<Spanned<u64>>,
     table_elements: Option<Spanned<u64>>,
+    stack_kb: Option<Spanned<u64>>,
 }
 
 impl RawLimits {
@@ -545,6 +554,19 @@ impl RawLimits {
             log_kb: check(&self.log_kb, "log_kb", MAX_LOG_KB)?,
             event_kb: check(&self.event_kb, "event_kb", MAX_EVENT_KB)?,
             table_elements: check(&self.table_elements, "table_elements", MAX_TABLE_ELEMENTS)?,
+            stack_kb: match &self.stack_kb {
+                Some(x) if !(MIN_STACK_KB..=MAX_STACK_KB).contains(x.get_ref()) => {
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(x.span()),
+                        format!("{prefix}.stack_kb"),
+                        format!("must be {MIN_STACK_KB}..={MAX_STACK_KB}"),
+                    ));
+                }
+                Some(x) => Some(*x.get_ref()),
+                None => None,
+            },
         })
     }
 }
@@ -567,6 +589,10 @@ impl Limits {
             log_bytes: pick(manifest.log_kb, tenant.log_kb).map_or(d.log_bytes, |kb| (kb as usize) << 10),
             event_bytes: pick(manifest.event_kb, tenant.event_kb).map_or(d.event_bytes, |kb| (kb as usize) << 10),
             table_elements: pick(manifest.table_elements, tenant.table_elements).map_or(d.table_elements, |n| n as usize),
+            // Rounded up to a power of two: each distinct size is an engine.
+            wasm_stack_bytes: pick(manifest.stack_kb, tenant.stack_kb).map_or(d.wasm_stack_bytes, |kb| {
+                ((kb as usize) << 10).next_power_of_two().min((MAX_STACK_KB as usize) << 10)
+            }),
         }
     }
 }
@@ -594,6 +620,8 @@ pub struct Limits {
     pub event_bytes: usize,
     /// Elements per table.
     pub table_elements: usize,
+    /// Wasm stack, bytes (a power of two).
+    pub wasm_stack_bytes: usize,
 }
 
 impl Default for Limits {
@@ -609,6 +637,7 @@ impl Default for Limits {
             log_bytes: 64 << 10,
             event_bytes: 256 << 10,
             table_elements: 100_000,
+            wasm_stack_bytes: (DEFAULT_STACK_KB as usize) << 10,
         }
     }
 }

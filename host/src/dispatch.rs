@@ -101,6 +101,7 @@ pub struct DispatchCtx {
 pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Result<(), InvokeError> {
     let engine = plugin.pre.engine();
     let timeout = plugin.manifest.limits.timeout;
+    let stack = plugin.manifest.limits.wasm_stack_bytes;
     let size = event_size(event);
     if size > plugin.manifest.limits.event_bytes {
         return Err(InvokeError::InputTooLarge(size, plugin.manifest.limits.event_bytes));
@@ -138,11 +139,11 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| classify(&e, &store, timeout))?;
+            .map_err(|e| classify(&e, &store, timeout, stack))?;
         match instance.call_handle_event(&mut store, &to_wit(event)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
-            Err(e) => Err(classify(&e, &store, timeout)),
+            Err(e) => Err(classify(&e, &store, timeout, stack)),
         }
     };
     match tokio::time::timeout_at(deadline, call).await {
@@ -170,7 +171,7 @@ fn event_size(e: &Event) -> usize {
         + e.agent_id.as_ref().map_or(0, String::len)
 }
 
-fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::Duration) -> InvokeError {
+fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::Duration, stack: usize) -> InvokeError {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return InvokeError::Deadline(timeout.as_millis());
     }
@@ -178,7 +179,7 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::D
         return InvokeError::Limit(breach.to_string());
     }
     if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
-        return InvokeError::StackOverflow(crate::runtime::MAX_WASM_STACK >> 10);
+        return InvokeError::StackOverflow(stack >> 10);
     }
     let message = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),

@@ -190,10 +190,13 @@ impl Registry {
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
-        let pre = self.runtime.load(bytes, &hash).map_err(|source| PluginLoadError::Component {
-            path: wasm.to_path_buf(),
-            source,
-        })?;
+        let pre = self
+            .runtime
+            .load_with_stack(bytes, &hash, manifest.limits.wasm_stack_bytes)
+            .map_err(|source| PluginLoadError::Component {
+                path: wasm.to_path_buf(),
+                source,
+            })?;
         Ok(LoadedPlugin {
             name,
             hash,

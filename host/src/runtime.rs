@@ -1,5 +1,6 @@
-//! The wasmtime side: one engine (pooling allocator, epoch interruption) with
-//! one epoch ticker, one linker with every import a plugin may use, and
+//! The wasmtime side: engines (pooling allocator, epoch interruption; one per
+//! wasm stack size in use, as the stack limit is per engine), each with one
+//! epoch ticker and one linker with every import a plugin may use, and
 //! validation + compilation of uploaded components into `PluginPre`s, backed
 //! by an in-memory and an on-disk cache of compiled code keyed by content hash.
 
@@ -23,8 +24,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// The longest a component may take to compile.
 pub const MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
-/// Wasm stack available to a plugin.
-pub const MAX_WASM_STACK: usize = 512 << 10;
+/// Wasm stack of a plugin whose limits name none.
+pub const DEFAULT_WASM_STACK: usize = (crate::config::DEFAULT_STACK_KB as usize) << 10;
 
 /// Why a `.wasm` file was not loaded. Each message says precisely what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +78,31 @@ pub struct CompileStats {
     pub corrupt_entries: u64,
 }
 
-/// Engine, linker, epoch ticker and a cache of compiled components.
-pub struct Runtime {
+/// One engine (wasmtime's stack limit is per engine) with its linker, epoch
+/// ticker and caches of compiled code.
+struct EngineSet {
     engine: Engine,
     linker: Linker<PluginCtx>,
     compiled: Mutex<HashMap<String, Component>>,
     disk: Option<crate::cache::DiskCache>,
-    stats: [AtomicU64; 4],
     ticker: Option<EpochTicker>,
+}
+
+impl Drop for EngineSet {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.stop();
+        }
+    }
+}
+
+/// The engines (one per wasm stack size in use, created on demand), their
+/// linkers, epoch tickers and caches of compiled components.
+pub struct Runtime {
+    default: Arc<EngineSet>,
+    by_stack: Mutex<HashMap<usize, Arc<EngineSet>>>,
+    opts: RuntimeOptions,
+    stats: [AtomicU64; 4],
     pooling: bool,
 }
 
@@ -94,18 +112,16 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-fn base_config() -> Config {
+fn base_config(stack: usize) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    config.max_wasm_stack(MAX_WASM_STACK);
+    config.max_wasm_stack(stack);
     config
 }
 
-impl Runtime {
-    /// Builds the engine (pooling allocator if the machine allows it) and the
-    /// linker, and starts the epoch ticker.
-    pub fn new(opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+impl EngineSet {
+    fn new(opts: &RuntimeOptions, stack: usize) -> anyhow::Result<(EngineSet, bool)> {
         let n = opts.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
@@ -119,13 +135,13 @@ impl Runtime {
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
             .decommit_batch_size(16);
-        let mut config = base_config();
+        let mut config = base_config(stack);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let (engine, pooling) = match Engine::new(&config) {
             Ok(e) => (e, true),
             Err(e) => {
                 tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
-                (Engine::new(&base_config())?, false)
+                (Engine::new(&base_config(stack))?, false)
             }
         };
         let mut linker = Linker::new(&engine);
@@ -136,20 +152,57 @@ impl Runtime {
             Some(dir) => Some(crate::cache::DiskCache::open(dir, &engine)?),
             None => None,
         };
+        Ok((
+            EngineSet {
+                engine,
+                linker,
+                compiled: Mutex::new(HashMap::new()),
+                disk,
+                ticker,
+            },
+            pooling,
+        ))
+    }
+}
+
+impl Runtime {
+    /// Builds the default engine (pooling allocator if the machine allows
+    /// it) and its linker, and starts its epoch ticker.
+    pub fn new(opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        let (default, pooling) = EngineSet::new(&opts, DEFAULT_WASM_STACK)?;
         Ok(Runtime {
-            engine,
-            linker,
-            compiled: Mutex::new(HashMap::new()),
-            disk,
+            default: Arc::new(default),
+            by_stack: Mutex::new(HashMap::new()),
+            opts,
             stats: Default::default(),
-            ticker,
             pooling,
         })
     }
 
-    /// The engine.
+    /// The default engine.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.default.engine
+    }
+
+    /// The engine set for a wasm stack size, created on first use.
+    fn set_for(&self, stack: usize) -> Result<Arc<EngineSet>, LoadError> {
+        if stack == DEFAULT_WASM_STACK {
+            return Ok(self.default.clone());
+        }
+        let mut sets = self.by_stack.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = sets.get(&stack) {
+            return Ok(set.clone());
+        }
+        let (set, _) = EngineSet::new(&self.opts, stack).map_err(|e| {
+            LoadError::Compile(wasmtime::Error::msg(format!(
+                "cannot build an engine with a {} KiB stack: {e:#}",
+                stack >> 10
+            )))
+        })?;
+        tracing::info!(stack_kib = stack >> 10, "engine created for a wasm stack size");
+        let set = Arc::new(set);
+        sets.insert(stack, set.clone());
+        Ok(set)
     }
 
     /// Whether instances come from the pooling allocator.
@@ -179,12 +232,12 @@ impl Runtime {
 
     /// The compiled component for these bytes: from memory, else from the disk
     /// cache (verified), else compiled now and written to the disk cache.
-    fn component(&self, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned() {
+    fn component(&self, set: &EngineSet, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
+        if let Some(c) = set.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned() {
             self.count(2);
             return Ok(c);
         }
-        let from_disk = self.disk.as_ref().and_then(|d| match d.get(&self.engine, hash) {
+        let from_disk = set.disk.as_ref().and_then(|d| match d.get(&set.engine, hash) {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(hash = %&hash[..12], error = %e, "discarding corrupt compiled-code cache entry; recompiling");
@@ -200,10 +253,10 @@ impl Runtime {
             }
             None => {
                 let started = Instant::now();
-                let c = self.compile_bounded(bytes)?;
+                let c = compile_bounded(&set.engine, bytes)?;
                 self.count(0);
                 tracing::info!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
-                if let Some(d) = &self.disk
+                if let Some(d) = &set.disk
                     && let Err(e) = d.put(hash, &c)
                 {
                     tracing::warn!(error = %e, "cannot write the compiled-code cache");
@@ -211,51 +264,60 @@ impl Runtime {
                 c
             }
         };
-        self.compiled
+        set.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(hash.to_string(), component.clone());
         Ok(component)
     }
 
-    /// Compiles on a separate thread and gives up after [`MAX_COMPILE_TIME`],
-    /// so a compile bomb cannot stall a reload. (The abandoned thread finishes
-    /// in the background; its result is dropped.)
-    fn compile_bounded(&self, bytes: &[u8]) -> Result<Component, LoadError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (engine, bytes) = (self.engine.clone(), bytes.to_vec());
-        std::thread::Builder::new()
-            .name("switchboard-compile".into())
-            .spawn(move || {
-                let _ = tx.send(Component::new(&engine, &bytes));
-            })
-            .map_err(|e| LoadError::Compile(wasmtime::Error::msg(format!("cannot start a compile thread: {e}"))))?;
-        match rx.recv_timeout(MAX_COMPILE_TIME) {
-            Ok(result) => result.map_err(LoadError::Compile),
-            Err(_) => Err(LoadError::CompileTimeout(MAX_COMPILE_TIME.as_secs())),
-        }
-    }
-
     /// Forgets in-memory compiled code no loaded plugin uses any more.
     pub fn retain_compiled(&self, live: &std::collections::HashSet<String>) {
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|h, _| live.contains(h));
+        let extra: Vec<Arc<EngineSet>> = self.by_stack.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for set in std::iter::once(&self.default).chain(extra.iter()) {
+            set.compiled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|h, _| live.contains(h));
+        }
     }
 
     /// Validates and compiles a component whose [`Runtime::content_hash`] is
     /// `hash` (reusing the compiled code of an identical file loaded before)
     /// and pre-instantiates it against the linker.
     pub fn load(&self, bytes: &[u8], hash: &str) -> Result<PluginPre<PluginCtx>, LoadError> {
+        self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK)
+    }
+
+    /// Like [`Runtime::load`], on the engine whose wasm stack is `stack` bytes.
+    pub fn load_with_stack(&self, bytes: &[u8], hash: &str, stack: usize) -> Result<PluginPre<PluginCtx>, LoadError> {
         check_header(bytes)?;
-        let component = self.component(bytes, hash)?;
-        if let Some(refused) = refused_import(&self.engine, &component) {
+        let set = self.set_for(stack)?;
+        let component = self.component(&set, bytes, hash)?;
+        if let Some(refused) = refused_import(&set.engine, &component) {
             return Err(LoadError::Refused(refused));
         }
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
+        let instance_pre = set.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
         Ok(pre)
+    }
+}
+
+/// Compiles on a separate thread and gives up after [`MAX_COMPILE_TIME`],
+/// so a compile bomb cannot stall a reload. (The abandoned thread finishes
+/// in the background; its result is dropped.)
+fn compile_bounded(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (engine, bytes) = (engine.clone(), bytes.to_vec());
+    std::thread::Builder::new()
+        .name("switchboard-compile".into())
+        .spawn(move || {
+            let _ = tx.send(Component::new(&engine, &bytes));
+        })
+        .map_err(|e| LoadError::Compile(wasmtime::Error::msg(format!("cannot start a compile thread: {e}"))))?;
+    match rx.recv_timeout(MAX_COMPILE_TIME) {
+        Ok(result) => result.map_err(LoadError::Compile),
+        Err(_) => Err(LoadError::CompileTimeout(MAX_COMPILE_TIME.as_secs())),
     }
 }
 
@@ -285,14 +347,6 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         [0, 0] => Err(LoadError::CoreModule),
         [1, 0] => Ok(()),
         _ => Err(LoadError::Garbage),
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticker.take() {
-            t.stop();
-        }
     }
 }
 

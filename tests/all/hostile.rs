@@ -364,3 +364,43 @@ async fn input_size_and_log_volume_are_bounded_per_plugin() {
     assert!(error.as_deref().unwrap().ends_with("bytes, limit 1024)"), "{error:?}");
     assert_eq!(d["logger"].0, "done", "a log flood is cut off, not fatal");
 }
+
+#[tokio::test]
+async fn the_wasm_stack_is_set_per_plugin_within_host_bounds() {
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url)
+            .plugin(hostile(
+                "small-stack",
+                "[config]\nmode = \"recurse\"\n[limits]\nstack_kb = 64\n".into(),
+            ))
+            .plugin(hostile(
+                "rounded-stack",
+                "[config]\nmode = \"recurse\"\n[limits]\nstack_kb = 200\n".into(),
+            ))
+            .plugin(hostile(
+                "too-big-stack",
+                "[config]\nmode = \"recurse\"\n[limits]\nstack_kb = 4096\n".into(),
+            )),
+    ])
+    .await;
+    // Out of bounds is refused at load, naming the file, line and key.
+    let rejected = host.admin_plugin("acme", "too-big-stack").await.unwrap();
+    assert_eq!(rejected["status"], "rejected");
+    let error = rejected["rejected"]["error"].as_str().unwrap();
+    assert!(
+        error.ends_with("too-big-stack.toml:5: limits.stack_kb: must be 64..=1024"),
+        "{error}"
+    );
+
+    let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    let d: HashMap<String, (String, Option<String>)> = host
+        .deliveries(resp["event_id"].as_str().unwrap())
+        .into_iter()
+        .map(|(p, s, e)| (p, (s, e)))
+        .collect();
+    assert_eq!(d["small-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 64 KiB)"));
+    assert_eq!(d["rounded-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 256 KiB)"));
+    assert!(host.healthy().await);
+}
