@@ -12,6 +12,11 @@ use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture};
 
 const EVIL_NUMBER: &str = "+15125550199";
 
+/// (status, last error) of an event's deliveries, by plugin.
+fn by_plugin(host: &TestHost, event_id: &str) -> HashMap<String, (String, Option<String>)> {
+    host.deliveries(event_id).into_iter().map(|(p, s, e)| (p, (s, e))).collect()
+}
+
 fn hostile(name: &'static str, manifest: String) -> PluginSpec {
     PluginSpec::new("hostile", name, format!("events = [\"received\"]\n{manifest}"))
 }
@@ -353,11 +358,7 @@ async fn input_size_and_log_volume_are_bounded_per_plugin() {
     let body = fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", &long_body);
     let (_, resp) = host.post("acme", body, &[]).await;
     host.idle().await;
-    let d: HashMap<String, (String, Option<String>)> = host
-        .deliveries(resp["event_id"].as_str().unwrap())
-        .into_iter()
-        .map(|(p, s, e)| (p, (s, e)))
-        .collect();
+    let d = by_plugin(&host, resp["event_id"].as_str().unwrap());
     let (status, error) = &d["small-input"];
     assert_eq!(status, "retrying");
     assert!(error.as_deref().unwrap().starts_with("event input too large ("), "{error:?}");
@@ -395,11 +396,7 @@ async fn the_wasm_stack_is_set_per_plugin_within_host_bounds() {
 
     let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
     host.idle().await;
-    let d: HashMap<String, (String, Option<String>)> = host
-        .deliveries(resp["event_id"].as_str().unwrap())
-        .into_iter()
-        .map(|(p, s, e)| (p, (s, e)))
-        .collect();
+    let d = by_plugin(&host, resp["event_id"].as_str().unwrap());
     assert_eq!(d["small-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 64 KiB)"));
     assert_eq!(d["rounded-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 256 KiB)"));
     assert!(host.healthy().await);
