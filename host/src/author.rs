@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use wasmtime::component::Component;
 
 use crate::capabilities::{Invocation, TenantRuntime};
 use crate::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
@@ -75,10 +74,10 @@ fn runtime() -> anyhow::Result<Runtime> {
 /// Validates a component against the world without running it.
 pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    crate::runtime::check_header(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let rt = runtime()?;
+    let hash = Runtime::content_hash(&bytes);
     let started = Instant::now();
-    let component = Component::new(rt.engine(), &bytes).map_err(|e| anyhow::anyhow!("{}: does not compile: {e:#}", path.display()))?;
+    let component = rt.compile(&bytes, &hash).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let ty = component.component_type();
     let imports = ty
@@ -86,7 +85,8 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
         .map(|(name, _)| (name.to_string(), classify_import(name)))
         .collect();
     let exports = ty.exports(rt.engine()).map(|(name, _)| name.to_string()).collect();
-    let refusal = match rt.load(&bytes, &Runtime::content_hash(&bytes)) {
+    // Reuses the compiled component from above.
+    let refusal = match rt.load(&bytes, &hash) {
         Ok(_) => None,
         Err(e) => Some(e.to_string()),
     };

@@ -574,26 +574,7 @@ impl Db {
             if n == 0 {
                 return Ok(None);
             }
-            let held = {
-                let mut stmt = conn.prepare(
-                    "SELECT d.id, d.plugin, e.event_json FROM deliveries d JOIN events e ON e.id = d.event_id
-                     WHERE d.tenant = ?1 AND d.plugin = ?2 AND d.status = 'held' ORDER BY d.id",
-                )?;
-                let rows = stmt.query_map(params![t, p], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-                })?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (id, plugin, json) = row?;
-                    out.push(PendingDelivery {
-                        id,
-                        plugin,
-                        event: serde_json::from_str(&json)?,
-                        due_ms: None,
-                    });
-                }
-                out
-            };
+            let held = pending_where(conn, "d.tenant = ?1 AND d.plugin = ?2 AND d.status = 'held'", params![t, p])?;
             conn.execute(
                 &format!(
                     "UPDATE deliveries SET status = 'pending', updated_at = {NOW} WHERE tenant = ?1 AND plugin = ?2 AND status = 'held'"
@@ -655,32 +636,8 @@ impl Db {
 
     /// Every delivery that has not run to an end and is not held, oldest first.
     pub async fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, DbError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT d.id, d.plugin, e.event_json, d.next_attempt_ms FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.status IN ('pending', 'running') ORDER BY d.id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, plugin, json, due_ms) = row?;
-                out.push(PendingDelivery {
-                    id,
-                    plugin,
-                    event: serde_json::from_str(&json)?,
-                    due_ms,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|conn| pending_where(conn, "d.status IN ('pending', 'running')", []))
+            .await
     }
 
     /// A tenant's deliveries, newest first, optionally only those in `status`.
@@ -880,6 +837,28 @@ fn delivery_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         next_attempt_at: r.get::<_, Option<i64>>(9)?.and_then(rfc3339_ms),
         created_at: r.get(10)?,
     })
+}
+
+/// Deliveries matching `filter` (over `deliveries d`), with their events, in id order.
+fn pending_where(conn: &Connection, filter: &str, args: impl rusqlite::Params) -> Result<Vec<PendingDelivery>, DbError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT d.id, d.plugin, e.event_json, d.next_attempt_ms FROM deliveries d JOIN events e ON e.id = d.event_id
+         WHERE {filter} ORDER BY d.id"
+    ))?;
+    let rows = stmt.query_map(args, |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, plugin, json, due_ms) = row?;
+        out.push(PendingDelivery {
+            id,
+            plugin,
+            event: serde_json::from_str(&json)?,
+            due_ms,
+        });
+    }
+    Ok(out)
 }
 
 fn insert_deliveries(conn: &Connection, event_id: &str, tenant: &str, deliveries: &[NewDelivery]) -> Result<Vec<Created>, DbError> {

@@ -231,15 +231,8 @@ impl GuestWorkspace {
                 }
                 let command = p.build_command.as_deref().unwrap_or_default();
                 tracing::info!(plugin = %p.name, "building: {command}");
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(command)
-                    .current_dir(&p.source_dir)
-                    .env("OUT_DIR", self.script_out_dir())
-                    .env("PATH", &path)
-                    .env("SWITCHBOARD_WIT", self.wit_dir())
-                    .env("SWITCHBOARD_WASI_ADAPTER", &adapter)
-                    .stdin(Stdio::null());
+                let mut cmd = shell(command, &p.source_dir, &self.script_out_dir());
+                self.with_tools(&mut cmd, &path, &adapter);
                 run(cmd, quiet, &format!("`{command}`"))
             })();
             if let Err(e) = result {
@@ -248,6 +241,17 @@ impl GuestWorkspace {
         }
         failures
     }
+}
+
+/// `sh -c COMMAND` in `dir`, writing into `out_dir` (`OUT_DIR`).
+fn shell(command: &str, dir: &Path, out_dir: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .env("OUT_DIR", out_dir)
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// A plugin that failed to build: its name and why.
@@ -276,20 +280,13 @@ pub fn build_one(dir: &Path, tools: Option<&GuestWorkspace>, quiet: bool) -> any
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let out_dir = dir.join("target");
     std::fs::create_dir_all(&out_dir)?;
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(&dir)
-        .env("OUT_DIR", &out_dir)
-        .stdin(Stdio::null());
+    let mut cmd = shell(command, &dir, &out_dir);
     if let Some(ws) = tools {
         ws.install_tools(quiet)?;
         for tool in required_tools(&doc) {
             ws.cargo_install(&tool, quiet)?;
         }
-        cmd.env("PATH", ws.tool_path()?)
-            .env("SWITCHBOARD_WIT", ws.wit_dir())
-            .env("SWITCHBOARD_WASI_ADAPTER", ws.wasi_adapter()?);
+        ws.with_tools(&mut cmd, &ws.tool_path()?, &ws.wasi_adapter()?);
     } else if std::env::var_os("SWITCHBOARD_WIT").is_none() {
         bail!("no Switchboard checkout found for the pinned tools and wit/; set SWITCHBOARD_WIT to its wit/ folder");
     }
@@ -313,6 +310,14 @@ impl GuestWorkspace {
     pub fn install_tools(&self, quiet: bool) -> anyhow::Result<()> {
         self.npm_ci(quiet)?;
         self.pip_install(quiet)
+    }
+
+    /// Gives a build command the pinned tools (`path`), the `wit/` folder
+    /// and the preview1 adapter.
+    fn with_tools(&self, cmd: &mut Command, path: &std::ffi::OsStr, adapter: &Path) {
+        cmd.env("PATH", path)
+            .env("SWITCHBOARD_WIT", self.wit_dir())
+            .env("SWITCHBOARD_WASI_ADAPTER", adapter);
     }
 
     /// Where `[build] requires` tools are installed.

@@ -289,6 +289,14 @@ impl Runtime {
         self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK)
     }
 
+    /// Checks the header and compiles (or takes from the caches) on the
+    /// default engine, without linking: what `plugin check` inspects before
+    /// [`Runtime::load`] reuses the result.
+    pub fn compile(&self, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
+        check_header(bytes)?;
+        self.component(&self.default, bytes, hash)
+    }
+
     /// Like [`Runtime::load`], on the engine whose wasm stack is `stack` bytes.
     pub fn load_with_stack(&self, bytes: &[u8], hash: &str, stack: usize) -> Result<PluginPre<PluginCtx>, LoadError> {
         check_header(bytes)?;
