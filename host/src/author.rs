@@ -253,12 +253,11 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         db,
         http,
         event_id: Arc::from(event.event_id.as_str()),
-        long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
         delivery_id: None,
         dry_run: Some(log.clone()),
     };
     let started = Instant::now();
-    let result = crate::dispatch::invoke(&plugin, inv, &event).await.map_err(|e| e.to_string());
+    let result = crate::dispatch::invoke(&plugin, inv, &event, None).await.map_err(|e| e.to_string());
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(TestRun {

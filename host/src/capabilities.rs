@@ -59,8 +59,6 @@ pub struct Invocation {
     pub http: reqwest::Client,
     /// The event being handled.
     pub event_id: Arc<str>,
-    /// Slots for long-running invocations (see [`crate::dispatch::LONG_RUN_TICKS`]).
-    pub long_runners: Arc<tokio::sync::Semaphore>,
     /// The delivery being run, whose side effects are journaled so a retry
     /// does not repeat them; `None` runs without a journal.
     pub delivery_id: Option<i64>,
@@ -101,10 +99,8 @@ pub struct PluginCtx {
     limits: Limits,
     /// When the invocation must end.
     pub deadline: Instant,
-    /// Epoch ticks seen while running wasm (≈ ms of CPU).
+    /// Epoch ticks seen while running wasm ([`crate::runtime::EPOCH_TICK`] each).
     pub ticks: u64,
-    /// The long-runner slot, once this invocation has needed one.
-    pub long_run_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     sms_sent: u32,
     http_calls: u32,
     /// Side-effecting calls so far: the next one's journal sequence number.
@@ -142,7 +138,6 @@ impl PluginCtx {
             },
             deadline: Instant::now() + limits.timeout,
             ticks: 0,
-            long_run_permit: Arc::default(),
             inv,
             limits,
             sms_sent: 0,
@@ -151,11 +146,6 @@ impl PluginCtx {
             log_bytes: 0,
             log_truncated: false,
         }
-    }
-
-    /// The shared slots for long-running invocations.
-    pub fn long_runners(&self) -> Arc<tokio::sync::Semaphore> {
-        self.inv.long_runners.clone()
     }
 
     /// The memory cap, in MiB.
@@ -591,7 +581,10 @@ impl PluginCtx {
             if let Some(b) = &body {
                 builder = builder.body(b.clone());
             }
-            let resp = match builder.send().await {
+            let Ok(sent) = crate::lanes::on_io(builder.send()).await else {
+                return Ok(Err(http::HttpError::Transport("the host is shutting down".into())));
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
                 Err(e) => return Ok(Err(http::HttpError::Transport(e.without_url().to_string()))),

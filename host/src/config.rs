@@ -144,6 +144,9 @@ pub struct Config {
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
     pub max_concurrent_invocations: u32,
+    /// The share of one core (percent) that long-running invocations get
+    /// between them; see [`crate::lanes`].
+    pub long_run_cpu_percent: u32,
     /// Bearer token for `/admin/*`; without one the admin API is off.
     pub admin_token: Option<Secret>,
     /// Retry schedule, dedupe window and database lock wait.
@@ -191,6 +194,7 @@ impl Config {
             tenants.insert(id.clone(), tenant);
         }
         let delivery = delivery_options(path, src, &raw)?;
+        let long_run_cpu_percent = long_run_cpu_percent(path, src, &raw)?;
         let cfg = Config {
             listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
@@ -200,6 +204,7 @@ impl Config {
             dev: false,
             signature_tolerance: Duration::from_secs(raw.signature_tolerance_secs.unwrap_or(300)),
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
+            long_run_cpu_percent,
             admin_token: match &raw.admin_token {
                 Some(t) => Some(resolve_secret(path, src, "admin_token", t, env)?),
                 None => None,
@@ -230,12 +235,32 @@ struct RawConfig {
     public_url: Option<Spanned<String>>,
     signature_tolerance_secs: Option<u64>,
     max_concurrent_invocations: Option<u32>,
+    long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+}
+
+/// Default share of one core for long-running invocations, in percent: low
+/// enough that a tenant spinning on every event leaves the others' latency
+/// as it was (see the neighbour benchmark).
+pub const DEFAULT_LONG_RUN_CPU_PERCENT: u32 = 10;
+
+fn long_run_cpu_percent(path: &Path, src: &str, raw: &RawConfig) -> Result<u32, ConfigError> {
+    match &raw.long_run_cpu_percent {
+        None => Ok(DEFAULT_LONG_RUN_CPU_PERCENT),
+        Some(p) if (1..=100).contains(p.get_ref()) => Ok(*p.get_ref()),
+        Some(p) => Err(ConfigError::new(
+            path,
+            src,
+            Some(p.span()),
+            "long_run_cpu_percent",
+            "must be from 1 to 100 (percent of one core)",
+        )),
+    }
 }
 
 /// Most retries a schedule may list.
@@ -847,6 +872,22 @@ justcall_api_secret = "env:SECRET"
         let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
         assert_eq!(err.line, Some(7), "{err}");
         assert!(err.message.contains("unknown variant `hmac`"), "{err}");
+    }
+
+    #[test]
+    fn long_run_cpu_share_is_a_percentage() {
+        let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+        assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);
+        let src = GOOD.replace("public_url", "long_run_cpu_percent = 40\npublic_url");
+        assert_eq!(Config::parse(Path::new("sb.toml"), &src, &env).unwrap().long_run_cpu_percent, 40);
+        for bad in ["0", "150"] {
+            let src = GOOD.replace("public_url", &format!("long_run_cpu_percent = {bad}\npublic_url"));
+            let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "sb.toml:3: long_run_cpu_percent: must be from 1 to 100 (percent of one core)"
+            );
+        }
     }
 
     #[test]

@@ -400,12 +400,15 @@ impl Db {
 
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static) -> Result<T, DbError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|_| DbError::Closed)?
+        // On the I/O runtime's blocking pool even for a long-running plugin:
+        // the shared reader must never be held by a low-priority thread.
+        crate::lanes::io_handle()
+            .spawn_blocking(move || {
+                let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+                f(&conn)
+            })
+            .await
+            .map_err(|_| DbError::Closed)?
     }
 
     /// Stores an event and its deliveries in one transaction, unless the

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -13,6 +14,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::capabilities::{Invocation, PluginCtx, TenantRuntime, to_wit};
 use crate::db::{Db, DeliveryOutcome, Finished};
 use crate::event::Event;
+use crate::lanes::{LaneError, LongLane};
 use crate::plugins::{LoadedPlugin, Registry};
 
 /// One delivery to run: a stored event for one plugin.
@@ -53,6 +55,9 @@ pub enum InvokeError {
     /// It could not be instantiated.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// The host stopped while it ran.
+    #[error("{0}")]
+    Shutdown(crate::lanes::LaneClosed),
     /// The plugin is no longer loaded for the tenant.
     #[error("plugin `{0}` is not loaded")]
     NotLoaded(String),
@@ -69,15 +74,14 @@ impl std::fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
-/// Epoch ticks (≈ ms of wasm execution) after which an invocation must hold a
-/// long-runner slot to go on.
-pub const LONG_RUN_TICKS: u64 = 10;
+/// Wasm execution time after which an invocation counts as long-running and
+/// moves to the low-priority [`LongLane`]: well above what a well-behaved
+/// plugin needs per event, so only spinners and heavy computations move.
+pub const LONG_RUN_AFTER: Duration = Duration::from_millis(1);
 
-/// How many long-running invocations may execute at once: all cores but one,
-/// so short, well-behaved invocations always find a core.
-pub fn long_runner_slots() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-}
+/// Epoch ticks that mean at least [`LONG_RUN_AFTER`] of wasm: the first tick
+/// may come at any moment of the first period.
+pub const LONG_RUN_TICKS: u64 = (LONG_RUN_AFTER.as_micros() / crate::runtime::EPOCH_TICK.as_micros()) as u64 + 1;
 
 /// Shared state every delivery needs.
 #[derive(Debug, Clone)]
@@ -90,15 +94,16 @@ pub struct DispatchCtx {
     pub db: Db,
     /// Outbound HTTP client for plugins.
     pub http: reqwest::Client,
-    /// Slots for long-running invocations.
-    pub long_runners: Arc<Semaphore>,
+    /// Where long-running invocations finish.
+    pub lane: Arc<LongLane>,
     /// Which plugins are paused for which tenants.
     pub paused: Arc<PauseBook>,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
-/// shared by the server and the benchmarks.
-pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Result<(), InvokeError> {
+/// shared by the server and the benchmarks. With a `lane`, an invocation that
+/// runs wasm past [`LONG_RUN_TICKS`] finishes there; without, it stays put.
+pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane: Option<&LongLane>) -> Result<(), InvokeError> {
     let engine = plugin.pre.engine();
     let timeout = plugin.manifest.limits.timeout;
     let stack = plugin.manifest.limits.wasm_stack_bytes;
@@ -106,50 +111,56 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event) -> Re
     if size > plugin.manifest.limits.event_bytes {
         return Err(InvokeError::InputTooLarge(size, plugin.manifest.limits.event_bytes));
     }
+    let inv_name = format!("{}/{}", inv.tenant.config.id, inv.plugin);
+    let pacer = lane.map(|l| l.pacer(&inv.tenant.config.id));
     let mut store = Store::new(engine, PluginCtx::new(inv));
     store.limiter(|ctx| &mut ctx.limiter);
-    // Check the deadline every epoch tick, yielding to other tasks meanwhile so
-    // a spinning plugin cannot starve its neighbours.
+    // Check the deadline every epoch tick, yielding to other tasks meanwhile
+    // so a spinning plugin cannot hold a thread; past LONG_RUN_TICKS, flag it
+    // so the yield hands it to the long lane.
+    let long = Arc::new(AtomicBool::new(false));
+    let flag = long.clone();
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut ctx| {
+    store.epoch_deadline_callback(move |mut ctx| {
         let data = ctx.data_mut();
         if Instant::now() >= data.deadline {
             return Err(wasmtime::Error::new(DeadlineExceeded));
         }
         data.ticks += 1;
         if data.ticks == LONG_RUN_TICKS {
-            // From here on this invocation is a long runner: it continues only
-            // while holding one of the few long-runner slots, so spinning
-            // plugins can never occupy every core.
-            let (slots, held) = (data.long_runners(), data.long_run_permit.clone());
-            return Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move {
-                    if let Ok(permit) = slots.acquire_owned().await {
-                        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
-                    }
-                }),
-            ));
+            flag.store(true, Ordering::Release);
         }
-        Ok(UpdateDeadline::Yield(1))
+        match &pacer {
+            Some(p) if data.ticks > LONG_RUN_TICKS => Ok(UpdateDeadline::YieldCustom(1, Box::pin(p.next_slice()))),
+            _ => Ok(UpdateDeadline::Yield(1)),
+        }
     });
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    let call = async {
-        let instance = plugin
-            .pre
+    let (pre, input) = (plugin.pre.clone(), to_wit(event));
+    let call = async move {
+        let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| classify(&e, &store, timeout, stack))?;
-        match instance.call_handle_event(&mut store, &to_wit(event)).await {
+        match instance.call_handle_event(&mut store, &input).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
             Err(e) => Err(classify(&e, &store, timeout, stack)),
         }
     };
-    match tokio::time::timeout_at(deadline, call).await {
-        Ok(r) => r,
-        // A host call (HTTP, JustCall) was still waiting at the deadline.
-        Err(_) => Err(InvokeError::Deadline(timeout.as_millis())),
+    let call = async move {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(r) => r,
+            // A host call (HTTP, JustCall) was still waiting at the deadline.
+            Err(_) => Err(InvokeError::Deadline(timeout.as_millis())),
+        }
+    };
+    match lane {
+        Some(lane) => lane.run(call, &long, deadline, &inv_name).await.unwrap_or_else(|e| match e {
+            LaneError::Overran => Err(InvokeError::Deadline(timeout.as_millis())),
+            LaneError::Closed(e) => Err(InvokeError::Shutdown(e)),
+        }),
+        None => call.await,
     }
 }
 
@@ -405,11 +416,10 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 db: ctx.db.clone(),
                 http: ctx.http.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
-                long_runners: ctx.long_runners.clone(),
                 delivery_id: Some(job.delivery_id),
                 dry_run: None,
             };
-            invoke(&plugin, inv, &job.event).await
+            invoke(&plugin, inv, &job.event, Some(&ctx.lane)).await
         }
         _ => Err(InvokeError::NotLoaded(job.plugin.clone())),
     };

@@ -149,7 +149,11 @@ impl JustCallClient {
             return Attempt::Fail(e);
         }
         let timeout = deadline.saturating_duration_since(Instant::now()).min(REQUEST_TIMEOUT);
-        let resp = match req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send().await {
+        let sent = crate::lanes::on_io(req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send()).await;
+        let Ok(sent) = sent else {
+            return Attempt::Fail(JustCallError::Unavailable("the host is shutting down".into()));
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
                 return Attempt::Retry {

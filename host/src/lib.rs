@@ -19,6 +19,7 @@ pub mod egress;
 pub mod event;
 pub mod guest_build;
 pub mod justcall;
+pub mod lanes;
 pub mod plugins;
 pub mod runtime;
 pub mod scaffold;

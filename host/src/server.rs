@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::dispatch::{DispatchCtx, Dispatcher, Job};
 use crate::justcall::JustCallClient;
+use crate::lanes::LongLane;
 use crate::plugins::Registry;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::simulator::Simulator;
@@ -109,7 +110,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             tenants: tenants.clone(),
             db: db.clone(),
             http: plugin_http,
-            long_runners: Arc::new(tokio::sync::Semaphore::new(crate::dispatch::long_runner_slots())),
+            lane: Arc::new(
+                LongLane::start(
+                    tokio::runtime::Handle::current(),
+                    config.long_run_cpu_percent,
+                    crate::runtime::EPOCH_TICK,
+                )
+                .context("starting the long-run lane")?,
+            ),
             paused: Arc::default(),
         },
         config.max_concurrent_invocations as usize,

@@ -46,7 +46,7 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
         .plugin(hostile("panicker", "[config]\nmode = \"panic\"\n".into()))
         .plugin(hostile(
             "logger",
-            "[config]\nmode = \"log-flood\"\nlines = 20000\n[limits]\ntimeout_ms = 10000\n".into(),
+            "[config]\nmode = \"log-flood\"\nlines = 2000\n[limits]\ntimeout_ms = 10000\n".into(),
         ))
         .plugin(hostile("spammer", "[config]\nmode = \"sms-flood\"\n".into()))
         .plugin(hostile(

@@ -66,7 +66,6 @@ async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
         db,
         http,
         event_id: Arc::from("e"),
-        long_runners: Arc::new(tokio::sync::Semaphore::new(1)),
         delivery_id: None,
         dry_run: None,
     };
@@ -91,12 +90,12 @@ async fn through_switchboard_with(plugin: &LoadedPlugin, events: usize, expected
         assert_eq!(r.as_ref().map(|_| ()).map_err(String::as_str), expected, "{}", plugin.name);
     };
     for _ in 0..(events / 20).max(10) {
-        check(switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await);
+        check(switchboard::dispatch::invoke(plugin, inv.clone(), &ev, None).await);
     }
     let mut samples = Vec::with_capacity(events);
     for _ in 0..events {
         let t = Instant::now();
-        let r = switchboard::dispatch::invoke(plugin, inv.clone(), &ev).await;
+        let r = switchboard::dispatch::invoke(plugin, inv.clone(), &ev, None).await;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         check(r);
     }
