@@ -19,7 +19,7 @@ use crate::bindings::{Plugin, PluginPre};
 use crate::capabilities::PluginCtx;
 
 /// How often the engine's epoch advances; deadlines are checked at this grain.
-pub const EPOCH_TICK: Duration = Duration::from_micros(250);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The largest component accepted for compilation.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// The longest a component may take to compile.
