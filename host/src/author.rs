@@ -217,12 +217,16 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
     let pre = rt
         .load_with_stack(&bytes, &Runtime::content_hash(&bytes), manifest.limits.wasm_stack_bytes)
         .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let ticker = rt
+        .ticker(manifest.limits.wasm_stack_bytes)
+        .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let plugin = crate::plugins::LoadedPlugin {
         name: name.clone(),
         hash: Runtime::content_hash(&bytes),
         manifest: Arc::new(manifest),
         pre,
+        ticker,
         manifest_src: None,
         loaded_at: chrono::Utc::now(),
     };

@@ -99,8 +99,6 @@ pub struct PluginCtx {
     limits: Limits,
     /// When the invocation must end.
     pub deadline: Instant,
-    /// Epoch ticks seen while running wasm ([`crate::runtime::EPOCH_TICK`] each).
-    pub ticks: u64,
     sms_sent: u32,
     http_calls: u32,
     /// Side-effecting calls so far: the next one's journal sequence number.
@@ -137,7 +135,6 @@ impl PluginCtx {
                 memory_denied: false,
             },
             deadline: Instant::now() + limits.timeout,
-            ticks: 0,
             inv,
             limits,
             sms_sent: 0,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -77,11 +77,50 @@ impl std::error::Error for DeadlineExceeded {}
 /// Wasm execution time after which an invocation counts as long-running and
 /// moves to the low-priority [`LongLane`]: well above what a well-behaved
 /// plugin needs per event, so only spinners and heavy computations move.
+/// Time in host calls (HTTP, JustCall, KV) and time suspended do not count.
 pub const LONG_RUN_AFTER: Duration = Duration::from_millis(1);
 
-/// Epoch ticks that mean at least [`LONG_RUN_AFTER`] of wasm: the first tick
-/// may come at any moment of the first period.
-pub const LONG_RUN_TICKS: u64 = (LONG_RUN_AFTER.as_micros() / crate::runtime::EPOCH_TICK.as_micros()) as u64 + 1;
+/// One invocation's wasm execution time, kept by the store's call hook and
+/// the epoch callback: it runs from entering wasm (a call into it, a return
+/// from a host function, a resume after a yield) to leaving it.
+#[derive(Debug)]
+struct WasmClock {
+    base: Instant,
+    /// Nanoseconds from `base` when wasm was last entered; `OUT` when not in wasm.
+    since: AtomicU64,
+    total: AtomicU64,
+}
+
+const OUT: u64 = u64::MAX;
+
+impl WasmClock {
+    fn new() -> WasmClock {
+        WasmClock {
+            base: Instant::now(),
+            since: AtomicU64::new(OUT),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn enter(&self) {
+        self.since.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Stops the clock; returns the total so far.
+    fn leave(&self) -> Duration {
+        let since = self.since.swap(OUT, Ordering::Relaxed);
+        let mut total = self.total.load(Ordering::Relaxed);
+        if since != OUT {
+            total += self.now().saturating_sub(since);
+            self.total.store(total, Ordering::Relaxed);
+        }
+        Duration::from_nanos(total)
+    }
+}
 
 /// Shared state every delivery needs.
 #[derive(Debug, Clone)]
@@ -102,7 +141,7 @@ pub struct DispatchCtx {
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
 /// shared by the server and the benchmarks. With a `lane`, an invocation that
-/// runs wasm past [`LONG_RUN_TICKS`] finishes there; without, it stays put.
+/// runs wasm past [`LONG_RUN_AFTER`] finishes there; without, it stays put.
 pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane: Option<&LongLane>) -> Result<(), InvokeError> {
     let engine = plugin.pre.engine();
     let timeout = plugin.manifest.limits.timeout;
@@ -115,29 +154,50 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
     let pacer = lane.map(|l| l.pacer(&inv.tenant.config.id));
     let mut store = Store::new(engine, PluginCtx::new(inv));
     store.limiter(|ctx| &mut ctx.limiter);
+    // Count wasm time only: host calls and suspensions stop the clock.
+    let clock = Arc::new(WasmClock::new());
+    let hook_clock = clock.clone();
+    store.call_hook(move |_, hook| {
+        if hook.entering_host() {
+            hook_clock.leave();
+        } else {
+            hook_clock.enter();
+        }
+        Ok(())
+    });
     // Check the deadline every epoch tick, yielding to other tasks meanwhile
-    // so a spinning plugin cannot hold a thread; past LONG_RUN_TICKS, flag it
-    // so the yield hands it to the long lane.
+    // so a spinning plugin cannot hold a thread. Past LONG_RUN_AFTER of wasm,
+    // flag it so the yield hands it to the long lane; once there, each
+    // further slice waits for the tenant's share of the lane.
     let long = Arc::new(AtomicBool::new(false));
     let flag = long.clone();
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut ctx| {
-        let data = ctx.data_mut();
-        if Instant::now() >= data.deadline {
+    store.epoch_deadline_callback(move |ctx| {
+        if Instant::now() >= ctx.data().deadline {
             return Err(wasmtime::Error::new(DeadlineExceeded));
         }
-        data.ticks += 1;
-        if data.ticks == LONG_RUN_TICKS {
+        let ran = clock.leave();
+        let was_long = flag.load(Ordering::Acquire);
+        if !was_long && ran >= LONG_RUN_AFTER {
             flag.store(true, Ordering::Release);
         }
-        match &pacer {
-            Some(p) if data.ticks > LONG_RUN_TICKS => Ok(UpdateDeadline::YieldCustom(1, Box::pin(p.next_slice()))),
-            _ => Ok(UpdateDeadline::Yield(1)),
-        }
+        let pace = pacer.clone().filter(|_| was_long);
+        let clock = clock.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                if let Some(p) = pace {
+                    p.next_slice().await;
+                }
+                clock.enter();
+            }),
+        ))
     });
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
     let (pre, input) = (plugin.pre.clone(), to_wit(event));
+    let running = plugin.ticker.running();
     let call = async move {
+        let _running = running;
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -337,6 +397,11 @@ impl Dispatcher {
                 let _ = tx.send(Work::One(job));
             }
         });
+    }
+
+    /// What the long-run lane has done.
+    pub fn lane_stats(&self) -> crate::lanes::LaneStats {
+        self.ctx.lane.stats()
     }
 
     /// Whether a plugin is paused for a tenant.

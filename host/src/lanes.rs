@@ -4,7 +4,7 @@
 //!
 //! Every invocation starts on the server's runtime (the I/O lane), where a
 //! well-behaved plugin finishes in microseconds. One that keeps executing wasm
-//! past [`crate::dispatch::LONG_RUN_TICKS`] is moved, mid-flight, to the
+//! past [`crate::dispatch::LONG_RUN_AFTER`] is moved, mid-flight, to the
 //! [`LongLane`]: a separate runtime whose threads the OS schedules only when
 //! nothing else wants the CPU (`SCHED_IDLE` on Linux, lowest niceness
 //! elsewhere). A spinning tenant then uses spare cores only, and cannot delay
@@ -18,7 +18,7 @@
 use std::cell::OnceCell;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 
 use std::sync::Arc;
@@ -60,6 +60,31 @@ pub const DEADLINE_GRACE: Duration = Duration::from_millis(20);
 pub struct LongLane {
     rt: Option<Runtime>,
     pacer: Arc<DefaultKeyedRateLimiter<Arc<str>>>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    moved: AtomicU64,
+    running: AtomicU64,
+}
+
+/// What the lane has done, for `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LaneStats {
+    /// Invocations moved to the lane since start.
+    pub moved: u64,
+    /// Invocations on the lane now.
+    pub running: u64,
+}
+
+/// Counts one invocation on the lane until dropped.
+struct OnLane(Arc<Counters>);
+
+impl Drop for OnLane {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LongLane {
@@ -84,7 +109,11 @@ impl LongLane {
                 lower_current_thread();
             })
             .build()?;
-        Ok(LongLane { rt: Some(rt), pacer })
+        Ok(LongLane {
+            rt: Some(rt),
+            pacer,
+            counters: Arc::default(),
+        })
     }
 
     /// Runs `fut` here until `moved` is set while it is pending, then moves
@@ -107,10 +136,24 @@ impl LongLane {
         }
         let rt = self.rt.as_ref().ok_or(LaneClosed)?;
         tracing::debug!(invocation = what, "long-running; moved to the long-run lane");
-        let task = join(AbortOnDropHandle::new(rt.spawn(fut)));
+        self.counters.moved.fetch_add(1, Ordering::Relaxed);
+        self.counters.running.fetch_add(1, Ordering::Relaxed);
+        let on_lane = OnLane(self.counters.clone());
+        let task = join(AbortOnDropHandle::new(rt.spawn(async move {
+            let _on_lane = on_lane;
+            fut.await
+        })));
         match tokio::time::timeout_at(deadline + DEADLINE_GRACE, task).await {
             Ok(out) => Ok(out?),
             Err(_) => Err(LaneError::Overran),
+        }
+    }
+
+    /// Counts of moved and running invocations.
+    pub fn stats(&self) -> LaneStats {
+        LaneStats {
+            moved: self.counters.moved.load(Ordering::Relaxed),
+            running: self.counters.running.load(Ordering::Relaxed),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct LoadedPlugin {
     pub manifest: Arc<Manifest>,
     /// Pre-instantiated component, ready for a fresh instance per event.
     pub pre: PluginPre<PluginCtx>,
+    /// Its engine's epoch ticker, kept running while an invocation runs.
+    pub ticker: crate::runtime::TickerHandle,
     /// The manifest's text, to notice manifest-only changes.
     pub manifest_src: Option<String>,
     /// When this version was loaded.
@@ -197,11 +199,19 @@ impl Registry {
                 path: wasm.to_path_buf(),
                 source,
             })?;
+        let ticker = self
+            .runtime
+            .ticker(manifest.limits.wasm_stack_bytes)
+            .map_err(|source| PluginLoadError::Component {
+                path: wasm.to_path_buf(),
+                source,
+            })?;
         Ok(LoadedPlugin {
             name,
             hash,
             manifest: Arc::new(manifest),
             pre,
+            ticker,
             manifest_src,
             loaded_at: chrono::Utc::now(),
         })

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -289,6 +289,13 @@ impl Runtime {
         self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK)
     }
 
+    /// The epoch ticker of the engine whose wasm stack is `stack` bytes (the
+    /// engine [`Runtime::load_with_stack`] loads onto).
+    pub fn ticker(&self, stack: usize) -> Result<TickerHandle, LoadError> {
+        let set = self.set_for(stack)?;
+        Ok(set.ticker.as_ref().expect("a live engine set has its ticker").handle())
+    }
+
     /// Checks the header and compiles (or takes from the caches) on the
     /// default engine, without linking: what `plugin check` inspects before
     /// [`Runtime::load`] reuses the result.
@@ -358,30 +365,91 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// One thread per engine that advances the epoch every [`EPOCH_TICK`].
+/// One thread per engine that advances the epoch every [`EPOCH_TICK`] while
+/// any invocation on the engine is running, and sleeps otherwise (an idle
+/// host spends no CPU on ticks).
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
     thread: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct TickerShared {
+    running: AtomicUsize,
+    stop: AtomicBool,
+    ticks: AtomicU64,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// An engine's epoch ticker, as the dispatcher sees it: each invocation
+/// holds a [`Running`] so the epoch advances while it runs.
+#[derive(Debug, Clone)]
+pub struct TickerHandle(Arc<TickerShared>);
+
+impl TickerHandle {
+    /// Keeps the epoch advancing until the guard drops. Take it before the
+    /// instance runs any wasm: without ticks there are no deadline checks.
+    pub fn running(&self) -> Running {
+        if self.0.running.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = self.0.thread.get()
+        {
+            t.unpark();
+        }
+        Running(self.0.clone())
+    }
+
+    /// Ticks so far (for tests and diagnostics).
+    pub fn ticks(&self) -> u64 {
+        self.0.ticks.load(Ordering::Relaxed)
+    }
+}
+
+/// One running invocation, counted by its engine's ticker.
+#[derive(Debug)]
+pub struct Running(Arc<TickerShared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(TickerShared {
+            running: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            thread: OnceLock::new(),
+        });
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("switchboard-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !s.stop.load(Ordering::Acquire) {
+                    if s.running.load(Ordering::Acquire) == 0 {
+                        // `running` unparks us; an unpark that lands before
+                        // this park makes it return at once.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    s.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .expect("spawn epoch ticker");
-        EpochTicker { stop, thread }
+        let _ = shared.thread.set(thread.thread().clone());
+        EpochTicker { shared, thread }
+    }
+
+    fn handle(&self) -> TickerHandle {
+        TickerHandle(self.shared.clone())
     }
 
     fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
         let _ = self.thread.join();
     }
 }
@@ -396,5 +464,27 @@ mod tests {
         assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
         assert!(matches!(check_header(b"\0as"), Err(LoadError::Garbage)));
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_an_invocation_runs() {
+        let rt = Runtime::new(RuntimeOptions {
+            max_instances: 4,
+            cache_dir: None,
+        })
+        .unwrap();
+        let ticker = rt.ticker(DEFAULT_WASM_STACK).unwrap();
+        let idle = ticker.ticks();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ticker.ticks(), idle, "no ticks while idle");
+        let running = ticker.running();
+        std::thread::sleep(Duration::from_millis(50));
+        let during = ticker.ticks();
+        assert!(during >= idle + 10, "{idle} → {during}");
+        drop(running);
+        std::thread::sleep(Duration::from_millis(20));
+        let after = ticker.ticks();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ticker.ticks(), after, "parked again once nothing runs");
     }
 }

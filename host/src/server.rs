@@ -55,6 +55,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "tenants": state.tenants.len(),
         "plugins": plugins,
         "compile": state.registry.runtime().stats(),
+        "long_runs": state.dispatcher.lane_stats(),
     }))
 }
 

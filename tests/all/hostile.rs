@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{FakeJustCall, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
 
 const EVIL_NUMBER: &str = "+15125550199";
 
@@ -41,7 +41,12 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
     let evil = TenantSpec::new("evil", &jc.url)
         .number(EVIL_NUMBER)
         .plugin(hostile("looper", "[config]\nmode = \"loop\"\n[limits]\ntimeout_ms = 300\n".into()))
-        .plugin(hostile("grower", "[config]\nmode = \"grow\"\n[limits]\nmemory_mb = 32\n".into()))
+        // A few ms of wasm: past 1 ms it runs on the idle-priority lane, so
+        // give it room to reach its memory cap on a busy test machine.
+        .plugin(hostile(
+            "grower",
+            "[config]\nmode = \"grow\"\n[limits]\nmemory_mb = 32\ntimeout_ms = 5000\n".into(),
+        ))
         .plugin(hostile("recurser", "[config]\nmode = \"recurse\"\n".into()))
         .plugin(hostile("panicker", "[config]\nmode = \"panic\"\n".into()))
         .plugin(hostile(
@@ -400,4 +405,35 @@ async fn the_wasm_stack_is_set_per_plugin_within_host_bounds() {
     assert_eq!(d["small-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 64 KiB)"));
     assert_eq!(d["rounded-stack"].1.as_deref(), Some("stack overflow (wasm stack limit 256 KiB)"));
     assert!(host.healthy().await);
+}
+
+#[tokio::test]
+async fn only_wasm_time_makes_a_plugin_a_long_runner() {
+    // Five SMS sends that each wait 20 ms for JustCall: 100 ms of host calls,
+    // microseconds of wasm. A loop: only wasm.
+    let jc = FakeJustCall::start().await;
+    jc.set_latency(Duration::from_millis(20));
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url).plugin(hostile("chatty", "[config]\nmode = \"sms-flood\"\n".into())),
+        TenantSpec::new("evil", &jc.url)
+            .number(EVIL_NUMBER)
+            .plugin(hostile("looper", "[config]\nmode = \"loop\"\n[limits]\ntimeout_ms = 300\n".into())),
+    ])
+    .await;
+    let long_runs = || async {
+        let v: Value = reqwest::get(format!("{}/healthz", host.url)).await.unwrap().json().await.unwrap();
+        v["long_runs"]["moved"].as_u64().unwrap()
+    };
+    let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
+    host.idle().await;
+    let d = by_plugin(&host, resp["event_id"].as_str().unwrap());
+    assert_eq!(d["chatty"].1.as_deref(), Some("sms quota exceeded (5 sends per event)"));
+    assert_eq!(jc.sent().len(), 5);
+    assert_eq!(long_runs().await, 0, "waiting on host calls is not running wasm");
+
+    let (_, resp) = host.post("evil", evil_event("msg_loop"), &[]).await;
+    host.idle().await;
+    let d = by_plugin(&host, resp["event_id"].as_str().unwrap());
+    assert_eq!(d["looper"].1.as_deref(), Some("deadline exceeded (300 ms)"));
+    assert_eq!(long_runs().await, 1, "the loop was moved to the long-run lane");
 }
