@@ -365,9 +365,13 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
+/// How long a ticker keeps ticking after the last invocation ends before it
+/// parks, so a busy host does not pay a wake-up per event.
+const TICKER_LINGER: Duration = Duration::from_millis(50);
+
 /// One thread per engine that advances the epoch every [`EPOCH_TICK`] while
-/// any invocation on the engine is running, and sleeps otherwise (an idle
-/// host spends no CPU on ticks).
+/// any invocation on the engine is running (and [`TICKER_LINGER`] after), and
+/// sleeps otherwise (an idle host spends no CPU on ticks).
 struct EpochTicker {
     shared: Arc<TickerShared>,
     thread: JoinHandle<()>,
@@ -426,11 +430,15 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("switchboard-epoch".into())
             .spawn(move || {
+                let mut last_busy: Option<Instant> = None;
                 while !s.stop.load(Ordering::Acquire) {
-                    if s.running.load(Ordering::Acquire) == 0 {
+                    if s.running.load(Ordering::Acquire) > 0 {
+                        last_busy = Some(Instant::now());
+                    } else if last_busy.is_none_or(|t| t.elapsed() >= TICKER_LINGER) {
                         // `running` unparks us; an unpark that lands before
                         // this park makes it return at once.
                         std::thread::park();
+                        last_busy = None;
                         continue;
                     }
                     std::thread::sleep(EPOCH_TICK);
@@ -482,7 +490,7 @@ mod tests {
         let during = ticker.ticks();
         assert!(during >= idle + 10, "{idle} → {during}");
         drop(running);
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(TICKER_LINGER + Duration::from_millis(30));
         let after = ticker.ticks();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(ticker.ticks(), after, "parked again once nothing runs");
