@@ -150,7 +150,7 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
     if size > plugin.manifest.limits.event_bytes {
         return Err(InvokeError::InputTooLarge(size, plugin.manifest.limits.event_bytes));
     }
-    let inv_name = format!("{}/{}", inv.tenant.config.id, inv.plugin);
+    let who = (inv.tenant.clone(), inv.plugin.clone());
     let pacer = lane.map(|l| l.pacer(&inv.tenant.config.id));
     let mut store = Store::new(engine, PluginCtx::new(inv));
     store.limiter(|ctx| &mut ctx.limiter);
@@ -216,10 +216,13 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
         }
     };
     match lane {
-        Some(lane) => lane.run(call, &long, deadline, &inv_name).await.unwrap_or_else(|e| match e {
-            LaneError::Overran => Err(InvokeError::Deadline(timeout.as_millis())),
-            LaneError::Closed(e) => Err(InvokeError::Shutdown(e)),
-        }),
+        Some(lane) => lane
+            .run(call, &long, deadline, (&who.0.config.id, &who.1))
+            .await
+            .unwrap_or_else(|e| match e {
+                LaneError::Overran => Err(InvokeError::Deadline(timeout.as_millis())),
+                LaneError::Closed(e) => Err(InvokeError::Shutdown(e)),
+            }),
         None => call.await,
     }
 }

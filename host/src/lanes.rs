@@ -118,8 +118,14 @@ impl LongLane {
 
     /// Runs `fut` here until `moved` is set while it is pending, then moves
     /// it to the lane and runs it to the end there, waiting at most until
-    /// `deadline` + [`DEADLINE_GRACE`].
-    pub async fn run<F>(&self, fut: F, moved: &AtomicBool, deadline: tokio::time::Instant, what: &str) -> Result<F::Output, LaneError>
+    /// `deadline` + [`DEADLINE_GRACE`]. `who` (tenant, plugin) is for the log.
+    pub async fn run<F>(
+        &self,
+        fut: F,
+        moved: &AtomicBool,
+        deadline: tokio::time::Instant,
+        who: (&str, &str),
+    ) -> Result<F::Output, LaneError>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -135,7 +141,7 @@ impl LongLane {
             return Ok(out);
         }
         let rt = self.rt.as_ref().ok_or(LaneClosed)?;
-        tracing::debug!(invocation = what, "long-running; moved to the long-run lane");
+        tracing::debug!(tenant = who.0, plugin = who.1, "long-running; moved to the long-run lane");
         self.counters.moved.fetch_add(1, Ordering::Relaxed);
         self.counters.running.fetch_add(1, Ordering::Relaxed);
         let on_lane = OnLane(self.counters.clone());
@@ -255,7 +261,7 @@ mod tests {
         let far = tokio::time::Instant::now() + Duration::from_secs(60);
         // Not flagged: it finishes where it started.
         let here = lane
-            .run(async { std::thread::current().name().map(str::to_string) }, &moved, far, "t")
+            .run(async { std::thread::current().name().map(str::to_string) }, &moved, far, ("t", "p"))
             .await
             .unwrap();
         assert_ne!(here.as_deref(), Some("sb-long-run"));
@@ -270,7 +276,7 @@ mod tests {
             let io = on_io(async { std::thread::current().name().map(str::to_string) }).await.unwrap();
             (on_lane, lane_policy, io)
         };
-        let (on_lane, lane_policy, io) = lane.run(fut, &moved, far, "t").await.unwrap();
+        let (on_lane, lane_policy, io) = lane.run(fut, &moved, far, ("t", "p")).await.unwrap();
         assert_eq!(on_lane.as_deref(), Some("sb-long-run"));
         if cfg!(target_os = "linux") {
             assert_eq!(lane_policy, Some(5), "SCHED_IDLE");
@@ -317,7 +323,7 @@ mod tests {
             // Holds its lane thread, as a starved thread would.
             std::thread::sleep(Duration::from_millis(1500));
         };
-        assert_eq!(lane.run(fut, &moved, deadline, "t").await, Err(LaneError::Overran));
+        assert_eq!(lane.run(fut, &moved, deadline, ("t", "p")).await, Err(LaneError::Overran));
         assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
     }
 }
