@@ -239,14 +239,16 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 }
 
 /// Sets up logging from `RUST_LOG` (default: `info`, or `warn` for the
-/// commands whose output is the point).
-pub fn init_tracing(default: &str) {
+/// commands whose output is the point). Lines go to stderr through a writer
+/// thread, so a thread that logs never waits on stderr (nor holds its lock
+/// while a low-priority long runner is descheduled); keep the returned guard
+/// alive until exit, when it flushes.
+pub fn init_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},wasmtime=warn,cranelift_codegen=warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).try_init();
+    guard
 }
 
 /// Runs a parsed command line.
@@ -258,7 +260,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } | Command::Admin(_)
             | Command::Send(_)
     );
-    init_tracing(if quiet { "warn" } else { "info" });
+    let _log = init_tracing(if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
