@@ -225,9 +225,9 @@ async fn join<T>(task: AbortOnDropHandle<T>) -> Result<T, LaneClosed> {
 fn lower_current_thread() {
     // SCHED_IDLE rather than the lowest niceness: a nice-19 thread waking from
     // its pacing sleep still preempts busy normal threads (measured: the
-    // neighbour ratio went from 1.0 to 2.7). An idle-class thread can starve
-    // while the machine is busy; `LongLane::run` bounds the wait at the
-    // deadline.
+    // neighbour ratio went from 1.0 to 2.7; SCHED_BATCH at nice 19: 1.3). An
+    // idle-class thread can starve while the machine is busy; `LongLane::run`
+    // bounds the wait at the deadline.
     use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
     #[cfg(target_os = "linux")]
     let lowered = thread_priority::set_thread_priority_and_policy(
