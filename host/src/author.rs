@@ -214,11 +214,8 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
 
     let rt = runtime()?;
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let pre = rt
+    let crate::runtime::Prepared { pre, ticker } = rt
         .load_with_stack(&bytes, &Runtime::content_hash(&bytes), manifest.limits.wasm_stack_bytes)
-        .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    let ticker = rt
-        .ticker(manifest.limits.wasm_stack_bytes)
         .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let plugin = crate::plugins::LoadedPlugin {

@@ -578,8 +578,9 @@ impl PluginCtx {
             if let Some(b) = &body {
                 builder = builder.body(b.clone());
             }
-            let Ok(sent) = crate::lanes::on_io(builder.send()).await else {
-                return Ok(Err(http::HttpError::Transport("the host is shutting down".into())));
+            let sent = match crate::lanes::on_io(builder.send()).await {
+                Ok(sent) => sent,
+                Err(closed) => return Ok(Err(http::HttpError::Transport(closed.to_string()))),
             };
             let resp = match sent {
                 Ok(r) => r,

@@ -144,8 +144,8 @@ pub struct Config {
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
     pub max_concurrent_invocations: u32,
-    /// The share of one core (percent) that long-running invocations get
-    /// between them; see [`crate::lanes`].
+    /// The share of one core (percent) that each tenant's long-running
+    /// invocations get between them; see [`crate::lanes`].
     pub long_run_cpu_percent: u32,
     /// Bearer token for `/admin/*`; without one the admin API is off.
     pub admin_token: Option<Secret>,

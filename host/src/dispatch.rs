@@ -198,22 +198,21 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
     let running = plugin.ticker.running();
     let call = async move {
         let _running = running;
-        let instance = pre
-            .instantiate_async(&mut store)
+        let run = async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify(&e, &store, timeout, stack))?;
+            match instance.call_handle_event(&mut store, &input).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
+                Err(e) => Err(classify(&e, &store, timeout, stack)),
+            }
+        };
+        // Elapsed: a host call (HTTP, JustCall) was still waiting at the deadline.
+        tokio::time::timeout_at(deadline, run)
             .await
-            .map_err(|e| classify(&e, &store, timeout, stack))?;
-        match instance.call_handle_event(&mut store, &input).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
-            Err(e) => Err(classify(&e, &store, timeout, stack)),
-        }
-    };
-    let call = async move {
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(r) => r,
-            // A host call (HTTP, JustCall) was still waiting at the deadline.
-            Err(_) => Err(InvokeError::Deadline(timeout.as_millis())),
-        }
+            .unwrap_or(Err(InvokeError::Deadline(timeout.as_millis())))
     };
     match lane {
         Some(lane) => lane

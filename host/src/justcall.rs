@@ -150,10 +150,11 @@ impl JustCallClient {
         }
         let timeout = deadline.saturating_duration_since(Instant::now()).min(REQUEST_TIMEOUT);
         let sent = crate::lanes::on_io(req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send()).await;
-        let Ok(sent) = sent else {
-            return Attempt::Fail(JustCallError::Unavailable("the host is shutting down".into()));
-        };
         let resp = match sent {
+            Err(closed) => return Attempt::Fail(JustCallError::Unavailable(closed.to_string())),
+            Ok(sent) => sent,
+        };
+        let resp = match resp {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
                 return Attempt::Retry {

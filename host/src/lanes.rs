@@ -18,10 +18,9 @@
 use std::cell::OnceCell;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -195,10 +194,15 @@ impl Drop for LongLane {
     }
 }
 
+/// On a long-lane thread, the I/O runtime; elsewhere `None`.
+fn lane_io() -> Option<Handle> {
+    IO_RUNTIME.with(|cell| cell.get().cloned())
+}
+
 /// The runtime network and blocking work belongs on: the I/O runtime when
 /// called on a long-lane thread, else the current one.
 pub fn io_handle() -> Handle {
-    IO_RUNTIME.with(|cell| cell.get().cloned()).unwrap_or_else(Handle::current)
+    lane_io().unwrap_or_else(Handle::current)
 }
 
 /// Runs `fut` on the I/O runtime: in place there, as a task from a long-lane
@@ -208,7 +212,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match IO_RUNTIME.with(|cell| cell.get().cloned()) {
+    match lane_io() {
         None => Ok(fut.await),
         Some(io) => join(AbortOnDropHandle::new(io.spawn(fut))).await,
     }

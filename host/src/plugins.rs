@@ -11,7 +11,7 @@ use crate::bindings::PluginPre;
 use crate::capabilities::PluginCtx;
 use crate::config::{ConfigError, Manifest};
 use crate::event::EventKind;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{LoadError, Prepared, Runtime};
 
 /// One loaded plugin version.
 pub struct LoadedPlugin {
@@ -192,16 +192,9 @@ impl Registry {
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
-        let pre = self
+        let Prepared { pre, ticker } = self
             .runtime
             .load_with_stack(bytes, &hash, manifest.limits.wasm_stack_bytes)
-            .map_err(|source| PluginLoadError::Component {
-                path: wasm.to_path_buf(),
-                source,
-            })?;
-        let ticker = self
-            .runtime
-            .ticker(manifest.limits.wasm_stack_bytes)
             .map_err(|source| PluginLoadError::Component {
                 path: wasm.to_path_buf(),
                 source,

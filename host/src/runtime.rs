@@ -286,14 +286,7 @@ impl Runtime {
     /// `hash` (reusing the compiled code of an identical file loaded before)
     /// and pre-instantiates it against the linker.
     pub fn load(&self, bytes: &[u8], hash: &str) -> Result<PluginPre<PluginCtx>, LoadError> {
-        self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK)
-    }
-
-    /// The epoch ticker of the engine whose wasm stack is `stack` bytes (the
-    /// engine [`Runtime::load_with_stack`] loads onto).
-    pub fn ticker(&self, stack: usize) -> Result<TickerHandle, LoadError> {
-        let set = self.set_for(stack)?;
-        Ok(set.ticker.as_ref().expect("a live engine set has its ticker").handle())
+        self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK).map(|p| p.pre)
     }
 
     /// Checks the header and compiles (or takes from the caches) on the
@@ -304,8 +297,10 @@ impl Runtime {
         self.component(&self.default, bytes, hash)
     }
 
-    /// Like [`Runtime::load`], on the engine whose wasm stack is `stack` bytes.
-    pub fn load_with_stack(&self, bytes: &[u8], hash: &str, stack: usize) -> Result<PluginPre<PluginCtx>, LoadError> {
+    /// Like [`Runtime::load`], on the engine whose wasm stack is `stack`
+    /// bytes; also gives that engine's epoch ticker, which must run while
+    /// the component does.
+    pub fn load_with_stack(&self, bytes: &[u8], hash: &str, stack: usize) -> Result<Prepared, LoadError> {
         check_header(bytes)?;
         let set = self.set_for(stack)?;
         let component = self.component(&set, bytes, hash)?;
@@ -314,8 +309,18 @@ impl Runtime {
         }
         let instance_pre = set.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
-        Ok(pre)
+        let ticker = set.ticker.as_ref().expect("a live engine set has its ticker").handle();
+        Ok(Prepared { pre, ticker })
     }
+}
+
+/// A component ready to run: pre-instantiated on its engine, with that
+/// engine's epoch ticker.
+pub struct Prepared {
+    /// Ready for a fresh instance per event.
+    pub pre: PluginPre<PluginCtx>,
+    /// The engine's ticker.
+    pub ticker: TickerHandle,
 }
 
 /// Compiles on a separate thread and gives up after [`MAX_COMPILE_TIME`],
@@ -481,7 +486,7 @@ mod tests {
             cache_dir: None,
         })
         .unwrap();
-        let ticker = rt.ticker(DEFAULT_WASM_STACK).unwrap();
+        let ticker = rt.default.ticker.as_ref().unwrap().handle();
         let idle = ticker.ticks();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(ticker.ticks(), idle, "no ticks while idle");
