@@ -16,8 +16,22 @@ use crate::send::{SendRequest, SignWith, WireFormat};
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about)]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` for people (coloured only
+    /// on a terminal), `json` for log pipelines (one object per line).
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The shape of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, span fields (tenant, plugin, event,
+    /// delivery) included.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,15 +253,25 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 }
 
 /// Sets up logging from `RUST_LOG` (default: `info`, or `warn` for the
-/// commands whose output is the point). Lines go to stderr through a writer
-/// thread, so a thread that logs never waits on stderr (nor holds its lock
-/// while a low-priority long runner is descheduled); keep the returned guard
-/// alive until exit, when it flushes.
-pub fn init_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
+/// commands whose output is the point), in `format`. Lines go to stderr
+/// through a writer thread, so a thread that logs never waits on stderr (nor
+/// holds its lock while a low-priority long runner is descheduled); keep the
+/// returned guard alive until exit, when it flushes.
+pub fn init_tracing(default: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},wasmtime=warn,cranelift_codegen=warn")));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init(),
+    };
     guard
 }
 
@@ -260,7 +284,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } | Command::Admin(_)
             | Command::Send(_)
     );
-    let _log = init_tracing(if quiet { "warn" } else { "info" });
+    let _log = init_tracing(if quiet { "warn" } else { "info" }, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use wasmtime::{Store, UpdateDeadline};
+use tracing::Instrument as _;
 
 use crate::capabilities::{Invocation, PluginCtx, TenantRuntime, to_wit};
 use crate::db::{Db, DeliveryOutcome, Finished};
@@ -486,18 +487,27 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 delivery_id: Some(job.delivery_id),
                 dry_run: None,
             };
-            invoke(&plugin, inv, &job.event, Some(&ctx.lane)).await
+            // Every line logged while the plugin runs (its own log lines, host
+            // calls) carries these as fields; `--log-format json` writes them.
+            let span = tracing::info_span!(
+                "delivery",
+                tenant = tenant_id,
+                plugin = %job.plugin,
+                event = %job.event.event_id,
+                delivery = job.delivery_id
+            );
+            invoke(&plugin, inv, &job.event, Some(&ctx.lane)).instrument(span).await
         }
         _ => Err(InvokeError::NotLoaded(job.plugin.clone())),
     };
     let micros = started.elapsed().as_micros() as i64;
     let outcome = match &result {
         Ok(()) => {
-            tracing::info!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, us = micros, "delivery done");
+            tracing::info!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, "delivery done");
             DeliveryOutcome::Done
         }
         Err(e) => {
-            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, us = micros, error = %e, "delivery failed");
+            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %e, "delivery failed");
             DeliveryOutcome::Failed(e.to_string())
         }
     };

@@ -5,11 +5,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
 use switchboard::config::WebhookAuth;
 use switchboard::event::EventKind;
 use switchboard::send::{SendRequest, SignWith, WireFormat};
 
-use crate::harness::{ADMIN_TOKEN, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for};
+use crate::harness::{fixtures_dir, ADMIN_TOKEN, RECEIVED_BODY, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -81,6 +82,10 @@ justcall_api_secret = "env:ACME_JC_SECRET"
     })
     .await;
     assert!(!log.iter().any(|l| l.contains("hook-secret")), "secrets are never logged");
+    assert!(
+        !log.iter().any(|l| l.contains('\x1b')),
+        "no colour codes when stderr is not a terminal: {log:?}"
+    );
 
     let url = format!("http://127.0.0.1:{port}");
     let mut req = SendRequest {
@@ -117,6 +122,80 @@ justcall_api_secret = "env:ACME_JC_SECRET"
     let status = tokio::task::spawn_blocking(move || server.0.wait()).await.unwrap().unwrap();
     assert!(status.success(), "exit status {status}");
     assert_eq!(jc.to("/texts/new").len(), 1);
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_delivery_as_fields() {
+    let jc = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::create_dir_all(dir.path().join("plugins.d/acme")).unwrap();
+    std::fs::copy(
+        guest("appointment-confirm"),
+        dir.path().join("plugins.d/acme/appointment-confirm.wasm"),
+    )
+    .unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\n\n\
+         [tenants.acme]\nnumbers = [\"+15125550100\"]\nwebhook_auth = \"none\"\n\
+         justcall_base_url = \"{}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
+        jc.url
+    );
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    wait_for("the server to listen", Duration::from_secs(30), || {
+        log.extend(rx.try_iter());
+        log.iter().any(|l| l.contains("switchboard listening"))
+    })
+    .await;
+    let body = fixture("seed-format/sms.received-confirm.json");
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/acme"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let event: Value = resp.json().await.unwrap();
+    wait_for("the delivery to be logged", Duration::from_secs(30), || {
+        log.extend(rx.try_iter());
+        log.iter().any(|l| l.contains("delivery done"))
+    })
+    .await;
+    let lines: Vec<Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}")))
+        .collect();
+    let done = lines.iter().find(|l| l["message"] == "delivery done").unwrap();
+    assert_eq!(done["level"], "INFO");
+    assert_eq!(done["tenant"], "acme");
+    assert_eq!(done["plugin"], "appointment-confirm");
+    assert_eq!(done["event"], event["event_id"]);
+    assert!(done["delivery"].as_i64().is_some(), "{done}");
+    // The plugin's own line carries the delivery through its span.
+    let plugin_line = lines
+        .iter()
+        .find(|l| l["target"] == "plugin" && l["message"].as_str().unwrap_or("").contains("confirmed appointment"))
+        .unwrap_or_else(|| panic!("no plugin line in {log:#?}"));
+    assert_eq!(plugin_line["span"]["delivery"], done["delivery"]);
+    assert_eq!(plugin_line["span"]["tenant"], "acme");
 }
 
 fn serve_error(config: &str, env: &[(&str, &str)]) -> String {
@@ -243,7 +322,7 @@ async fn admin_commands_mirror_the_admin_api() {
     let (_, resp) = host
         .post(
             "acme",
-            fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", "FAIL"),
+            fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"),
             &[],
         )
         .await;
@@ -327,7 +406,7 @@ fn plugin_check_lists_imports_and_exports_and_refuses_what_would_not_load() {
 #[test]
 fn plugin_test_prints_the_side_effects_it_did_not_make() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixtures = repo.join("../shared/fixtures/seed-format");
+    let fixtures = fixtures_dir().join("seed-format");
     let wasm = guest("appointment-confirm");
     let manifest = repo.join("plugins/appointment-confirm/plugin.toml");
     let confirm = fixtures.join("sms.received-confirm.json");
@@ -358,7 +437,7 @@ fn plugin_test_prints_the_side_effects_it_did_not_make() {
         fail.path(),
         std::fs::read_to_string(fixtures.join("sms.received.json"))
             .unwrap()
-            .replace("Hi, I'd like to schedule an appointment", "FAIL"),
+            .replace(RECEIVED_BODY, "FAIL"),
     )
     .unwrap();
     let (code, out, err) = plugin_cmd(&["test", flaky.to_str().unwrap(), "--event", fail.path().to_str().unwrap()]);

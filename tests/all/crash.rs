@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use switchboard::auth::standard_webhooks_signature;
 
-use crate::harness::{API_KEY, API_SECRET, FakeJustCall, NUMBER, fixture, guest};
+use crate::harness::{API_KEY, API_SECRET, NUMBER, RECEIVED_BODY, RECEIVED_ID, FakeJustCall, fixture, guest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -154,8 +154,8 @@ async fn every_acknowledged_event_texts_exactly_once_across_kill_9() {
     let (mut acked, mut duplicates, mut refused) = (0usize, 0usize, 0usize);
     for i in 0..events {
         let body = template
-            .replace("msg_abc123", &format!("crash-{i}"))
-            .replace("Hi, I'd like to schedule an appointment", &format!("crash {i}"));
+            .replace(RECEIVED_ID, &format!("crash-{i}"))
+            .replace(RECEIVED_BODY, &format!("crash {i}"));
         let id = format!("wh-{i}");
         loop {
             let url = server.lock().unwrap().url.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{ADMIN_TOKEN, FakeJustCall, Fault, PluginSpec, Recorder, TenantSpec, TestHost, fixture, wait_for};
+use crate::harness::{ADMIN_TOKEN, RECEIVED_BODY, RECEIVED_ID, FakeJustCall, Fault, PluginSpec, Recorder, TenantSpec, TestHost, fixture, wait_for};
 
 /// Retries 50, 100 and 150 ms after a failure.
 fn fast_retries() -> Vec<Duration> {
@@ -27,8 +27,8 @@ fn flaky(sink: &str, reply: bool, timeout_ms: u64) -> PluginSpec {
 /// A received message with this id and body.
 fn message(id: &str, body: &str) -> String {
     fixture("seed-format/sms.received.json")
-        .replace("msg_abc123", id)
-        .replace("Hi, I'd like to schedule an appointment", body)
+        .replace(RECEIVED_ID, id)
+        .replace(RECEIVED_BODY, body)
 }
 
 async fn admin(host: &TestHost, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {

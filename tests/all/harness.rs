@@ -36,15 +36,31 @@ pub fn guest(name: &str) -> PathBuf {
         .clone()
 }
 
-/// Reads a shared fixture (`seed-format/sms.received.json`, …).
+/// The repository's webhook payloads, one folder per wire format.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Facts of `seed-format/sms.received.json` that tests rewrite or check.
+pub const RECEIVED_ID: &str = "sb_m001";
+pub const RECEIVED_BODY: &str = "Hello! Could I get a cleaning slot next Tuesday?";
+pub const RECEIVED_AT: &str = "2026-05-04T16:20:00Z";
+/// Facts of `seed-format/sms.received-confirm.json`.
+pub const CONFIRM_ID: &str = "sb_m002";
+pub const CONFIRM_AT: &str = "2026-05-04T16:25:00Z";
+/// Every seed fixture's message id starts with this.
+pub const ID_PREFIX: &str = "sb_m00";
+pub const CONTACT_NAME: &str = "Dana Ortiz";
+
+/// Reads a fixture (`seed-format/sms.received.json`, …).
 pub fn fixture(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
+    let path = fixtures_dir().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 /// Every fixture in a folder, by file name.
 pub fn fixtures(dir: &str) -> Vec<(String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(dir);
+    let path = fixtures_dir().join(dir);
     let mut out: Vec<(String, String)> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .flatten()

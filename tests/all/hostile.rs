@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{FakeJustCall, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{CONFIRM_ID, ID_PREFIX, RECEIVED_BODY, RECEIVED_ID, FakeJustCall, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
 
 const EVIL_NUMBER: &str = "+15125550199";
 
@@ -23,7 +23,7 @@ fn hostile(name: &'static str, manifest: String) -> PluginSpec {
 
 fn evil_event(id: &str) -> String {
     fixture("seed-format/sms.received.json")
-        .replace("msg_abc123", id)
+        .replace(RECEIVED_ID, id)
         .replace("+15125550100", EVIL_NUMBER)
         .replace("+15125551234", "+15125557777")
 }
@@ -119,7 +119,7 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
         let (status, resp) = host
             .post(
                 "good",
-                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("g{i}")),
+                fixture("seed-format/sms.received-confirm.json").replace(CONFIRM_ID, &format!("g{i}")),
                 &[],
             )
             .await;
@@ -309,11 +309,11 @@ async fn opt_out_holds_for_every_keyword_and_event_source() {
     let mut n = 0;
     let mut post = |body: String| {
         n += 1;
-        let body = body.replace("msg_abc12", &format!("opt{n}_"));
+        let body = body.replace(ID_PREFIX, &format!("opt{n}_"));
         let host = &host;
         async move { host.post("acme", body, &[]).await.1["event_id"].as_str().map(str::to_string) }
     };
-    let received = |text: &str| fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", text);
+    let received = |text: &str| fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, text);
     let nag = |host: &TestHost, id: Option<String>| {
         let d = host.deliveries(&id.unwrap());
         d.into_iter().find(|x| x.0 == "nagger").map(|x| x.2)
@@ -326,10 +326,8 @@ async fn opt_out_holds_for_every_keyword_and_event_source() {
         .chain([
             (fixture("seed-format/sms.optout.json"), fixture("seed-format/sms.optin.json")),
             (
-                fixture("justcall-v2.1/jc.contact_status_updated.json"),
-                fixture("justcall-v2.1/jc.contact_status_updated.json")
-                    .replace("\"dnd\": true", "\"dnd\": false")
-                    .replace("0005", "0006"),
+                fixture("justcall-v2.1/jc.contact_status_updated-optout.json"),
+                fixture("justcall-v2.1/jc.contact_status_updated-optin.json"),
             ),
         ])
         .collect();
@@ -360,7 +358,7 @@ async fn input_size_and_log_volume_are_bounded_per_plugin() {
     ])
     .await;
     let long_body = "y".repeat(2000);
-    let body = fixture("seed-format/sms.received.json").replace("Hi, I'd like to schedule an appointment", &long_body);
+    let body = fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, &long_body);
     let (_, resp) = host.post("acme", body, &[]).await;
     host.idle().await;
     let d = by_plugin(&host, resp["event_id"].as_str().unwrap());

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use switchboard::config::ApiDialect;
 
-use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{CONFIRM_AT, CONFIRM_ID, CONTACT_NAME, RECEIVED_AT, RECEIVED_BODY, RECEIVED_ID, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
 
 fn confirm_plugin() -> PluginSpec {
     PluginSpec::new("appointment-confirm", "appointment-confirm", "events = [\"received\"]\n")
@@ -105,7 +105,7 @@ async fn crm_logger_posts_once_per_received_or_sent_event() {
     assert_eq!(received.headers["authorization"], "Bearer t0k");
     assert_eq!(received.body["event"], "received");
     assert_eq!(received.body["from"], "+15125551234");
-    assert_eq!(received.body["body"], "Hi, I'd like to schedule an appointment");
+    assert_eq!(received.body["body"], RECEIVED_BODY);
     assert!(host.deliveries(&ids[2]).is_empty(), "crm-logger does not subscribe to delivered");
 }
 
@@ -157,7 +157,7 @@ async fn trapping_and_looping_plugins_are_contained() {
         let (status, resp) = host
             .post(
                 "acme",
-                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("m{round}")),
+                fixture("seed-format/sms.received-confirm.json").replace(CONFIRM_ID, &format!("m{round}")),
                 &[],
             )
             .await;
@@ -165,7 +165,7 @@ async fn trapping_and_looping_plugins_are_contained() {
         let (status, _) = host
             .post(
                 "other",
-                fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", &format!("o{round}")),
+                fixture("seed-format/sms.received-confirm.json").replace(CONFIRM_ID, &format!("o{round}")),
                 &[],
             )
             .await;
@@ -256,7 +256,7 @@ async fn appointment_confirm_in_javascript_books_and_replies() {
     let booked = booking.to("/confirmations");
     assert_eq!(booked.len(), 1);
     assert_eq!(booked[0].body["phone"], "+15125551234");
-    assert_eq!(booked[0].body["confirmed_at"], "2026-03-12T14:31:00Z");
+    assert_eq!(booked[0].body["confirmed_at"], CONFIRM_AT);
     let sent = jc.to("/api/v2/texts/new");
     assert_eq!(sent.len(), 1);
     assert_eq!(
@@ -271,7 +271,7 @@ async fn appointment_confirm_in_javascript_books_and_replies() {
 
     // A failing booking system fails the delivery, with the reason, and no text.
     booking.respond_with(503);
-    let (_, resp) = host.post("acme", confirm.replace("msg_abc124", "m2"), &[]).await;
+    let (_, resp) = host.post("acme", confirm.replace(CONFIRM_ID, "m2"), &[]).await;
     host.idle().await;
     let d = host.deliveries(resp["event_id"].as_str().unwrap());
     assert_eq!(
@@ -284,9 +284,9 @@ async fn appointment_confirm_in_javascript_books_and_replies() {
 fn inbound(from: &str, message_id: &str, at: &str, body: &str) -> String {
     fixture("seed-format/sms.received.json")
         .replace("\"from\": \"+15125551234\"", &format!("\"from\": \"{from}\""))
-        .replace("msg_abc123", message_id)
-        .replace("2026-03-12T14:30:00Z", at)
-        .replace("Hi, I'd like to schedule an appointment", body)
+        .replace(RECEIVED_ID, message_id)
+        .replace(RECEIVED_AT, at)
+        .replace(RECEIVED_BODY, body)
 }
 
 #[tokio::test]
@@ -311,7 +311,7 @@ async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_win
     let (status, resp) = host
         .post(
             "acme",
-            inbound(sarah, "m1", "2026-03-12T14:30:00Z", "What's the PRICE of a cleaning?"),
+            inbound(sarah, "m1", RECEIVED_AT, "What's the PRICE of a cleaning?"),
             &[],
         )
         .await;
@@ -392,15 +392,15 @@ async fn analytics_pipeline_in_c_streams_all_six_kinds_as_ndjson() {
     }
     let first = &lines[0].body;
     assert_eq!(first["from"], "+15125551234");
-    assert_eq!(first["body"], "Hi, I'd like to schedule an appointment");
-    assert_eq!(first["contact_name"], "Sarah Chen");
+    assert_eq!(first["body"], RECEIVED_BODY);
+    assert_eq!(first["contact_name"], CONTACT_NAME);
     assert_eq!(first["agent_id"], Value::Null);
     assert_eq!(first["direction"], "inbound");
 
     // A failing warehouse fails the delivery with the reason.
     warehouse.respond_with(502);
     let (_, resp) = host
-        .post("acme", fixture("seed-format/sms.received.json").replace("msg_abc123", "m9"), &[])
+        .post("acme", fixture("seed-format/sms.received.json").replace(RECEIVED_ID, "m9"), &[])
         .await;
     host.idle().await;
     let d = host.deliveries(resp["event_id"].as_str().unwrap());

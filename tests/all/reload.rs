@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for, write_then_rename};
+use crate::harness::{CONFIRM_ID, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for, write_then_rename};
 
 fn confirm_event(id: &str) -> String {
-    fixture("seed-format/sms.received-confirm.json").replace("msg_abc124", id)
+    fixture("seed-format/sms.received-confirm.json").replace(CONFIRM_ID, id)
 }
 
 /// A server with tenant `acme` running appointment-confirm as `confirm`.

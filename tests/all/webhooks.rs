@@ -47,11 +47,13 @@ async fn every_seed_fixture_is_accepted_and_normalised() {
 async fn every_v21_fixture_is_accepted_and_normalised() {
     let (host, _jc) = dev_host().await;
     let expected = [
-        ("jc.contact_status_updated.json", "opt-out", "+15125551234", ""),
+        ("jc.contact_status_updated-optin.json", "opt-in", "+15125551234", ""),
+        ("jc.contact_status_updated-optout.json", "opt-out", "+15125551234", ""),
         ("sms.received.json", "received", "+15125551234", "+15125550100"),
         ("sms.sent.json", "sent", "+15125550100", "+15125551234"),
         ("sms.sent_received-incoming.json", "received", "+15125551234", "+15125550100"),
-        ("sms.status_updated.json", "delivered", "+15125550100", "+15125551234"),
+        ("sms.status_updated-delivered.json", "delivered", "+15125550100", "+15125551234"),
+        ("sms.status_updated-failed.json", "failed", "+15125550100", "+15125551234"),
     ];
     let all = fixtures("justcall-v2.1");
     assert_eq!(all.len(), expected.len());
