@@ -3,8 +3,6 @@
 //! failures), resuming paused plugins, listing deliveries and replaying
 //! events. HTTP errors for it are mapped here only.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +11,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::server::AppState;
+use crate::engine::state::AppState;
+use crate::storage::DeliveryStatus;
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +31,7 @@ pub enum AdminError {
     Conflict(String),
     /// The database could not answer.
     #[error("unavailable: {0}")]
-    Unavailable(#[from] crate::db::DbError),
+    Unavailable(#[from] crate::storage::DbError),
 }
 
 impl IntoResponse for AdminError {
@@ -135,9 +134,6 @@ async fn resume(
     }
 }
 
-/// Delivery statuses that can be listed.
-const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "held"];
-
 #[derive(serde::Deserialize)]
 struct DeliveriesQuery {
     status: Option<String>,
@@ -152,14 +148,15 @@ async fn deliveries(
 ) -> Result<Json<Value>, AdminError> {
     authorize(&state, &headers)?;
     known_tenant(&state, &tenant)?;
-    if let Some(s) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
-        return Err(AdminError::BadRequest(format!(
-            "status `{s}` is not one of {}",
-            STATUSES.join(", ")
-        )));
-    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+            AdminError::BadRequest(format!("status `{s}` is not one of {}", all.join(", ")))
+        })?),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let list = state.db.deliveries(&tenant, q.status.as_deref(), limit).await?;
+    let list = state.db.deliveries(&tenant, status, limit).await?;
     Ok(Json(json!({ "tenant": tenant, "status": q.status, "deliveries": list })))
 }
 
@@ -170,32 +167,14 @@ async fn replay(
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     authorize(&state, &headers)?;
     known_tenant(&state, &tenant)?;
-    let event = state
-        .db
-        .event(&tenant, &event_id)
+    let accepted = crate::engine::accept::replay(&state, &tenant, &event_id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`")))?;
-    let plugins = state.registry.subscribers(&tenant, event.kind);
-    let new = plugins
+    let out: Vec<Value> = accepted
+        .deliveries
         .iter()
-        .map(|p| crate::db::NewDelivery {
-            plugin: p.name.clone(),
-            plugin_hash: p.hash.clone(),
-        })
+        .map(|d| json!({ "id": d.id, "plugin": d.plugin, "status": if d.held { "held" } else { "pending" } }))
         .collect();
-    let created = state.db.add_deliveries(&tenant, &event_id, new).await?;
-    let event = Arc::new(event);
-    let mut out = Vec::new();
-    for (c, p) in created.iter().zip(plugins.iter()) {
-        if !c.held {
-            state.dispatcher.submit(crate::dispatch::Job {
-                delivery_id: c.id,
-                plugin: p.name.clone(),
-                event: event.clone(),
-            });
-        }
-        out.push(json!({ "id": c.id, "plugin": p.name, "status": if c.held { "held" } else { "pending" } }));
-    }
     tracing::info!(%tenant, event = %event_id, deliveries = out.len(), "event replayed");
     Ok((
         StatusCode::ACCEPTED,

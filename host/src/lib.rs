@@ -3,28 +3,18 @@
 //!
 //! The binary in `main.rs` is a thin CLI over this library. Tests and embedders
 //! start the real server with [`server::run`] on a listener of their choosing.
+//!
+//! The modules are layers, each importing only those listed before it
+//! (ARCHITECTURE.md gives the order and `tests/all/conventions.rs` checks it):
+//! [`domain`] and [`config`], [`storage`], [`engine`], [`intake`] and
+//! [`admin`] (siblings), [`server`], [`tools`].
 
 pub mod admin;
-pub mod auth;
-pub mod author;
-pub mod bindings;
-pub mod cache;
-pub mod capabilities;
-pub mod cli;
 pub mod config;
-pub mod db;
-pub mod dev;
-pub mod dispatch;
-pub mod egress;
-pub mod event;
-pub mod guest_build;
-pub mod justcall;
-pub mod lanes;
-pub mod plugins;
-pub mod runtime;
-pub mod scaffold;
-pub mod send;
+pub mod domain;
+pub mod engine;
+pub mod intake;
 pub mod server;
-pub mod simulator;
-pub mod watch;
-pub mod webhook;
+pub mod storage;
+pub mod sync;
+pub mod tools;

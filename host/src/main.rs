@@ -3,5 +3,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    switchboard::cli::main(switchboard::cli::Cli::parse())
+    switchboard::tools::cli::main(switchboard::tools::cli::Cli::parse())
 }

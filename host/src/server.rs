@@ -12,31 +12,16 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::capabilities::TenantRuntime;
 use crate::config::Config;
-use crate::db::Db;
-use crate::dispatch::{DispatchCtx, Dispatcher, Job};
-use crate::justcall::JustCallClient;
-use crate::lanes::LongLane;
-use crate::plugins::Registry;
-use crate::runtime::{Runtime, RuntimeOptions};
-use crate::simulator::Simulator;
-use crate::webhook::{self, MAX_BODY_BYTES};
-
-/// What every handler shares.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The database.
-    pub db: Db,
-    /// Plugin sets.
-    pub registry: Arc<Registry>,
-    /// Where accepted deliveries go.
-    pub dispatcher: Dispatcher,
-    /// Tenants by id.
-    pub tenants: Arc<HashMap<String, Arc<TenantRuntime>>>,
-}
+use crate::engine::dispatch::{DispatchCtx, Dispatcher, Job};
+use crate::engine::justcall::JustCallClient;
+use crate::engine::lanes::LongLane;
+use crate::engine::plugins::Registry;
+use crate::engine::runtime::{Runtime, RuntimeOptions};
+use crate::engine::state::AppState;
+use crate::engine::tenant::Tenant;
+use crate::intake::webhook::{self, MAX_BODY_BYTES};
+use crate::storage::Db;
 
 /// The routes, apart from serving, so they can be tested without a socket.
 pub fn app(state: AppState) -> Router {
@@ -62,6 +47,17 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// Runs Switchboard on `listener` until `shutdown` resolves, then stops
 /// accepting, lets running deliveries finish, and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    run_with_routes(config, listener, Router::new(), shutdown).await
+}
+
+/// [`run`], also serving `extra_routes` beside Switchboard's own (how `dev`
+/// mounts its JustCall simulator without the server knowing of it).
+pub async fn run_with_routes(
+    config: Config,
+    listener: TcpListener,
+    extra_routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.max_concurrent_invocations,
@@ -79,7 +75,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     if rejected > 0 {
         tracing::warn!(count = rejected, "some plugins were rejected; see the errors above");
     }
-    let _watcher = crate::watch::start(
+    let _watcher = crate::engine::watch::start(
         registry.clone(),
         config.plugins_dir.clone(),
         config.tenants.keys().cloned().collect(),
@@ -88,15 +84,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let justcall_http = reqwest::Client::builder().build().context("building the JustCall HTTP client")?;
     let plugin_http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(crate::egress::PublicOnlyResolver))
+        .dns_resolver(Arc::new(crate::engine::egress::PublicOnlyResolver))
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .context("building the plugin HTTP client")?;
-    let tenants: HashMap<String, Arc<TenantRuntime>> = config
+    let tenants: HashMap<String, Arc<Tenant>> = config
         .tenants
         .values()
         .map(|t| {
-            let rt = TenantRuntime {
+            let rt = Tenant {
                 config: t.clone(),
                 justcall: JustCallClient::new(t, justcall_http.clone()),
             };
@@ -115,7 +111,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 LongLane::start(
                     tokio::runtime::Handle::current(),
                     config.long_run_cpu_percent,
-                    crate::runtime::EPOCH_TICK,
+                    crate::engine::runtime::EPOCH_TICK,
                 )
                 .context("starting the long-run lane")?,
             ),
@@ -146,17 +142,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         dispatcher,
         tenants,
     };
-    let mut router = app(state);
-    if config.dev {
-        let sim = Simulator::new(
-            config
-                .tenants
-                .values()
-                .map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone()))
-                .collect(),
-        );
-        router = router.nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
-    }
+    let router = app(state).merge(extra_routes);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
     axum::serve(listener, router)

@@ -2,29 +2,37 @@
 //! file, config errors that locate the problem, and `send`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::config::WebhookAuth;
-use switchboard::event::EventKind;
-use switchboard::send::{SendRequest, SignWith, WireFormat};
+use switchboard::domain::EventKind;
+use switchboard::tools::send::{SendRequest, SignWith, WireFormat};
 
-use crate::harness::{fixtures_dir, ADMIN_TOKEN, RECEIVED_BODY, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for};
+use crate::harness::{ADMIN_TOKEN, PluginSpec, RECEIVED_BODY, Recorder, TenantSpec, TestHost, fixture, fixtures_dir, guest, wait_for};
+use crate::process::{Process, free_port, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const SW_SECRET: &str = "whsec_c2VjcmV0LWZvci1sb2dz";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Starts `serve` on `config` (which listens on `port`) with `env`, its log
+/// lines (stderr) coming through the returned channel.
+fn serve_logging(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> (Process, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = serve_command(BIN, config, port);
+    cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
+    let mut server = Process::spawn(cmd, port);
+    let stderr = server.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (server, rx)
 }
 
 #[tokio::test]
@@ -57,24 +65,12 @@ justcall_api_secret = "env:ACME_JC_SECRET"
     );
     let path = dir.path().join("switchboard.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("ACME_WEBHOOK_SECRET", "hook-secret")
-        .env("ACME_JC_KEY", "k")
-        .env("ACME_JC_SECRET", "s")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let env = [
+        ("ACME_WEBHOOK_SECRET", "hook-secret"),
+        ("ACME_JC_KEY", "k"),
+        ("ACME_JC_SECRET", "s"),
+    ];
+    let (server, rx) = serve_logging(&path, port, &env);
     let mut log = Vec::new();
     wait_for("the server to listen", Duration::from_secs(30), || {
         log.extend(rx.try_iter());
@@ -99,27 +95,24 @@ justcall_api_secret = "env:ACME_JC_SECRET"
         sign: Some((SignWith::JustCallV1, "hook-secret".into())),
         webhook_url: Some("https://hooks.example.com/webhooks/acme".into()),
     };
-    let resp = switchboard::send::send(&req).await.unwrap();
+    let resp = switchboard::tools::send::send(&req).await.unwrap();
     assert_eq!(resp.status, 202, "{}", resp.body);
     let sent = jc.wait_for_count("/v2.1/texts/new", 1).await;
     assert_eq!(sent[0].headers["authorization"], "k:s");
 
     // Signed for another URL than the server's public_url: refused.
     req.webhook_url = Some(format!("{url}/webhooks/acme"));
-    let resp = switchboard::send::send(&req).await.unwrap();
+    let resp = switchboard::tools::send::send(&req).await.unwrap();
     assert_eq!(resp.status, 401, "{}", resp.body);
     // A wrong secret: refused.
     req.webhook_url = Some("https://hooks.example.com/webhooks/acme".into());
     req.sign = Some((SignWith::JustCallV1, "guess".into()));
-    let resp = switchboard::send::send(&req).await.unwrap();
+    let resp = switchboard::tools::send::send(&req).await.unwrap();
     assert_eq!(resp.status, 401);
     assert!(resp.body.contains("signature does not match"), "{}", resp.body);
 
     // SIGTERM stops it cleanly.
-    let mut server = server;
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || server.0.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
     assert!(status.success(), "exit status {status}");
     assert_eq!(jc.to("/texts/new").len(), 1);
 }
@@ -137,28 +130,15 @@ async fn json_logs_are_one_object_per_line_with_the_delivery_as_fields() {
     .unwrap();
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\n\n\
-         [tenants.acme]\nnumbers = [\"+15125550100\"]\nwebhook_auth = \"none\"\n\
+         [tenants.acme]\nnumbers = [\"+15125550100\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SW_SECRET}\"\n\
          justcall_base_url = \"{}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
         jc.url
     );
     let path = dir.path().join("switchboard.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut server, rx) = serve_logging(&path, port, &[("SWITCHBOARD_LOG_FORMAT", "json")]);
+    // Nothing else on this runtime needs to run while the server starts.
+    server.wait_healthy(Duration::from_secs(30));
     let mut log = Vec::new();
     wait_for("the server to listen", Duration::from_secs(30), || {
         log.extend(rx.try_iter());
@@ -166,8 +146,13 @@ async fn json_logs_are_one_object_per_line_with_the_delivery_as_fields() {
     })
     .await;
     let body = fixture("seed-format/sms.received-confirm.json");
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let signature = switchboard::intake::auth::standard_webhooks_signature(SW_SECRET, "wh-1", &ts, body.as_bytes());
     let resp = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhooks/acme"))
+        .header("webhook-id", "wh-1")
+        .header("webhook-timestamp", ts)
+        .header("webhook-signature", signature)
         .body(body)
         .send()
         .await
@@ -266,7 +251,7 @@ async fn send_command_builds_valid_events_for_each_kind_and_format() {
                 sign: Some((auth, secret.into())),
                 webhook_url: None,
             };
-            let resp = switchboard::send::send(&req).await.unwrap();
+            let resp = switchboard::tools::send::send(&req).await.unwrap();
             assert_eq!(resp.status, 202, "{tenant} {format:?} {kind:?}: {}", resp.body);
             let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
             assert_eq!(v["kind"], kind.as_str());
@@ -318,13 +303,12 @@ async fn admin_cli(host: &TestHost, token: &str, args: &[&str]) -> (bool, String
 async fn admin_commands_mirror_the_admin_api() {
     let jc = Recorder::start().await;
     let tenant = TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("flaky", "flaky", "events = [\"received\"]\n"));
-    let host = TestHost::start_with_retries(vec![tenant], vec![Duration::from_millis(20)]).await;
+    let host = TestHost::builder(vec![tenant])
+        .retries(vec![Duration::from_millis(20)])
+        .start()
+        .await;
     let (_, resp) = host
-        .post(
-            "acme",
-            fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"),
-            &[],
-        )
+        .post("acme", fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"), &[])
         .await;
     let event = resp["event_id"].as_str().unwrap().to_string();
     wait_for("the plugin to pause", Duration::from_secs(10), || {

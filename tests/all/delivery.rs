@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{ADMIN_TOKEN, RECEIVED_BODY, RECEIVED_ID, FakeJustCall, Fault, PluginSpec, Recorder, TenantSpec, TestHost, fixture, wait_for};
+use crate::harness::{
+    ADMIN_TOKEN, FakeJustCall, Fault, PluginSpec, RECEIVED_BODY, RECEIVED_ID, Recorder, TenantSpec, TestHost, fixture, wait_for,
+};
 
 /// Retries 50, 100 and 150 ms after a failure.
 fn fast_retries() -> Vec<Duration> {
@@ -82,7 +84,7 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
     let tenant = || TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000));
-    let host = TestHost::start_with_retries(vec![tenant()], fast_retries()).await;
+    let host = TestHost::builder(vec![tenant()]).retries(fast_retries()).start().await;
 
     // Failing 1, 2 and 3 times: each succeeds on its retry, attempts = failures + 1.
     for n in 1..=3 {
@@ -126,7 +128,7 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
 
     // The pause and the held events survive a restart.
     let dir = host.stop().await;
-    let host = TestHost::start_full(dir, vec![tenant()], fast_retries()).await;
+    let host = TestHost::builder(vec![tenant()]).in_dir(dir).retries(fast_retries()).start().await;
     let (_, plugins) = admin(&host, "GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "paused", "{plugins}");
     assert_eq!(plugins["plugins"][0]["delivery"]["held"], 5);
@@ -156,11 +158,10 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
 async fn a_retried_delivery_does_not_text_or_post_twice() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
-    let host = TestHost::start_with_retries(
-        vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 1000))],
-        fast_retries(),
-    )
-    .await;
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 1000))])
+        .retries(fast_retries())
+        .start()
+        .await;
     // The plugin texts the customer and posts to the CRM, then fails twice.
     let (_, resp) = host.post("acme", message("m1", "fail 2"), &[]).await;
     let d = wait_status(&host, resp["event_id"].as_str().unwrap(), "done").await;
@@ -177,11 +178,10 @@ async fn a_retried_delivery_does_not_text_or_post_twice() {
 async fn a_send_with_an_unknown_outcome_is_reconciled_not_repeated() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
-    let host = TestHost::start_with_retries(
-        vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 400))],
-        fast_retries(),
-    )
-    .await;
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 400))])
+        .retries(fast_retries())
+        .start()
+        .await;
 
     // JustCall sends the SMS but answers only after the plugin's deadline:
     // the attempt fails with the outcome unknown; the retry finds the SMS in
@@ -339,16 +339,15 @@ async fn a_locked_database_answers_503_and_loses_nothing() {
     let jc = FakeJustCall::start().await;
     let sink = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = switchboard::db::DbOptions {
+    let options = switchboard::config::DbOptions {
         busy_timeout: Duration::from_millis(200),
         ..Default::default()
     };
-    let host = TestHost::start_opts(
-        dir,
-        vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000))],
-        options,
-    )
-    .await;
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000))])
+        .in_dir(dir)
+        .delivery(options)
+        .start()
+        .await;
 
     // Another process holds the write lock longer than the server waits.
     let locker = rusqlite::Connection::open(host.config.data_dir.join("switchboard.db")).unwrap();

@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use switchboard::config::{ApiDialect, Config, Secret, TenantConfig, WebhookAuth};
-use switchboard::guest_build::{BuiltPlugin, GuestWorkspace};
+use switchboard::tools::guest_build::{BuiltPlugin, GuestWorkspace};
+use switchboard::tools::simulator::Simulator;
 use tokio::sync::oneshot;
 
 /// The guest plugins, built from `plugins/` once per test process.
@@ -167,37 +168,60 @@ pub struct TestHost {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A [`TestHost`] being configured: the data dir (to restart over an
+/// existing one) and the delivery options (retry schedule, lock wait).
+pub struct TestHostBuilder {
+    tenants: Vec<TenantSpec>,
+    dir: Option<tempfile::TempDir>,
+    delivery: switchboard::config::DbOptions,
+}
+
+impl TestHostBuilder {
+    /// Starts over this data dir (a restart) instead of a fresh one.
+    pub fn in_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Retries after these delays.
+    pub fn retries(mut self, delays: Vec<Duration>) -> Self {
+        self.delivery.retry_delays = delays;
+        self
+    }
+
+    /// These delivery options, whole.
+    pub fn delivery(mut self, options: switchboard::config::DbOptions) -> Self {
+        self.delivery = options;
+        self
+    }
+
+    pub async fn start(self) -> TestHost {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        TestHost::start_with(dir, self.tenants, self.delivery).await
+    }
+}
+
 impl TestHost {
     /// Deploys the tenants' plugins into a fresh data dir and starts the
     /// server. Retries are an hour apart, as in production: a failed delivery
     /// stays `retrying` for the length of a test.
     pub async fn start(tenants: Vec<TenantSpec>) -> TestHost {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, tenants).await
+        Self::builder(tenants).start().await
     }
 
-    /// Like [`TestHost::start`] with a retry schedule of its own.
-    pub async fn start_with_retries(tenants: Vec<TenantSpec>, retry_delays: Vec<Duration>) -> TestHost {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_full(dir, tenants, retry_delays).await
+    /// A host to configure further before it starts.
+    pub fn builder(tenants: Vec<TenantSpec>) -> TestHostBuilder {
+        TestHostBuilder {
+            tenants,
+            dir: None,
+            delivery: switchboard::config::DbOptions {
+                retry_delays: vec![Duration::from_secs(3600); 3],
+                ..Default::default()
+            },
+        }
     }
 
-    /// Starts the server over an existing data dir (for restarts).
-    pub async fn start_in(dir: tempfile::TempDir, tenants: Vec<TenantSpec>) -> TestHost {
-        Self::start_full(dir, tenants, vec![Duration::from_secs(3600); 3]).await
-    }
-
-    /// Starts the server over an existing data dir with a retry schedule.
-    pub async fn start_full(dir: tempfile::TempDir, tenants: Vec<TenantSpec>, retry_delays: Vec<Duration>) -> TestHost {
-        let delivery = switchboard::db::DbOptions {
-            retry_delays,
-            ..Default::default()
-        };
-        Self::start_opts(dir, tenants, delivery).await
-    }
-
-    /// Starts the server over an existing data dir with delivery options.
-    pub async fn start_opts(dir: tempfile::TempDir, tenants: Vec<TenantSpec>, delivery: switchboard::db::DbOptions) -> TestHost {
+    async fn start_with(dir: tempfile::TempDir, tenants: Vec<TenantSpec>, delivery: switchboard::config::DbOptions) -> TestHost {
         init_tracing();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -491,77 +515,45 @@ async fn record(
         .into_response()
 }
 
-/// One SMS the fake JustCall accepted.
-#[derive(Debug, Clone)]
-pub struct SentSms {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub body: String,
-}
+pub use switchboard::tools::simulator::{Fault, SentSms};
 
-/// How the fake JustCall answers the next send.
-#[derive(Debug, Clone, Copy)]
-pub enum Fault {
-    /// Refuse with this status (and `Retry-After` seconds), sending nothing.
-    Refuse(u16, Option<u64>),
-    /// Send the SMS, then answer with this error status anyway.
-    SendThenFail(u16),
-    /// Send the SMS, then take this long to answer.
-    SendThenStall(Duration),
-    /// Take this long, then answer 504 without sending.
-    StallWithoutSending(Duration),
-}
-
-#[derive(Default)]
-struct FakeState {
-    sent: Vec<(SentSms, chrono::DateTime<chrono::Utc>)>,
-    faults: std::collections::VecDeque<Fault>,
-    send_requests: usize,
-    list_requests: usize,
-    latency: Duration,
-}
-
-/// A fake JustCall (seed dialect) on loopback: sends are recorded and listed
-/// back by `/api/v2/texts/list`, newest first; faults can be queued.
+/// The tests' JustCall: `switchboard dev`'s simulator (seed dialect at its
+/// root, both dialects served) on its own loopback port, accepting
+/// [`API_KEY`]/[`API_SECRET`], with faults that can be queued.
 #[derive(Clone)]
 pub struct FakeJustCall {
     pub url: String,
-    state: Arc<Mutex<FakeState>>,
+    sim: Simulator,
 }
 
 impl FakeJustCall {
     pub async fn start() -> FakeJustCall {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state: Arc<Mutex<FakeState>> = Arc::default();
-        let app = Router::new()
-            .route("/api/v2/texts/new", axum::routing::post(fake_send))
-            .route("/api/v2/texts/list", axum::routing::get(fake_list))
-            .with_state(state.clone());
+        let sim = Simulator::new(vec![(Secret::new(API_KEY), Secret::new(API_SECRET))]);
+        let app = sim.router();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeJustCall { url, state }
+        FakeJustCall { url, sim }
     }
 
     /// Takes this long to answer each send, after sending it.
     pub fn set_latency(&self, d: Duration) {
-        self.state.lock().unwrap().latency = d;
+        self.sim.set_latency(d);
     }
 
     /// Answers the next sends with these faults, in order.
     pub fn fail_next(&self, faults: &[Fault]) {
-        self.state.lock().unwrap().faults.extend(faults.iter().copied());
+        self.sim.fail_next(faults);
     }
 
     /// Every SMS sent, oldest first.
     pub fn sent(&self) -> Vec<SentSms> {
-        self.state.lock().unwrap().sent.iter().map(|(s, _)| s.clone()).collect()
+        self.sim.sent()
     }
 
     /// (send requests, list requests) received.
     pub fn requests(&self) -> (usize, usize) {
-        let st = self.state.lock().unwrap();
-        (st.send_requests, st.list_requests)
+        self.sim.requests()
     }
 
     pub async fn wait_for_sent(&self, n: usize) -> Vec<SentSms> {
@@ -571,84 +563,4 @@ impl FakeJustCall {
         .await;
         self.sent()
     }
-}
-
-fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {API_KEY}:{API_SECRET}"))
-}
-
-async fn fake_send(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if !authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "bad credentials" }))).into_response();
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "bad json" }))).into_response();
-    };
-    let fault = {
-        let mut st = state.lock().unwrap();
-        st.send_requests += 1;
-        st.faults.pop_front()
-    };
-    if let Some(Fault::StallWithoutSending(d)) = fault {
-        tokio::time::sleep(d).await;
-        return (StatusCode::GATEWAY_TIMEOUT, axum::Json(json!({ "message": "timed out" }))).into_response();
-    }
-    let (id, latency) = {
-        let mut st = state.lock().unwrap();
-        if let Some(Fault::Refuse(status, retry_after)) = fault {
-            let mut resp = (StatusCode::from_u16(status).unwrap(), axum::Json(json!({ "message": "refused" }))).into_response();
-            if let Some(secs) = retry_after {
-                resp.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
-            }
-            return resp;
-        }
-        let id = format!("jc_{}", st.sent.len() + 1);
-        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        let sms = SentSms {
-            id: id.clone(),
-            from: text("from"),
-            to: text("to"),
-            body: text("body"),
-        };
-        st.sent.push((sms, chrono::Utc::now()));
-        (id, st.latency)
-    };
-    tokio::time::sleep(latency).await;
-    match fault {
-        Some(Fault::SendThenFail(status)) => (
-            StatusCode::from_u16(status).unwrap(),
-            axum::Json(json!({ "message": "upstream trouble" })),
-        )
-            .into_response(),
-        Some(Fault::SendThenStall(d)) => {
-            tokio::time::sleep(d).await;
-            axum::Json(json!({ "status": "success", "id": id })).into_response()
-        }
-        _ => axum::Json(json!({ "status": "success", "id": id })).into_response(),
-    }
-}
-
-async fn fake_list(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap, uri: Uri) -> axum::response::Response {
-    if !authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "bad credentials" }))).into_response();
-    }
-    let query: std::collections::HashMap<String, String> = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
-    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(20).clamp(1, 100);
-    let mut st = state.lock().unwrap();
-    st.list_requests += 1;
-    let data: Vec<Value> = st
-        .sent
-        .iter()
-        .rev()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|(m, at)| {
-            json!({ "id": m.id, "from": m.from, "to": m.to, "body": m.body, "direction": "outbound", "status": "sent",
-                    "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) })
-        })
-        .collect();
-    axum::Json(json!({ "data": data })).into_response()
 }

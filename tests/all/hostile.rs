@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{CONFIRM_ID, ID_PREFIX, RECEIVED_BODY, RECEIVED_ID, FakeJustCall, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{
+    CONFIRM_ID, FakeJustCall, ID_PREFIX, PluginSpec, RECEIVED_BODY, RECEIVED_ID, Recorder, TenantSpec, TestHost, fixture,
+};
 
 const EVIL_NUMBER: &str = "+15125550199";
 
@@ -254,7 +256,7 @@ async fn tenant_limits_sit_beneath_the_manifest() {
             "chatty",
             "[config]\nmode = \"sms-flood\"\n[limits]\nsms_per_event = 3\n".into(),
         ));
-    tenant.limits.sms_per_event = Some(2);
+    tenant.limits.set(switchboard::config::Limit::SmsPerEvent, 2);
     let host = TestHost::start(vec![tenant]).await;
     let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
     host.idle().await;

@@ -9,6 +9,8 @@ mod delivery;
 mod harness;
 mod hostile;
 mod plugins;
+#[path = "../support/process.rs"]
+mod process;
 mod reload;
 mod signatures;
 mod webhooks;

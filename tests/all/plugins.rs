@@ -4,7 +4,9 @@
 use serde_json::{Value, json};
 use switchboard::config::ApiDialect;
 
-use crate::harness::{CONFIRM_AT, CONFIRM_ID, CONTACT_NAME, RECEIVED_AT, RECEIVED_BODY, RECEIVED_ID, PluginSpec, Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{
+    CONFIRM_AT, CONFIRM_ID, CONTACT_NAME, PluginSpec, RECEIVED_AT, RECEIVED_BODY, RECEIVED_ID, Recorder, TenantSpec, TestHost, fixture,
+};
 
 fn confirm_plugin() -> PluginSpec {
     PluginSpec::new("appointment-confirm", "appointment-confirm", "events = [\"received\"]\n")
@@ -224,7 +226,10 @@ async fn pending_deliveries_survive_a_restart() {
     assert_eq!(status, 202);
     let dir = host.stop().await;
     // Graceful stop let the in-flight delivery finish.
-    let host = TestHost::start_in(dir, vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())]).await;
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(confirm_plugin())])
+        .in_dir(dir)
+        .start()
+        .await;
     host.idle().await;
     let d = host.deliveries(resp["event_id"].as_str().unwrap());
     assert_eq!(d[0].1, "done", "{d:?}");
@@ -311,7 +316,7 @@ async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_win
     let (status, resp) = host
         .post(
             "acme",
-            inbound(sarah, "m1", RECEIVED_AT, "What's the PRICE of a cleaning?"),
+            inbound(sarah, "m1", "2026-03-12T14:30:00Z", "What's the PRICE of a cleaning?"),
             &[],
         )
         .await;

@@ -27,7 +27,7 @@ async fn confirm_host(manifest: &str) -> (TestHost, Recorder) {
 }
 
 fn hash_of(path: &std::path::Path) -> String {
-    switchboard::runtime::Runtime::content_hash(&std::fs::read(path).unwrap())
+    switchboard::engine::runtime::Runtime::content_hash(&std::fs::read(path).unwrap())
 }
 
 async fn wait_admin(host: &TestHost, tenant: &str, name: &str, what: &str, cond: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
@@ -121,7 +121,7 @@ async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
     ];
     for (n, (what, bytes, reason)) in cases.into_iter().enumerate() {
         write_then_rename(&dir.join("confirm.wasm"), &bytes);
-        let bad_hash = switchboard::runtime::Runtime::content_hash(&bytes);
+        let bad_hash = switchboard::engine::runtime::Runtime::content_hash(&bytes);
         let p = wait_admin(&host, "acme", "confirm", what, |p| {
             p.is_some_and(|p| p["rejected"]["hash"] == bad_hash.as_str())
         })
@@ -192,7 +192,7 @@ async fn a_slow_copy_in_place_is_loaded_only_once_complete() {
         assert_eq!(p["status"], "active", "a half-written file must not even be tried: {p}");
     }
     drop(f);
-    let v2_hash = switchboard::runtime::Runtime::content_hash(&v2);
+    let v2_hash = switchboard::engine::runtime::Runtime::content_hash(&v2);
     wait_admin(&host, "acme", "answer", "v2", |p| p.is_some_and(|p| p["hash"] == v2_hash.as_str())).await;
     let (_, _) = host.post("acme", confirm_event("after"), &[]).await;
     host.idle().await;
@@ -234,7 +234,7 @@ async fn compiled_code_is_shared_cached_on_disk_and_verified() {
 
     // A restart loads from the on-disk cache without compiling.
     let dir = host.stop().await;
-    let host = TestHost::start_in(dir, tenants()).await;
+    let host = TestHost::builder(tenants()).in_dir(dir).start().await;
     let stats = host.compile_stats().await;
     assert_eq!(
         (stats["compiles"].as_u64(), stats["disk_hits"].as_u64()),
@@ -251,7 +251,7 @@ async fn compiled_code_is_shared_cached_on_disk_and_verified() {
         bytes[mid] ^= 0xff;
         std::fs::write(entry.path(), bytes).unwrap();
     }
-    let host = TestHost::start_in(dir, tenants()).await;
+    let host = TestHost::builder(tenants()).in_dir(dir).start().await;
     let stats = host.compile_stats().await;
     assert_eq!(
         (stats["compiles"].as_u64(), stats["corrupt_entries"].as_u64()),

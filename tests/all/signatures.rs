@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use serde_json::Value;
-use switchboard::auth::{self, JC_SIGNATURE, JC_SIGNATURE_VERSION, JC_TIMESTAMP, SW_ID, SW_SIGNATURE, SW_TIMESTAMP};
 use switchboard::config::WebhookAuth;
+use switchboard::intake::auth::{self, JC_SIGNATURE, JC_SIGNATURE_VERSION, JC_TIMESTAMP, SW_ID, SW_SIGNATURE, SW_TIMESTAMP};
 
 use crate::harness::{Recorder, TenantSpec, TestHost, fixture};
 

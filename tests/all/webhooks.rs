@@ -2,7 +2,7 @@
 //! refusal with its status and reason.
 
 use serde_json::{Value, json};
-use switchboard::event::Event;
+use switchboard::domain::Event;
 
 use crate::harness::{Recorder, TenantSpec, TestHost, fixture, fixtures};
 

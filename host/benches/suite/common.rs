@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use switchboard::guest_build::GuestWorkspace;
+use switchboard::tools::guest_build::GuestWorkspace;
+
+pub use crate::process::free_port;
+use crate::process::{Process, serve_command};
 
 /// The release binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -30,23 +33,15 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// A running `switchboard serve`; killed on drop.
+/// A running `switchboard serve` over its own data dir; killed on drop.
 pub struct Server {
-    pub child: Child,
-    pub port: u16,
+    pub process: Process,
     pub dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.process.url()
     }
 
     pub fn plugin_dir(&self, tenant: &str) -> PathBuf {
@@ -59,10 +54,6 @@ pub struct Tenant<'a> {
     pub id: String,
     pub number: String,
     pub plugins: Vec<(&'a str, &'a str, &'a str)>,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Webhook secret of every benchmark tenant (Standard Webhooks).
@@ -86,35 +77,9 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
         }
     }
     std::fs::write(dir.path().join("switchboard.toml"), cfg).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.path().join("switchboard.toml"))
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start switchboard");
-    let server = Server { child, port, dir };
-    let started = Instant::now();
-    let addr = format!("127.0.0.1:{}", server.port);
-    while !healthy(&addr) {
-        assert!(started.elapsed() < Duration::from_secs(300), "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
-}
-
-/// `GET /healthz` answers 200 (plain std I/O: usable from any context).
-fn healthy(addr: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    let mut process = Process::spawn(serve_command(BIN, &dir.path().join("switchboard.toml"), port), port);
+    process.wait_healthy(Duration::from_secs(300));
+    Server { process, dir }
 }
 
 /// A seed-format `sms.received` body.
@@ -131,7 +96,7 @@ pub fn event(number: &str, id: &str, body: &str) -> String {
 pub fn signed(body: &str) -> [(&'static str, String); 3] {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let ts = chrono::Utc::now().timestamp().to_string();
-    let sig = switchboard::auth::standard_webhooks_signature(SECRET, &id, &ts, body.as_bytes());
+    let sig = switchboard::intake::auth::standard_webhooks_signature(SECRET, &id, &ts, body.as_bytes());
     [("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", sig)]
 }
 

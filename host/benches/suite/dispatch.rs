@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
-use switchboard::bindings::PluginPre;
-use switchboard::capabilities::{Invocation, TenantRuntime, to_wit};
 use switchboard::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
-use switchboard::event::{Direction, Event, EventKind};
-use switchboard::justcall::JustCallClient;
-use switchboard::plugins::{LoadedPlugin, Registry};
-use switchboard::runtime::{Runtime, RuntimeOptions};
+use switchboard::domain::{Direction, Event, EventKind};
+use switchboard::engine::bindings::PluginPre;
+use switchboard::engine::capabilities::{Invocation, to_wit};
+use switchboard::engine::effects::Live;
+use switchboard::engine::justcall::JustCallClient;
+use switchboard::engine::plugins::{LoadedPlugin, Registry};
+use switchboard::engine::runtime::{Runtime, RuntimeOptions};
+use switchboard::engine::tenant::Tenant;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -39,37 +41,60 @@ fn event() -> Event {
     }
 }
 
-async fn invocation(plugin: &LoadedPlugin) -> (Invocation, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = switchboard::db::Db::open(dir.path(), Default::default()).unwrap();
-    let tenant = TenantConfig {
-        id: "bench".into(),
-        numbers: vec!["+15125550100".into()],
-        webhook_auth: WebhookAuth::None,
-        webhook_secret: None,
-        justcall_api: ApiDialect::Seed,
-        justcall_base_url: reqwest::Url::parse("http://127.0.0.1:9").unwrap(),
-        justcall_api_key: Secret::new("k"),
-        justcall_api_secret: Secret::new("s"),
-        limits: Default::default(),
-        justcall_rate_per_minute: 60,
-    };
-    let http = reqwest::Client::new();
-    let inv = Invocation {
-        tenant: Arc::new(TenantRuntime {
-            justcall: JustCallClient::new(&tenant, http.clone()),
-            config: tenant,
-        }),
-        plugin: Arc::from(plugin.name.as_str()),
-        // Room for the Python and JavaScript runtimes.
-        manifest: Arc::new(Manifest::parse(std::path::Path::new("bench.toml"), "[limits]\nmemory_mb = 128\n").unwrap()),
-        db,
-        http,
-        event_id: Arc::from("e"),
-        delivery_id: None,
-        dry_run: None,
-    };
-    (inv, dir)
+/// Builds each event's invocation the way the server does: the tenant,
+/// manifest and database shared, fresh live effects (no journal).
+struct Invoker {
+    tenant: Arc<Tenant>,
+    manifest: Arc<Manifest>,
+    db: switchboard::storage::Db,
+    http: reqwest::Client,
+    plugin: Arc<str>,
+    event_id: Arc<str>,
+    _dir: tempfile::TempDir,
+}
+
+impl Invoker {
+    async fn new(plugin: &LoadedPlugin) -> Invoker {
+        let dir = tempfile::tempdir().unwrap();
+        let db = switchboard::storage::Db::open(dir.path(), Default::default()).unwrap();
+        let tenant = TenantConfig {
+            id: "bench".into(),
+            numbers: vec!["+15125550100".into()],
+            webhook_auth: WebhookAuth::None,
+            webhook_secret: None,
+            justcall_api: ApiDialect::Seed,
+            justcall_base_url: reqwest::Url::parse("http://127.0.0.1:9").unwrap(),
+            justcall_api_key: Secret::new("k"),
+            justcall_api_secret: Secret::new("s"),
+            limits: Default::default(),
+            justcall_rate_per_minute: 60,
+        };
+        let http = reqwest::Client::new();
+        Invoker {
+            tenant: Arc::new(Tenant {
+                justcall: JustCallClient::new(&tenant, http.clone()),
+                config: tenant,
+            }),
+            // Room for the Python and JavaScript runtimes.
+            manifest: Arc::new(Manifest::parse(std::path::Path::new("bench.toml"), "[limits]\nmemory_mb = 128\n").unwrap()),
+            db,
+            http,
+            plugin: Arc::from(plugin.name.as_str()),
+            event_id: Arc::from("e"),
+            _dir: dir,
+        }
+    }
+
+    fn invocation(&self) -> Invocation {
+        Invocation {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            manifest: self.manifest.clone(),
+            db: self.db.clone(),
+            event_id: self.event_id.clone(),
+            effects: Box::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
+        }
+    }
 }
 
 /// Microseconds per event through the real dispatch path.
@@ -84,18 +109,18 @@ async fn through_switchboard_expecting(plugin: &LoadedPlugin, events: usize, exp
 }
 
 async fn through_switchboard_with(plugin: &LoadedPlugin, events: usize, expected: Result<(), &str>, ev: Event) -> Vec<f64> {
-    let (inv, _dir) = invocation(plugin).await;
-    let check = |r: Result<(), switchboard::dispatch::InvokeError>| {
+    let invoker = Invoker::new(plugin).await;
+    let check = |r: Result<(), switchboard::engine::dispatch::InvokeError>| {
         let r = r.map_err(|e| e.to_string());
         assert_eq!(r.as_ref().map(|_| ()).map_err(String::as_str), expected, "{}", plugin.name);
     };
     for _ in 0..(events / 20).max(10) {
-        check(switchboard::dispatch::invoke(plugin, inv.clone(), &ev, None).await);
+        check(switchboard::engine::dispatch::invoke(plugin, invoker.invocation(), &ev, None).await);
     }
     let mut samples = Vec::with_capacity(events);
     for _ in 0..events {
         let t = Instant::now();
-        let r = switchboard::dispatch::invoke(plugin, inv.clone(), &ev, None).await;
+        let r = switchboard::engine::dispatch::invoke(plugin, invoker.invocation(), &ev, None).await;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         check(r);
     }

@@ -13,6 +13,8 @@ mod common;
 mod dispatch;
 mod ingest;
 mod neighbour;
+#[path = "../../../tests/support/process.rs"]
+mod process;
 mod reload;
 
 use serde_json::{Map, Value, json};

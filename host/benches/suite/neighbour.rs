@@ -6,7 +6,7 @@
 //! are over all rounds of a condition.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,21 +15,13 @@ use axum::extract::State;
 use serde_json::{Map, Value, json};
 
 use crate::common::Guests;
+use crate::process::{Process, free_port, serve_command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+use crate::common::BIN;
 const ROUNDS: usize = 3;
 const GOOD_EVENTS: usize = 500;
 const GOOD_RATE_HZ: u64 = 50;
 const EVIL_RATE_HZ: u64 = 2;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -59,7 +51,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm: &HashMap<String, std::path::PathBuf>) -> Vec<f64> {
     arrivals.lock().unwrap().clear();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mut cfg = format!("listen = \"127.0.0.1:{port}\"\n");
     for (t, n) in [("good", "+15125550100"), ("evil", "+15125550199")] {
         cfg.push_str(&format!(
@@ -76,15 +68,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
         std::fs::copy(&wasm[p], d.join(format!("{p}.wasm"))).unwrap();
         std::fs::write(d.join(format!("{p}.toml")), manifest).unwrap();
     }
-    let _server = Server(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("sb.toml"))
-            .env("RUST_LOG", "error")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = Process::spawn(serve_command(BIN, &dir.path().join("sb.toml"), port), port);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     while client.get(format!("{url}/healthz")).send().await.is_err() {
@@ -97,7 +81,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
         async move {
             let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
             let ts = chrono::Utc::now().timestamp().to_string();
-            let sig = switchboard::auth::standard_webhooks_signature("whsec_c2VjcmV0", &id, &ts, body.as_bytes());
+            let sig = switchboard::intake::auth::standard_webhooks_signature("whsec_c2VjcmV0", &id, &ts, body.as_bytes());
             let resp = client
                 .post(url)
                 .header("webhook-id", id)

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use switchboard::runtime::Runtime;
+use switchboard::engine::runtime::Runtime;
 
 use crate::common::{Guests, Server, TOKEN, Tenant, start};
 
@@ -119,7 +119,7 @@ pub fn run(guests: &Guests) -> Map<String, Value> {
     let server = start(guests, &tenants, "http://127.0.0.1:9");
     let startup = t.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let rss = rss_mb(server.child.id());
+    let rss = rss_mb(server.process.child.id());
     println!(
         "resident memory, 1000 tenants × 4 plugins: {rss:.0} MB (started in {:.1} s)",
         startup.as_secs_f64()

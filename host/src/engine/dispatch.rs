@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
-use wasmtime::{Store, UpdateDeadline};
 use tracing::Instrument as _;
+use wasmtime::{Store, UpdateDeadline};
 
-use crate::capabilities::{Invocation, PluginCtx, TenantRuntime, to_wit};
-use crate::db::{Db, DeliveryOutcome, Finished};
-use crate::event::Event;
-use crate::lanes::{LaneError, LongLane};
-use crate::plugins::{LoadedPlugin, Registry};
+use crate::domain::Event;
+use crate::engine::capabilities::{Invocation, PluginCtx, to_wit};
+use crate::engine::effects::Live;
+use crate::engine::effects::journal::Journal;
+use crate::engine::lanes::{LONG_RUN_AFTER, LaneError, LongLane};
+use crate::engine::plugins::{LoadedPlugin, Registry};
+use crate::engine::tenant::Tenant;
+use crate::storage::{Db, DeliveryOutcome, Finished};
 
 /// One delivery to run: a stored event for one plugin.
 #[derive(Debug, Clone)]
@@ -58,7 +61,7 @@ pub enum InvokeError {
     Instantiate(String),
     /// The host stopped while it ran.
     #[error("{0}")]
-    Shutdown(crate::lanes::LaneClosed),
+    Shutdown(crate::engine::lanes::LaneClosed),
     /// The plugin is no longer loaded for the tenant.
     #[error("plugin `{0}` is not loaded")]
     NotLoaded(String),
@@ -74,12 +77,6 @@ impl std::fmt::Display for DeadlineExceeded {
 }
 
 impl std::error::Error for DeadlineExceeded {}
-
-/// Wasm execution time after which an invocation counts as long-running and
-/// moves to the low-priority [`LongLane`]: well above what a well-behaved
-/// plugin needs per event, so only spinners and heavy computations move.
-/// Time in host calls (HTTP, JustCall, KV) and time suspended do not count.
-pub const LONG_RUN_AFTER: Duration = Duration::from_millis(1);
 
 /// One invocation's wasm execution time, kept by the store's call hook and
 /// the epoch callback: it runs from entering wasm (a call into it, a return
@@ -129,7 +126,7 @@ pub struct DispatchCtx {
     /// Plugin sets.
     pub registry: Arc<Registry>,
     /// Tenants by id.
-    pub tenants: Arc<HashMap<String, Arc<TenantRuntime>>>,
+    pub tenants: Arc<HashMap<String, Arc<Tenant>>>,
     /// Database.
     pub db: Db,
     /// Outbound HTTP client for plugins.
@@ -249,7 +246,7 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>, timeout: std::time::D
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return InvokeError::Deadline(timeout.as_millis());
     }
-    if let Some(breach) = e.downcast_ref::<crate::capabilities::LimitBreach>() {
+    if let Some(breach) = e.downcast_ref::<crate::engine::capabilities::LimitBreach>() {
         return InvokeError::Limit(breach.to_string());
     }
     if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
@@ -277,12 +274,12 @@ pub struct PauseBook(std::sync::RwLock<HashSet<(String, String)>>);
 impl PauseBook {
     /// Whether the plugin is paused for the tenant.
     pub fn is_paused(&self, tenant: &str, plugin: &str) -> bool {
-        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let set = crate::sync::read(&self.0);
         !set.is_empty() && set.contains(&(tenant.to_string(), plugin.to_string()))
     }
 
     fn set(&self, tenant: &str, plugin: &str, paused: bool) {
-        let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut set = crate::sync::write(&self.0);
         let key = (tenant.to_string(), plugin.to_string());
         if paused {
             set.insert(key);
@@ -382,7 +379,7 @@ impl Dispatcher {
 
     /// Queues a job to run at `due_ms` (unix ms), or now if that has passed.
     pub fn submit_at(&self, job: Job, due_ms: Option<i64>) {
-        let wait = due_ms.map_or(0, |d| d - crate::db::now_ms());
+        let wait = due_ms.map_or(0, |d| d - crate::storage::now_ms());
         if wait <= 0 {
             self.submit(job);
         } else {
@@ -403,7 +400,7 @@ impl Dispatcher {
     }
 
     /// What the long-run lane has done.
-    pub fn lane_stats(&self) -> crate::lanes::LaneStats {
+    pub fn lane_stats(&self) -> crate::engine::lanes::LaneStats {
         self.ctx.lane.stats()
     }
 
@@ -414,7 +411,7 @@ impl Dispatcher {
 
     /// Unpauses a plugin for a tenant and runs its held deliveries one after
     /// another in arrival order. `None` if it was not paused.
-    pub async fn resume(&self, tenant: &str, plugin: &str) -> Result<Option<usize>, crate::db::DbError> {
+    pub async fn resume(&self, tenant: &str, plugin: &str) -> Result<Option<usize>, crate::storage::DbError> {
         // Unpause here first: a delivery held in the database meanwhile is
         // still among those the database releases below.
         let was = self.ctx.paused.is_paused(tenant, plugin);
@@ -477,15 +474,15 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         (Some(tenant), Some(plugin)) => {
             // Not awaited: the commit is off the critical path (see the docs).
             ctx.db.start_delivery(job.delivery_id, plugin.hash.clone());
+            let journal = Journal::new(ctx.db.clone(), job.delivery_id);
+            let effects = Live::new(tenant.clone(), ctx.http.clone(), plugin.manifest.clone(), Some(journal));
             let inv = Invocation {
                 tenant: tenant.clone(),
                 plugin: Arc::from(plugin.name.as_str()),
                 manifest: plugin.manifest.clone(),
                 db: ctx.db.clone(),
-                http: ctx.http.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
-                delivery_id: Some(job.delivery_id),
-                dry_run: None,
+                effects: Box::new(effects),
             };
             // Every line logged while the plugin runs (its own log lines, host
             // calls) carries these as fields; `--log-format json` writes them.

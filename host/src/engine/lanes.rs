@@ -4,16 +4,17 @@
 //!
 //! Every invocation starts on the server's runtime (the I/O lane), where a
 //! well-behaved plugin finishes in microseconds. One that keeps executing wasm
-//! past [`crate::dispatch::LONG_RUN_AFTER`] is moved, mid-flight, to the
+//! past [`LONG_RUN_AFTER`] is moved, mid-flight, to the
 //! [`LongLane`]: a separate runtime whose threads the OS schedules only when
 //! nothing else wants the CPU (`SCHED_IDLE` on Linux, lowest niceness
 //! elsewhere). A spinning tenant then uses spare cores only, and cannot delay
 //! webhooks, the database writer or other tenants' plugins.
 //!
 //! Work a long runner starts that outlives its own call — pooled HTTP
-//! connections, blocking database reads holding the shared reader — is sent
-//! back to the I/O runtime ([`on_io`], [`io_handle`]), so it never runs at the
-//! lane's priority while another tenant waits for it.
+//! connections — is sent back to the I/O runtime ([`on_io`]), so it never
+//! runs at the lane's priority while another tenant waits for it. (Database
+//! reads always run on the blocking pool of the runtime that opened the
+//! database: see `storage`.)
 
 use std::cell::OnceCell;
 use std::future::Future;
@@ -32,6 +33,12 @@ thread_local! {
     /// On a long-lane thread: the I/O runtime its network work belongs to.
     static IO_RUNTIME: OnceCell<Handle> = const { OnceCell::new() };
 }
+
+/// Wasm execution time after which an invocation counts as long-running and
+/// moves to the low-priority [`LongLane`]: well above what a well-behaved
+/// plugin needs per event, so only spinners and heavy computations move.
+/// Time in host calls (HTTP, JustCall, KV) and time suspended do not count.
+pub const LONG_RUN_AFTER: Duration = Duration::from_millis(1);
 
 /// The lane went away with the invocation still on it (the server stopped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -197,12 +204,6 @@ impl Drop for LongLane {
 /// On a long-lane thread, the I/O runtime; elsewhere `None`.
 fn lane_io() -> Option<Handle> {
     IO_RUNTIME.with(|cell| cell.get().cloned())
-}
-
-/// The runtime network and blocking work belongs on: the I/O runtime when
-/// called on a long-lane thread, else the current one.
-pub fn io_handle() -> Handle {
-    lane_io().unwrap_or_else(Handle::current)
 }
 
 /// Runs `fut` on the I/O runtime: in place there, as a task from a long-lane

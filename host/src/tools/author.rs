@@ -3,14 +3,16 @@
 //! it once on one event with its side effects recorded instead of made.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use crate::capabilities::{Invocation, TenantRuntime};
 use crate::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
-use crate::runtime::{LoadError, Runtime, RuntimeOptions};
+use crate::engine::capabilities::Invocation;
+use crate::engine::effects::{CallLog, HostCall, Recording};
+use crate::engine::runtime::{LoadError, Runtime, RuntimeOptions};
+use crate::engine::tenant::Tenant;
 
 /// What Switchboard makes of one import.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,7 @@ pub fn classify_import(name: &str) -> ImportVerdict {
     if interface.starts_with("switchboard:plugin/") {
         return ImportVerdict::Provided;
     }
-    if crate::runtime::REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)) {
+    if crate::engine::runtime::REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)) {
         return ImportVerdict::Error("refused: plugins get no sockets; use switchboard:plugin/http".into());
     }
     match interface {
@@ -99,83 +101,6 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
     })
 }
 
-/// A host call a plugin made under `plugin test`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "call", rename_all = "kebab-case")]
-pub enum HostCall {
-    /// `sms.send`, not sent.
-    SmsSend {
-        /// Sender.
-        from: String,
-        /// Recipient.
-        to: String,
-        /// Text.
-        body: String,
-    },
-    /// `sms.get-message` or `sms.list-messages`, answered as not found / empty.
-    SmsRead {
-        /// What was asked.
-        what: String,
-    },
-    /// `http.send`, not sent; answered 200 with an empty body.
-    Http {
-        /// Method.
-        method: String,
-        /// URL.
-        url: String,
-        /// Body as text (lossy).
-        body: String,
-    },
-    /// `kv.set` (applied to a scratch store).
-    KvSet {
-        /// Key.
-        key: String,
-        /// Value as text (lossy).
-        value: String,
-    },
-    /// `kv.delete`.
-    KvDelete {
-        /// Key.
-        key: String,
-    },
-    /// `log.log`.
-    Log {
-        /// Level.
-        level: String,
-        /// Message.
-        message: String,
-    },
-}
-
-impl std::fmt::Display for HostCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostCall::SmsSend { from, to, body } => write!(f, "sms.send     from {from} to {to}: {body:?}"),
-            HostCall::SmsRead { what } => write!(f, "sms.read     {what} (answered: nothing)"),
-            HostCall::Http { method, url, body } => write!(f, "http.send    {method} {url} {body:?} (answered: 200, empty)"),
-            HostCall::KvSet { key, value } => write!(f, "kv.set       {key} = {value:?}"),
-            HostCall::KvDelete { key } => write!(f, "kv.delete    {key}"),
-            HostCall::Log { level, message } => write!(f, "log.{level:<8}{message}"),
-        }
-    }
-}
-
-/// Where a dry run records host calls.
-#[derive(Debug, Clone, Default)]
-pub struct CallLog(Arc<Mutex<Vec<HostCall>>>);
-
-impl CallLog {
-    /// Records a call.
-    pub fn push(&self, call: HostCall) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(call);
-    }
-
-    /// Every call, in order.
-    pub fn calls(&self) -> Vec<HostCall> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 /// What one dry run did.
 #[derive(Debug)]
 pub struct TestRun {
@@ -192,11 +117,16 @@ pub struct TestRun {
 /// effects recorded instead of made.
 pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, config: &[(String, String)]) -> anyhow::Result<TestRun> {
     let payload = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&payload).with_context(|| format!("{}: not JSON", event_file.display()))?;
-    let mut event = match crate::event::parse_value(value).map_err(|e| anyhow::anyhow!("{}: {e}", event_file.display()))? {
-        crate::event::Parsed::Event(i) => i.event,
-        crate::event::Parsed::Ping => bail!("{}: a setup ping, not an event", event_file.display()),
-        crate::event::Parsed::Ignored { type_name, reason } => bail!("{}: `{type_name}` is not dispatched: {reason}", event_file.display()),
+    let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{}: {e}", event_file.display());
+    let value = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
+        crate::intake::wire::Body::Ping => bail!("{}: a setup ping, not an event", event_file.display()),
+        crate::intake::wire::Body::Payload(value) => value,
+    };
+    let mut event = match crate::intake::wire::parse_value(value).map_err(wire_error)? {
+        crate::intake::wire::Parsed::Event(i) => i.event,
+        crate::intake::wire::Parsed::Ignored { type_name, reason } => {
+            bail!("{}: `{type_name}` is not dispatched: {reason}", event_file.display())
+        }
     };
     event.tenant = "plugin-test".into();
     event.event_id = uuid::Uuid::now_v7().to_string();
@@ -214,11 +144,11 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
 
     let rt = runtime()?;
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let crate::runtime::Prepared { pre, ticker } = rt
+    let crate::engine::runtime::Prepared { pre, ticker } = rt
         .load_with_stack(&bytes, &Runtime::content_hash(&bytes), manifest.limits.wasm_stack_bytes)
         .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let plugin = crate::plugins::LoadedPlugin {
+    let plugin = crate::engine::plugins::LoadedPlugin {
         name: name.clone(),
         hash: Runtime::content_hash(&bytes),
         manifest: Arc::new(manifest),
@@ -229,7 +159,7 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
     };
 
     let scratch = std::env::temp_dir().join(format!("switchboard-plugin-test-{}", uuid::Uuid::now_v7()));
-    let db = crate::db::Db::open(&scratch, Default::default())?;
+    let db = crate::storage::Db::open(&scratch, Default::default())?;
     let tenant = TenantConfig {
         id: "plugin-test".into(),
         numbers: vec![event.justcall_number.clone()],
@@ -242,23 +172,22 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         limits: Default::default(),
         justcall_rate_per_minute: u32::MAX,
     };
-    let http = reqwest::Client::new();
     let log = CallLog::default();
     let inv = Invocation {
-        tenant: Arc::new(TenantRuntime {
-            justcall: crate::justcall::JustCallClient::new(&tenant, http.clone()),
+        tenant: Arc::new(Tenant {
+            justcall: crate::engine::justcall::JustCallClient::new(&tenant, reqwest::Client::new()),
             config: tenant,
         }),
         plugin: Arc::from(name.as_str()),
         manifest: plugin.manifest.clone(),
         db,
-        http,
         event_id: Arc::from(event.event_id.as_str()),
-        delivery_id: None,
-        dry_run: Some(log.clone()),
+        effects: Box::new(Recording::new(log.clone())),
     };
     let started = Instant::now();
-    let result = crate::dispatch::invoke(&plugin, inv, &event, None).await.map_err(|e| e.to_string());
+    let result = crate::engine::dispatch::invoke(&plugin, inv, &event, None)
+        .await
+        .map_err(|e| e.to_string());
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(TestRun {

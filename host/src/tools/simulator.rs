@@ -1,8 +1,12 @@
 //! Dev mode's stand-ins for the outside world: a JustCall API simulator
-//! (both dialects: send, list, get, with auth checks) mounted at `/justcall`,
-//! and a request sink at `/dev/sink/{name}` that plays a CRM or booking system.
+//! (both dialects: send, list, get, with auth checks, and injectable faults:
+//! refusals, 5xx after sending, stalls) mounted at `/justcall`, and a request
+//! sink at `/dev/sink/{name}` that plays a CRM or booking system. The tests
+//! use the same simulator as their JustCall.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -47,10 +51,41 @@ impl SimMessage {
     }
 }
 
+/// How the simulator answers a send: fault injection for tests and for
+/// trying a plugin against a misbehaving JustCall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Refuse with this status (and `Retry-After` seconds), sending nothing.
+    Refuse(u16, Option<u64>),
+    /// Send the SMS, then answer with this error status anyway.
+    SendThenFail(u16),
+    /// Send the SMS, then take this long to answer.
+    SendThenStall(Duration),
+    /// Take this long, then answer 504 without sending.
+    StallWithoutSending(Duration),
+}
+
+/// One SMS the simulator sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentSms {
+    /// Its message id.
+    pub id: String,
+    /// Sender.
+    pub from: String,
+    /// Recipient.
+    pub to: String,
+    /// Text.
+    pub body: String,
+}
+
 #[derive(Debug, Default)]
 struct SimState {
     messages: Vec<SimMessage>,
     sink: Vec<(String, Value)>,
+    faults: VecDeque<Fault>,
+    latency: Duration,
+    send_requests: usize,
+    list_requests: usize,
 }
 
 /// The simulator; clones share state.
@@ -133,8 +168,76 @@ impl Simulator {
             .any(|(k, s)| creds == format!("{}:{}", k.expose(), s.expose()))
     }
 
+    /// Answers the next sends with these faults, in order.
+    pub fn fail_next(&self, faults: &[Fault]) {
+        crate::sync::lock(&self.state).faults.extend(faults.iter().copied());
+    }
+
+    /// Takes this long to answer each send, after sending it.
+    pub fn set_latency(&self, latency: Duration) {
+        crate::sync::lock(&self.state).latency = latency;
+    }
+
+    /// Every SMS sent, oldest first.
+    pub fn sent(&self) -> Vec<SentSms> {
+        crate::sync::lock(&self.state)
+            .messages
+            .iter()
+            .map(|m| SentSms {
+                id: m.id.to_string(),
+                from: m.from.clone(),
+                to: m.to.clone(),
+                body: m.body.clone(),
+            })
+            .collect()
+    }
+
+    /// How many (send, list) requests arrived, authorized ones only.
+    pub fn requests(&self) -> (usize, usize) {
+        let st = crate::sync::lock(&self.state);
+        (st.send_requests, st.list_requests)
+    }
+
+    /// Sends a message unless a queued fault says otherwise; `Err` is the
+    /// answer to give instead of the dialect's success.
+    async fn send(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> Result<SimMessage, Response> {
+        let fault = {
+            let mut st = crate::sync::lock(&self.state);
+            st.send_requests += 1;
+            st.faults.pop_front()
+        };
+        match fault {
+            Some(Fault::StallWithoutSending(d)) => {
+                tokio::time::sleep(d).await;
+                return Err(error(StatusCode::GATEWAY_TIMEOUT, "timed out"));
+            }
+            Some(Fault::Refuse(status, retry_after)) => {
+                let mut resp = error(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "refused");
+                if let Some(v) = retry_after.and_then(|s| axum::http::HeaderValue::from_str(&s.to_string()).ok()) {
+                    resp.headers_mut().insert("retry-after", v);
+                }
+                return Err(resp);
+            }
+            _ => {}
+        }
+        let m = self.store(from, to, body, media_urls);
+        let latency = crate::sync::lock(&self.state).latency;
+        tokio::time::sleep(latency).await;
+        match fault {
+            Some(Fault::SendThenFail(status)) => Err(error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                "upstream trouble",
+            )),
+            Some(Fault::SendThenStall(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(m)
+            }
+            _ => Ok(m),
+        }
+    }
+
     fn store(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::sync::lock(&self.state);
         let m = SimMessage {
             id: 100_000 + st.messages.len() as u64 + 1,
             from,
@@ -149,14 +252,15 @@ impl Simulator {
     }
 
     fn page(&self, p: &Paging) -> Vec<SimMessage> {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::sync::lock(&self.state);
+        st.list_requests += 1;
         let per = p.per_page.unwrap_or(20).clamp(1, 100);
         let skip = (p.page.unwrap_or(1).max(1) - 1) * per;
         st.messages.iter().rev().skip(skip).take(per).cloned().collect()
     }
 
     fn find(&self, id: &str) -> Option<SimMessage> {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = crate::sync::lock(&self.state);
         st.messages.iter().find(|m| m.id.to_string() == id).cloned()
     }
 }
@@ -176,7 +280,10 @@ async fn seed_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let m = sim.store(req.from, req.to, req.body, req.media_urls);
+    let m = match sim.send(req.from, req.to, req.body, req.media_urls).await {
+        Ok(m) => m,
+        Err(resp) => return resp,
+    };
     (
         StatusCode::OK,
         Json(json!({ "status": "success", "id": m.id.to_string(), "data": m.seed() })),
@@ -220,7 +327,10 @@ async fn v21_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes)
         .media_url
         .map(|m| m.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let m = sim.store(req.justcall_number, req.contact_number, req.body, media);
+    let m = match sim.send(req.justcall_number, req.contact_number, req.body, media).await {
+        Ok(m) => m,
+        Err(resp) => return resp,
+    };
     (StatusCode::OK, Json(json!({ "status": "success", "data": [m.v21()] }))).into_response()
 }
 
@@ -245,12 +355,12 @@ async fn v21_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Pat
 async fn sink_post(State(sim): State<Simulator>, Path(name): Path<String>, body: Bytes) -> Response {
     let value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     tracing::info!(target: "dev_sink", sink = %name, body = %value, "dev sink received a request");
-    sim.state.lock().unwrap_or_else(|p| p.into_inner()).sink.push((name, value));
+    crate::sync::lock(&sim.state).sink.push((name, value));
     (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
 }
 
 async fn sink_list(State(sim): State<Simulator>, Path(name): Path<String>) -> Response {
-    let st = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+    let st = crate::sync::lock(&sim.state);
     let data: Vec<&Value> = st.sink.iter().filter(|(n, _)| *n == name).map(|(_, v)| v).collect();
     Json(json!({ "data": data })).into_response()
 }

@@ -12,7 +12,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 
-use crate::plugins::Registry;
+use crate::engine::plugins::Registry;
 
 /// How long the watcher batches events before passing them on. Short: whether
 /// a file is complete is decided per file (see [`Reload::Tenant`]), not by
@@ -123,13 +123,14 @@ pub fn start(registry: Arc<Registry>, plugins_dir: PathBuf, tenants: BTreeSet<St
 
 async fn reload(registry: &Arc<Registry>, dir: &Path, tenant: &str, complete: HashSet<PathBuf>, tx: &mpsc::UnboundedSender<Reload>) {
     let (registry2, dir2, t2) = (registry.clone(), dir.to_path_buf(), tenant.to_string());
-    let report = match tokio::task::spawn_blocking(move || registry2.reload_tenant(&dir2, &t2, &complete, crate::plugins::SETTLE)).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(%tenant, error = %e, "reload panicked");
-            return;
-        }
-    };
+    let report =
+        match tokio::task::spawn_blocking(move || registry2.reload_tenant(&dir2, &t2, &complete, crate::engine::plugins::SETTLE)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "reload panicked");
+                return;
+            }
+        };
     if !report.removed.is_empty() || !report.loaded.is_empty() {
         registry.collect_garbage();
     }

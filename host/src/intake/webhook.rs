@@ -1,7 +1,6 @@
-//! `POST /webhooks/{tenant}`: authenticate, parse, persist, then acknowledge
-//! and hand the deliveries to the dispatcher. HTTP errors are mapped here only.
-
-use std::sync::Arc;
+//! `POST /webhooks/{tenant}`: decode, authenticate and parse a webhook, hand
+//! the event to [`crate::engine::accept`], and map the outcome to an HTTP
+//! status. Webhook statuses are mapped here only.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::auth::{self, AuthError};
 use crate::config::WebhookAuth;
-use crate::db::{InsertOutcome, NewDelivery};
-use crate::dispatch::Job;
-use crate::event::{self, Format, Parsed, PayloadError};
-use crate::server::AppState;
+use crate::engine::accept::{Acceptance, Source, accept};
+use crate::engine::state::AppState;
+use crate::intake::auth::{self, AuthError};
+use crate::intake::wire::{self, Body, Format, Parsed, PayloadError};
+use crate::storage::DbError;
 
 /// Largest webhook body accepted.
 pub const MAX_BODY_BYTES: usize = 256 << 10;
@@ -42,7 +41,10 @@ pub enum WebhookError {
     Body(String),
     /// The event could not be stored; JustCall should retry.
     #[error("cannot store the event right now, retry later: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] DbError),
+    /// The tenant's config names an auth scheme but no secret.
+    #[error("tenant has no webhook secret configured")]
+    NoSecret,
 }
 
 impl IntoResponse for WebhookError {
@@ -52,7 +54,7 @@ impl IntoResponse for WebhookError {
             WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebhookError::BadRequest(_) | WebhookError::Body(_) => StatusCode::BAD_REQUEST,
             WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Unavailable(_) | WebhookError::NoSecret => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -86,17 +88,15 @@ pub async fn receive(
     }
 
     // Decode first: the JustCall v1 signature covers the payload's `type`.
-    let value: Option<serde_json::Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        Some(serde_json::from_slice(&body).map_err(|e| PayloadError(format!("body is not valid JSON: {e}")))?)
+    let value = match wire::decode(&body)? {
+        Body::Ping => {
+            // The setup ping: no event to authenticate or dispatch.
+            tracing::info!(tenant = %tenant_id, "webhook ping");
+            return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response());
+        }
+        Body::Payload(value) => value,
     };
-    let type_name = value.as_ref().and_then(event::type_name).map(str::to_string);
-    if type_name.is_none() && value.as_ref().is_none_or(|v| v.get("type").is_none() && v.get("event").is_none()) {
-        // The setup ping: no event to authenticate or dispatch.
-        tracing::info!(tenant = %tenant_id, "webhook ping");
-        return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response());
-    }
+    let type_name = wire::type_name(&value).map(str::to_string);
 
     let cfg = &tenant.config;
     let now = Utc::now();
@@ -117,65 +117,38 @@ pub async fn receive(
             delivery_id = Some(auth::verify_standard_webhooks(secret.expose(), &headers, &body, now, tolerance)?);
         }
         (WebhookAuth::None, _) => {}
-        (_, None) => return Err(WebhookError::Unavailable("tenant has no webhook secret configured".into())),
+        (_, None) => return Err(WebhookError::NoSecret),
     }
 
-    let parsed = event::parse_value(value.unwrap_or_default())?;
-    let incoming = match parsed {
-        Parsed::Ping => return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response()),
+    let incoming = match wire::parse_value(value)? {
         Parsed::Ignored { type_name, reason } => {
             tracing::info!(tenant = %tenant_id, %type_name, %reason, "webhook ignored");
             return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))).into_response());
         }
         Parsed::Event(i) => *i,
     };
-
-    let mut ev = incoming.event;
-    ev.tenant = tenant_id.clone();
-    ev.event_id = uuid::Uuid::now_v7().to_string();
-    let dedupe_key = match delivery_id {
-        Some(id) => format!("swh:{id}"),
-        None => incoming.dedupe_key,
+    let source = Source {
+        dedupe_key: match delivery_id {
+            Some(id) => format!("swh:{id}"),
+            None => incoming.dedupe_key,
+        },
+        format: match incoming.format {
+            Format::Seed => "seed",
+            Format::V21 => "v2.1",
+        },
+        raw: String::from_utf8_lossy(&body).into_owned(),
     };
-    let plugins = state.registry.subscribers(&tenant_id, ev.kind);
-    let deliveries: Vec<NewDelivery> = plugins
-        .iter()
-        .map(|p| NewDelivery {
-            plugin: p.name.clone(),
-            plugin_hash: p.hash.clone(),
-        })
-        .collect();
-    let format = match incoming.format {
-        Format::Seed => "seed",
-        Format::V21 => "v2.1",
-    };
-    let raw = String::from_utf8_lossy(&body).into_owned();
-    let outcome = state
-        .db
-        .insert_event(ev.clone(), dedupe_key, format, raw, deliveries)
-        .await
-        .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
-    match outcome {
-        InsertOutcome::Duplicate { event_id } => {
+    match accept(&state, &tenant_id, incoming.event, source).await? {
+        Acceptance::Duplicate { event_id } => {
             tracing::info!(tenant = %tenant_id, %event_id, "duplicate webhook acknowledged, not dispatched");
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event_id": event_id }))).into_response())
         }
-        InsertOutcome::Inserted(created) => {
-            let event = Arc::new(ev);
-            let held = created.iter().filter(|c| c.held).count();
-            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = created.len(), held, "event accepted");
-            for (c, plugin) in created.iter().zip(&plugins) {
-                if !c.held {
-                    state.dispatcher.submit(Job {
-                        delivery_id: c.id,
-                        plugin: plugin.name.clone(),
-                        event: event.clone(),
-                    });
-                }
-            }
+        Acceptance::Accepted(a) => {
+            let (event, held) = (&a.event, a.held());
+            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = a.deliveries.len(), held, "event accepted");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": created.len(), "held": held })),
+                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": a.deliveries.len(), "held": held })),
             )
                 .into_response())
         }

@@ -155,7 +155,7 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
     }
     let files: Vec<(&str, String)> = match lang {
         Lang::Rust => {
-            let sdk = crate::guest_build::GuestWorkspace::from_source_checkout()
+            let sdk = crate::tools::guest_build::GuestWorkspace::from_source_checkout()
                 .map(|ws| ws.root.join("../plugin-sdk"))
                 .and_then(|p| p.canonicalize().ok())
                 .context("`plugin new --lang rust` needs the Switchboard checkout this binary was built from (for plugin-sdk)")?;

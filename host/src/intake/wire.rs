@@ -1,136 +1,12 @@
-//! Webhook payloads: parses both JustCall wire formats (the guide's seed format
-//! and JustCall's v2.1) and normalises them into one [`Event`].
+//! The two JustCall wire formats (the guide's seed format and JustCall's
+//! v2.1) and their normalisation into one [`Event`].
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What happened to a message; mirrors the WIT `event-kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EventKind {
-    /// An inbound SMS arrived.
-    Received,
-    /// An outbound SMS was sent.
-    Sent,
-    /// The carrier confirmed delivery.
-    Delivered,
-    /// Delivery failed.
-    Failed,
-    /// The contact opted out (STOP).
-    OptOut,
-    /// The contact opted back in (START).
-    OptIn,
-}
-
-impl EventKind {
-    /// Every kind, in WIT order.
-    pub const ALL: [EventKind; 6] = [
-        EventKind::Received,
-        EventKind::Sent,
-        EventKind::Delivered,
-        EventKind::Failed,
-        EventKind::OptOut,
-        EventKind::OptIn,
-    ];
-
-    /// The kebab-case name used in manifests and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Received => "received",
-            EventKind::Sent => "sent",
-            EventKind::Delivered => "delivered",
-            EventKind::Failed => "failed",
-            EventKind::OptOut => "opt-out",
-            EventKind::OptIn => "opt-in",
-        }
-    }
-
-    /// The seed-format event name (`sms.received`, …).
-    pub fn seed_name(self) -> &'static str {
-        match self {
-            EventKind::Received => "sms.received",
-            EventKind::Sent => "sms.sent",
-            EventKind::Delivered => "sms.delivered",
-            EventKind::Failed => "sms.failed",
-            EventKind::OptOut => "sms.optout",
-            EventKind::OptIn => "sms.optin",
-        }
-    }
-}
-
-/// Which way a message went, seen from the tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From a contact to the tenant.
-    Inbound,
-    /// From the tenant to a contact.
-    Outbound,
-}
-
-/// A normalised SMS event: what plugins see, and what the database keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Tenant id.
-    pub tenant: String,
-    /// Event kind.
-    pub kind: EventKind,
-    /// Switchboard's id for the event.
-    pub event_id: String,
-    /// RFC 3339, UTC.
-    pub occurred_at: String,
-    /// JustCall's message id.
-    pub message_id: String,
-    /// Direction.
-    pub direction: Direction,
-    /// Sender, E.164.
-    pub from: String,
-    /// Recipient, E.164.
-    pub to: String,
-    /// Message text.
-    pub body: String,
-    /// MMS media.
-    pub media_urls: Vec<String>,
-    /// The tenant's number involved, E.164.
-    pub justcall_number: String,
-    /// Contact name, if JustCall knows it.
-    pub contact_name: Option<String>,
-    /// Agent id, if any.
-    pub agent_id: Option<String>,
-}
-
-/// Inbound bodies that opt a contact out (FCC keywords), compared trimmed,
-/// case-insensitively, with inner whitespace collapsed.
-pub const OPT_OUT_KEYWORDS: &[&str] = &["STOP", "QUIT", "END", "REVOKE", "OPT OUT", "CANCEL", "UNSUBSCRIBE"];
-/// Inbound bodies that opt a contact back in.
-pub const OPT_IN_KEYWORDS: &[&str] = &["START"];
-
-impl Event {
-    /// How this event changes the contact's opt-out state, if it does:
-    /// `(contact, opted_out)`. Opt-out and opt-in events count, and so does an
-    /// inbound SMS whose body is exactly one of the keywords.
-    pub fn opt_change(&self) -> Option<(String, bool)> {
-        match self.kind {
-            EventKind::OptOut => Some((self.from.clone(), true)),
-            EventKind::OptIn => Some((self.from.clone(), false)),
-            EventKind::Received => {
-                let words: Vec<String> = self.body.split_whitespace().map(str::to_ascii_uppercase).collect();
-                let body = words.join(" ");
-                if OPT_OUT_KEYWORDS.contains(&body.as_str()) {
-                    Some((self.from.clone(), true))
-                } else if OPT_IN_KEYWORDS.contains(&body.as_str()) {
-                    Some((self.from.clone(), false))
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
-    }
-}
-
+use crate::domain::{Direction, Event, EventKind, normalize_e164};
 /// Which wire format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -140,11 +16,19 @@ pub enum Format {
     V21,
 }
 
-/// What a webhook body turned out to be.
+/// A webhook body, decoded once, before it is authenticated.
+#[derive(Debug)]
+pub enum Body {
+    /// The setup ping: an empty body, or a JSON object with neither `event`
+    /// nor `type`. Acknowledged; never authenticated, stored or dispatched.
+    Ping,
+    /// A payload naming an event, to authenticate and then [`parse_value`].
+    Payload(Value),
+}
+
+/// What a webhook payload turned out to be.
 #[derive(Debug)]
 pub enum Parsed {
-    /// The setup ping: an empty body, or JSON with neither `event` nor `type`.
-    Ping,
     /// A well-formed webhook that is not an SMS event we dispatch.
     Ignored {
         /// The `type`/`event` name.
@@ -180,16 +64,23 @@ pub fn type_name(value: &Value) -> Option<&str> {
     value.get("type").or_else(|| value.get("event")).and_then(Value::as_str)
 }
 
-/// Parses a webhook body.
-pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
+/// Decodes a webhook body: the one place a ping is told from a payload.
+pub fn decode(body: &[u8]) -> Result<Body, PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Parsed::Ping);
+        return Ok(Body::Ping);
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError(format!("body is not valid JSON: {e}")))?;
-    parse_value(value)
+    let Value::Object(obj) = &value else {
+        return Err(PayloadError("body must be a JSON object".into()));
+    };
+    if obj.contains_key("type") || obj.contains_key("event") {
+        Ok(Body::Payload(value))
+    } else {
+        Ok(Body::Ping)
+    }
 }
 
-/// Parses an already-decoded webhook body.
+/// Parses a payload from [`decode`] (seed if it has `event`, v2.1 if `type`).
 pub fn parse_value(value: Value) -> Result<Parsed, PayloadError> {
     let Value::Object(obj) = &value else {
         return Err(PayloadError("body must be a JSON object".into()));
@@ -208,7 +99,7 @@ pub fn parse_value(value: Value) -> Result<Parsed, PayloadError> {
             .to_string();
         return parse_seed(&e, value);
     }
-    Ok(Parsed::Ping)
+    Err(PayloadError("neither `type` nor `event` is set: not a JustCall webhook".into()))
 }
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
@@ -222,16 +113,6 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
             PayloadError(format!("{path}: {inner}"))
         }
     })
-}
-
-/// Normalises a phone number to E.164: `15125551234` and `+1 (512) 555-1234`
-/// both become `+15125551234`. Returns `None` for anything that is not 8 to 15 digits.
-pub fn normalize_e164(raw: &str) -> Option<String> {
-    let trimmed = raw.trim();
-    let digits: String = trimmed.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.')).collect();
-    let digits = digits.strip_prefix('+').unwrap_or(&digits);
-    let ok = (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
-    ok.then(|| format!("+{digits}"))
 }
 
 fn phone(field: &str, raw: &str) -> Result<String, PayloadError> {
@@ -524,6 +405,13 @@ fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
 mod tests {
     use super::*;
 
+    fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
+        match decode(body)? {
+            Body::Ping => panic!("a ping, not a payload"),
+            Body::Payload(v) => parse_value(v),
+        }
+    }
+
     fn event(json: &str) -> Incoming {
         match parse(json.as_bytes()).unwrap() {
             Parsed::Event(i) => *i,
@@ -562,19 +450,12 @@ mod tests {
     }
 
     #[test]
-    fn e164() {
-        assert_eq!(normalize_e164("15125551234").as_deref(), Some("+15125551234"));
-        assert_eq!(normalize_e164("+1 (512) 555-1234").as_deref(), Some("+15125551234"));
-        assert_eq!(normalize_e164("555"), None);
-        assert_eq!(normalize_e164("+1512555abcd"), None);
-        assert_eq!(normalize_e164(""), None);
-    }
-
-    #[test]
     fn pings() {
-        assert!(matches!(parse(b"").unwrap(), Parsed::Ping));
-        assert!(matches!(parse(b"  \n").unwrap(), Parsed::Ping));
-        assert!(matches!(parse(b"{\"hello\":1}").unwrap(), Parsed::Ping));
+        assert!(matches!(decode(b"").unwrap(), Body::Ping));
+        assert!(matches!(decode(b"  \n").unwrap(), Body::Ping));
+        assert!(matches!(decode(b"{\"hello\":1}").unwrap(), Body::Ping));
+        assert!(matches!(decode(b"{\"type\":5}").unwrap(), Body::Payload(_)));
+        assert_eq!(decode(b"[1]").unwrap_err().0, "body must be a JSON object");
     }
 
     #[test]

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::{Plugin, PluginPre};
-use crate::capabilities::PluginCtx;
+use crate::engine::bindings::{Plugin, PluginPre};
+use crate::engine::capabilities::PluginCtx;
 
 /// How often the engine's epoch advances; deadlines are checked at this grain.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -25,7 +25,7 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// The longest a component may take to compile.
 pub const MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
 /// Wasm stack of a plugin whose limits name none.
-pub const DEFAULT_WASM_STACK: usize = (crate::config::DEFAULT_STACK_KB as usize) << 10;
+pub const DEFAULT_WASM_STACK: usize = (crate::config::Limit::StackKb.spec().default as usize) << 10;
 
 /// Why a `.wasm` file was not loaded. Each message says precisely what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ struct EngineSet {
     engine: Engine,
     linker: Linker<PluginCtx>,
     compiled: Mutex<HashMap<String, Component>>,
-    disk: Option<crate::cache::DiskCache>,
+    disk: Option<crate::engine::cache::DiskCache>,
     ticker: Option<EpochTicker>,
 }
 
@@ -130,8 +130,8 @@ impl EngineSet {
             .total_memories(n * 2)
             .total_tables(n * 8)
             .total_stacks(n)
-            .max_memory_size((crate::config::MAX_MEMORY_MB as usize) << 20)
-            .table_elements(crate::config::MAX_TABLE_ELEMENTS as usize)
+            .max_memory_size(crate::config::Limits::max_memory_bytes())
+            .table_elements(crate::config::Limits::max_table_elements())
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
             .decommit_batch_size(16);
@@ -149,7 +149,7 @@ impl EngineSet {
         Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
         let disk = match &opts.cache_dir {
-            Some(dir) => Some(crate::cache::DiskCache::open(dir, &engine)?),
+            Some(dir) => Some(crate::engine::cache::DiskCache::open(dir, &engine)?),
             None => None,
         };
         Ok((
@@ -189,7 +189,7 @@ impl Runtime {
         if stack == DEFAULT_WASM_STACK {
             return Ok(self.default.clone());
         }
-        let mut sets = self.by_stack.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sets = crate::sync::lock(&self.by_stack);
         if let Some(set) = sets.get(&stack) {
             return Ok(set.clone());
         }
@@ -233,7 +233,7 @@ impl Runtime {
     /// The compiled component for these bytes: from memory, else from the disk
     /// cache (verified), else compiled now and written to the disk cache.
     fn component(&self, set: &EngineSet, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
-        if let Some(c) = set.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned() {
+        if let Some(c) = crate::sync::lock(&set.compiled).get(hash).cloned() {
             self.count(2);
             return Ok(c);
         }
@@ -264,21 +264,15 @@ impl Runtime {
                 c
             }
         };
-        set.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash.to_string(), component.clone());
+        crate::sync::lock(&set.compiled).insert(hash.to_string(), component.clone());
         Ok(component)
     }
 
     /// Forgets in-memory compiled code no loaded plugin uses any more.
     pub fn retain_compiled(&self, live: &std::collections::HashSet<String>) {
-        let extra: Vec<Arc<EngineSet>> = self.by_stack.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let extra: Vec<Arc<EngineSet>> = crate::sync::lock(&self.by_stack).values().cloned().collect();
         for set in std::iter::once(&self.default).chain(extra.iter()) {
-            set.compiled
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|h, _| live.contains(h));
+            crate::sync::lock(&set.compiled).retain(|h, _| live.contains(h));
         }
     }
 

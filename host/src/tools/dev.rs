@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{ApiDialect, Config, Secret, TenantConfig, WebhookAuth};
-use crate::guest_build::{BuiltPlugin, GuestWorkspace};
+use crate::tools::guest_build::{BuiltPlugin, GuestWorkspace};
 
 /// The demo tenant's id.
 pub const DEMO_TENANT: &str = "demo";
@@ -193,5 +193,13 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
          curl -s -H 'Authorization: Bearer demo-key:demo-secret' {origin}/justcall/api/v2/texts/list\n",
         names.join(", ")
     );
-    crate::server::run(config, listener, crate::server::shutdown_signal()).await
+    let sim = crate::tools::simulator::Simulator::new(
+        config
+            .tenants
+            .values()
+            .map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone()))
+            .collect(),
+    );
+    let routes = axum::Router::new().nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
+    crate::server::run_with_routes(config, listener, routes, crate::server::shutdown_signal()).await
 }

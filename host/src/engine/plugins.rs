@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::bindings::PluginPre;
-use crate::capabilities::PluginCtx;
 use crate::config::{ConfigError, Manifest};
-use crate::event::EventKind;
-use crate::runtime::{LoadError, Prepared, Runtime};
+use crate::domain::EventKind;
+use crate::engine::bindings::PluginPre;
+use crate::engine::capabilities::PluginCtx;
+use crate::engine::runtime::{LoadError, Prepared, Runtime};
 
 /// One loaded plugin version.
 pub struct LoadedPlugin {
@@ -24,7 +24,7 @@ pub struct LoadedPlugin {
     /// Pre-instantiated component, ready for a fresh instance per event.
     pub pre: PluginPre<PluginCtx>,
     /// Its engine's epoch ticker, kept running while an invocation runs.
-    pub ticker: crate::runtime::TickerHandle,
+    pub ticker: crate::engine::runtime::TickerHandle,
     /// The manifest's text, to notice manifest-only changes.
     pub manifest_src: Option<String>,
     /// When this version was loaded.
@@ -122,12 +122,7 @@ impl Registry {
 
     /// The tenant's rejected versions, by plugin name.
     pub fn rejections(&self, tenant: &str) -> BTreeMap<String, Rejection> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .cloned()
-            .unwrap_or_default()
+        crate::sync::lock(&self.rejected).get(tenant).cloned().unwrap_or_default()
     }
 
     /// The runtime plugins are compiled with.
@@ -137,12 +132,7 @@ impl Registry {
 
     /// The tenant's current plugin set (empty if none).
     pub fn plugins(&self, tenant: &str) -> PluginSet {
-        self.tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .cloned()
-            .unwrap_or_default()
+        crate::sync::read(&self.tenants).get(tenant).cloned().unwrap_or_default()
     }
 
     /// The current version of one plugin.
@@ -162,10 +152,7 @@ impl Registry {
     /// Replaces a tenant's plugin set in one step: events already running keep
     /// the versions they started with.
     pub fn replace(&self, tenant: &str, plugins: Vec<Arc<LoadedPlugin>>) {
-        self.tenants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), Arc::new(plugins));
+        crate::sync::write(&self.tenants).insert(tenant.to_string(), Arc::new(plugins));
     }
 
     /// Loads one plugin file and its manifest.
@@ -311,10 +298,7 @@ impl Registry {
             report.removed.push(p.name.clone());
         }
         rejections.retain(|name, _| seen.contains(name));
-        self.rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), rejections);
+        crate::sync::lock(&self.rejected).insert(tenant.to_string(), rejections);
         if !report.loaded.is_empty() || !report.removed.is_empty() {
             self.replace(tenant, next);
         }
@@ -342,10 +326,7 @@ impl Registry {
 
     /// Drops in-memory compiled code that no tenant's plugin uses.
     pub fn collect_garbage(&self) {
-        let live: HashSet<String> = self
-            .tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let live: HashSet<String> = crate::sync::read(&self.tenants)
             .values()
             .flat_map(|s| s.iter().map(|p| p.hash.clone()))
             .collect();

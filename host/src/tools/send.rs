@@ -4,8 +4,8 @@
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::auth;
-use crate::event::EventKind;
+use crate::domain::EventKind;
+use crate::intake::auth;
 
 /// Which wire format to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::event::EventKind;
-use crate::send::{SendRequest, SignWith, WireFormat};
+use crate::domain::EventKind;
+use crate::tools::send::{SendRequest, SignWith, WireFormat};
 
 /// Switchboard runs tenants' WebAssembly plugins on JustCall SMS webhooks.
 #[derive(Debug, Parser)]
@@ -201,7 +201,7 @@ enum PluginCommand {
         name: String,
         /// Its language.
         #[arg(long, value_enum)]
-        lang: crate::scaffold::Lang,
+        lang: crate::tools::scaffold::Lang,
         /// Where to create the folder.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -315,12 +315,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { listen, data_dir } => {
-            crate::dev::run(listen, data_dir).await?;
+            crate::tools::dev::run(listen, data_dir).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
             let req = SendRequest::from(args);
-            let resp = crate::send::send(&req).await?;
+            let resp = crate::tools::send::send(&req).await?;
             println!("{} {}", resp.status, resp.body);
             Ok(if (200..300).contains(&resp.status) {
                 ExitCode::SUCCESS
@@ -354,7 +354,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
-            let report = tokio::task::spawn_blocking(move || crate::author::check(&file)).await??;
+            let report = tokio::task::spawn_blocking(move || crate::tools::author::check(&file)).await??;
             println!("size     {} bytes", report.size);
             println!("compile  {:.1} ms", report.compile_ms);
             println!("exports");
@@ -364,9 +364,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("imports");
             for (name, verdict) in &report.imports {
                 match verdict {
-                    crate::author::ImportVerdict::Provided => println!("  ok       {name}"),
-                    crate::author::ImportVerdict::Warning(w) => println!("  warning  {name}: {w}"),
-                    crate::author::ImportVerdict::Error(e) => println!("  error    {name}: {e}"),
+                    crate::tools::author::ImportVerdict::Provided => println!("  ok       {name}"),
+                    crate::tools::author::ImportVerdict::Warning(w) => println!("  warning  {name}: {w}"),
+                    crate::tools::author::ImportVerdict::Error(e) => println!("  error    {name}: {e}"),
                 }
             }
             match report.refusal {
@@ -389,7 +389,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     config,
                 },
         } => {
-            let run = crate::author::test_run(&file, &event, manifest.as_deref(), &config).await?;
+            let run = crate::tools::author::test_run(&file, &event, manifest.as_deref(), &config).await?;
             for call in &run.calls {
                 println!("{call}");
             }
@@ -407,7 +407,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => {
-            let created = crate::scaffold::new_plugin(&dir, &name, lang)?;
+            let created = crate::tools::scaffold::new_plugin(&dir, &name, lang)?;
             println!("created {}", created.display());
             println!("build it with: switchboard plugin build {}", created.display());
             Ok(ExitCode::SUCCESS)
@@ -415,8 +415,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Build { dir: Some(dir) },
         } if dir.join("plugin.toml").is_file() && !is_workspace(&dir) => {
-            let tools = crate::guest_build::GuestWorkspace::from_source_checkout();
-            let wasm = tokio::task::spawn_blocking(move || crate::guest_build::build_one(&dir, tools.as_ref(), false)).await??;
+            let tools = crate::tools::guest_build::GuestWorkspace::from_source_checkout();
+            let wasm = tokio::task::spawn_blocking(move || crate::tools::guest_build::build_one(&dir, tools.as_ref(), false)).await??;
             let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
             println!("{:>9} bytes  {}", size, wasm.display());
             Ok(ExitCode::SUCCESS)
@@ -427,9 +427,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let ws = match dir {
                 Some(d) => {
                     let repo = d.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
-                    crate::guest_build::GuestWorkspace::at(&d, &repo).with_context(|| format!("{} has no Cargo.toml", d.display()))?
+                    crate::tools::guest_build::GuestWorkspace::at(&d, &repo)
+                        .with_context(|| format!("{} has no Cargo.toml", d.display()))?
                 }
-                None => crate::guest_build::GuestWorkspace::from_source_checkout()
+                None => crate::tools::guest_build::GuestWorkspace::from_source_checkout()
                     .context("no plugins/ workspace next to this binary's source; pass DIR")?,
             };
             let built = tokio::task::spawn_blocking(move || ws.build(false)).await??;

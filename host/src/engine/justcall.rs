@@ -129,7 +129,7 @@ impl JustCallClient {
     /// `deadline`.
     async fn take_budget(&self, deadline: Instant) -> Result<(), JustCallError> {
         loop {
-            let blocked = *self.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
+            let blocked = *crate::sync::lock(&self.blocked_until);
             let wait = match blocked.filter(|b| *b > Instant::now()) {
                 Some(until) => until - Instant::now(),
                 None => match self.budget.check() {
@@ -149,7 +149,7 @@ impl JustCallClient {
             return Attempt::Fail(e);
         }
         let timeout = deadline.saturating_duration_since(Instant::now()).min(REQUEST_TIMEOUT);
-        let sent = crate::lanes::on_io(req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send()).await;
+        let sent = crate::engine::lanes::on_io(req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send()).await;
         let resp = match sent {
             Err(closed) => return Attempt::Fail(JustCallError::Unavailable(closed.to_string())),
             Ok(sent) => sent,
@@ -170,7 +170,7 @@ impl JustCallClient {
             && header_u64(resp.headers(), "x-rate-limit-remaining") == Some(0)
             && let Some(reset) = rate_limit_reset(resp.headers())
         {
-            *self.blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + reset);
+            *crate::sync::lock(&self.blocked_until) = Some(Instant::now() + reset);
         }
         let text = match resp.text().await {
             Ok(t) => t,
@@ -329,7 +329,7 @@ impl JustCallClient {
                 ("sms_direction", "Outgoing".to_string()),
             ],
         };
-        let same = |a: &str, b: &str| crate::event::normalize_e164(a).is_some_and(|a| Some(a) == crate::event::normalize_e164(b));
+        let same = |a: &str, b: &str| crate::domain::normalize_e164(a).is_some_and(|a| Some(a) == crate::domain::normalize_e164(b));
         let mut out = Vec::new();
         for page in 1..=PAGES {
             let batch = self.list_where(page, 100, &filters, deadline).await?;

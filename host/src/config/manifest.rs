@@ -1,0 +1,154 @@
+//! Plugin manifests (`<name>.toml` beside the `.wasm`): subscribed events,
+//! `allowed_hosts`, `[config]`, `[limits]` and the `[dev]` section.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::limits::{LimitOverrides, Limits, RawLimits};
+use super::{ConfigError, toml_error};
+use crate::domain::EventKind;
+
+/// An `allowed_hosts` entry: scheme, host (exact or `*.domain`) and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl AllowedHost {
+    /// Parses `https://crm.example.com`, `http://127.0.0.1:9000` or `https://*.example.com`.
+    pub fn parse(s: &str) -> Result<AllowedHost, String> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| format!("`{s}` needs a scheme (https://host)"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            other => return Err(format!("`{s}`: scheme `{other}` is not http or https")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.is_empty() {
+            return Err(format!("`{s}`: give scheme, host and port only, no path"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                (h.to_string(), p.parse::<u16>().map_err(|_| format!("`{s}`: `{p}` is not a port"))?)
+            }
+            _ => (rest.to_string(), default_port),
+        };
+        Ok(AllowedHost {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether a request URL falls under this entry.
+    pub fn matches(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else { return false };
+        let host = host.to_ascii_lowercase();
+        let port = url.port_or_known_default().unwrap_or(0);
+        let host_ok = match self.host.strip_prefix("*.") {
+            Some(domain) => {
+                host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
+            None => host == self.host,
+        };
+        url.scheme() == self.scheme && port == self.port && host_ok
+    }
+}
+
+/// A plugin's `<name>.toml`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    /// The kinds the plugin subscribes to; `None` means all.
+    pub events: Option<Vec<EventKind>>,
+    /// Where the plugin may send HTTP.
+    pub allowed_hosts: Vec<AllowedHost>,
+    /// The `[config]` values, as strings.
+    pub config: BTreeMap<String, String>,
+    /// Effective limits (see [`Manifest::with_tenant_limits`]).
+    pub limits: Limits,
+    /// The `[limits]` table as written.
+    pub limit_overrides: LimitOverrides,
+}
+
+impl Manifest {
+    /// Recomputes the effective limits with the tenant's overrides beneath
+    /// the manifest's.
+    pub fn with_tenant_limits(mut self, tenant: &LimitOverrides) -> Manifest {
+        self.limits = Limits::resolve(tenant, &self.limit_overrides);
+        self
+    }
+
+    /// Whether the plugin wants events of this kind.
+    pub fn subscribes(&self, kind: EventKind) -> bool {
+        self.events.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+
+    /// Reads a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses manifest text.
+    pub fn parse(path: &Path, src: &str) -> Result<Manifest, ConfigError> {
+        let raw: RawManifest = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
+        let mut allowed_hosts = Vec::new();
+        for h in &raw.allowed_hosts {
+            allowed_hosts
+                .push(AllowedHost::parse(h.get_ref()).map_err(|m| ConfigError::new(path, src, Some(h.span()), "allowed_hosts", m))?);
+        }
+        let mut config = BTreeMap::new();
+        for (k, v) in &raw.config {
+            let s = match v.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(v.span()),
+                        format!("config.{k}"),
+                        "values must be strings, numbers or booleans",
+                    ));
+                }
+            };
+            config.insert(k.clone(), s);
+        }
+        let limit_overrides = match &raw.limits {
+            Some(l) => l.validate(path, src, "limits")?,
+            None => LimitOverrides::default(),
+        };
+        Ok(Manifest {
+            events: raw.events,
+            allowed_hosts,
+            config,
+            limits: Limits::resolve(&LimitOverrides::default(), &limit_overrides),
+            limit_overrides,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    events: Option<Vec<EventKind>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    config: BTreeMap<String, Spanned<toml::Value>>,
+    limits: Option<RawLimits>,
+    /// How `switchboard plugin build` builds the plugin; not used at run time.
+    #[allow(dead_code)]
+    build: Option<toml::Table>,
+    /// Overrides `switchboard dev` applies when deploying an example; not used at run time.
+    #[allow(dead_code)]
+    dev: Option<toml::Table>,
+}

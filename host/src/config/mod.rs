@@ -1,0 +1,429 @@
+//! Configuration: the server's TOML file, per-plugin manifests, secret
+//! references (`env:NAME`), and errors that name the file, line and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+mod limits;
+mod manifest;
+mod tenant;
+
+pub use limits::*;
+pub use manifest::{AllowedHost, Manifest};
+pub use tenant::{ApiDialect, JustCallPlan, TenantConfig, WebhookAuth, valid_tenant_id};
+
+use tenant::{RawTenant, resolve_tenant};
+
+/// How deliveries and the database behave: the retry schedule, the dedupe
+/// window and how long a write waits for a lock.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Delays between a failed attempt and the next; a delivery that fails
+    /// once more than there are delays is `failed` and pauses its plugin.
+    pub retry_delays: Vec<Duration>,
+    /// How long a dedupe key is remembered.
+    pub dedupe_window: Duration,
+    /// How long a write waits for a lock held by another process.
+    pub busy_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            retry_delays: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(1800)],
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A configuration problem, located as precisely as the input allows.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file that holds the problem.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path (`tenants.acme.webhook_secret`), or `(file)` for
+    /// problems with the file as a whole.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, src: &str, span: Option<std::ops::Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: span.map(|s| line_of(src, s.start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// A secret value. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Call only where the value is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen for HTTP.
+    pub listen: SocketAddr,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// `<plugins_dir>/<tenant>/<name>.wasm` (+ `<name>.toml`).
+    pub plugins_dir: PathBuf,
+    /// How JustCall reaches us, without a trailing slash; the `webhook_url` in
+    /// JustCall v1 signatures is `{public_url}/webhooks/{tenant}`.
+    pub public_url: String,
+    /// Tenants by id.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Dev mode: allows `webhook_auth = "none"` and mounts the JustCall simulator.
+    pub dev: bool,
+    /// How far a signed webhook's timestamp may be from now.
+    pub signature_tolerance: Duration,
+    /// How many plugin invocations may run at once.
+    pub max_concurrent_invocations: u32,
+    /// The share of one core (percent) that each tenant's long-running
+    /// invocations get between them; see the engine's long-run lane.
+    pub long_run_cpu_percent: u32,
+    /// Bearer token for `/admin/*`; without one the admin API is off.
+    pub admin_token: Option<Secret>,
+    /// Retry schedule, dedupe window and database lock wait.
+    pub delivery: DbOptions,
+}
+
+impl Config {
+    /// The URL JustCall signs for this tenant's webhooks.
+    pub fn webhook_url(&self, tenant: &str) -> String {
+        format!("{}/webhooks/{tenant}", self.public_url)
+    }
+
+    /// Reads and validates a config file; `env:NAME` values are read from the
+    /// process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "", None, "(file)", format!("cannot read: {e}")))?;
+        Self::parse(path, &src, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` resolves `env:NAME` references.
+    pub fn parse(path: &Path, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let listen_str = raw.listen.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_str.parse().map_err(|e| {
+            ConfigError::new(
+                path,
+                src,
+                raw.listen.as_ref().map(|s| s.span()),
+                "listen",
+                format!("`{listen_str}` is not an address: {e}"),
+            )
+        })?;
+        let public_url = match &raw.public_url {
+            Some(u) => {
+                reqwest::Url::parse(u.get_ref())
+                    .map_err(|e| ConfigError::new(path, src, Some(u.span()), "public_url", format!("not a URL: {e}")))?;
+                u.get_ref().trim_end_matches('/').to_string()
+            }
+            None => format!("http://{listen}"),
+        };
+        let mut tenants = BTreeMap::new();
+        for (id, t) in &raw.tenants {
+            let tenant = resolve_tenant(path, src, id, t, env)?;
+            tenants.insert(id.clone(), tenant);
+        }
+        let delivery = delivery_options(path, src, &raw)?;
+        let long_run_cpu_percent = long_run_cpu_percent(path, src, &raw)?;
+        let cfg = Config {
+            listen,
+            data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            plugins_dir: base.join(raw.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins.d"))),
+            public_url,
+            tenants,
+            dev: false,
+            signature_tolerance: Duration::from_secs(raw.signature_tolerance_secs.unwrap_or(300)),
+            max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
+            long_run_cpu_percent,
+            admin_token: match &raw.admin_token {
+                Some(t) => Some(resolve_secret(path, src, "admin_token", t, env)?),
+                None => None,
+            },
+            delivery,
+        };
+        for t in cfg.tenants.values() {
+            if t.webhook_auth == WebhookAuth::None {
+                return Err(ConfigError::new(
+                    path,
+                    src,
+                    raw.tenants[&t.id].webhook_auth.as_ref().map(|s| s.span()),
+                    format!("tenants.{}.webhook_auth", t.id),
+                    "\"none\" is allowed only in dev mode (`switchboard dev`); use \"justcall-v1\" or \"standard-webhooks\"",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
+    public_url: Option<Spanned<String>>,
+    signature_tolerance_secs: Option<u64>,
+    max_concurrent_invocations: Option<u32>,
+    long_run_cpu_percent: Option<Spanned<u32>>,
+    admin_token: Option<Spanned<String>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
+    dedupe_window_secs: Option<Spanned<u64>>,
+    db_busy_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+/// Default share of one core for long-running invocations, in percent: low
+/// enough that a tenant spinning on every event leaves the others' latency
+/// as it was (see the neighbour benchmark).
+pub const DEFAULT_LONG_RUN_CPU_PERCENT: u32 = 10;
+
+fn long_run_cpu_percent(path: &Path, src: &str, raw: &RawConfig) -> Result<u32, ConfigError> {
+    match &raw.long_run_cpu_percent {
+        None => Ok(DEFAULT_LONG_RUN_CPU_PERCENT),
+        Some(p) if (1..=100).contains(p.get_ref()) => Ok(*p.get_ref()),
+        Some(p) => Err(ConfigError::new(
+            path,
+            src,
+            Some(p.span()),
+            "long_run_cpu_percent",
+            "must be from 1 to 100 (percent of one core)",
+        )),
+    }
+}
+
+/// Most retries a schedule may list.
+pub const MAX_RETRIES: usize = 20;
+
+fn delivery_options(path: &Path, src: &str, raw: &RawConfig) -> Result<DbOptions, ConfigError> {
+    let mut o = DbOptions::default();
+    if let Some(d) = &raw.retry_delays_ms {
+        if d.get_ref().len() > MAX_RETRIES {
+            return Err(ConfigError::new(
+                path,
+                src,
+                Some(d.span()),
+                "retry_delays_ms",
+                format!("at most {MAX_RETRIES} retries"),
+            ));
+        }
+        o.retry_delays = d.get_ref().iter().map(|ms| Duration::from_millis(*ms)).collect();
+    }
+    if let Some(w) = &raw.dedupe_window_secs {
+        if *w.get_ref() == 0 {
+            return Err(ConfigError::new(
+                path,
+                src,
+                Some(w.span()),
+                "dedupe_window_secs",
+                "must be at least 1",
+            ));
+        }
+        o.dedupe_window = Duration::from_secs(*w.get_ref());
+    }
+    if let Some(b) = &raw.db_busy_timeout_ms {
+        o.busy_timeout = Duration::from_millis(*b.get_ref());
+    }
+    Ok(o)
+}
+
+fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
+    // toml's message names the offending field (`unknown field `x``,
+    // `missing field `y``); its span points at the key or value.
+    let key = e
+        .span()
+        .map(|s| src.get(s.clone()).unwrap_or("").trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
+        .unwrap_or_else(|| "(file)".to_string());
+    ConfigError::new(path, src, e.span(), key, e.message().trim().replace('\n', " "))
+}
+
+fn resolve_secret(
+    path: &Path,
+    src: &str,
+    key: &str,
+    value: &Spanned<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    let v = value.get_ref();
+    if let Some(name) = v.strip_prefix("env:") {
+        match env(name) {
+            Some(s) if !s.is_empty() => Ok(Secret::new(s)),
+            Some(_) => Err(ConfigError::new(
+                path,
+                src,
+                Some(value.span()),
+                key,
+                format!("environment variable {name} is empty"),
+            )),
+            None => Err(ConfigError::new(
+                path,
+                src,
+                Some(value.span()),
+                key,
+                format!("environment variable {name} is not set"),
+            )),
+        }
+    } else if v.is_empty() {
+        Err(ConfigError::new(path, src, Some(value.span()), key, "must not be empty"))
+    } else {
+        Ok(Secret::new(v.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventKind;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SECRET").then(|| "s3cret".to_string())
+    }
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:9000"
+public_url = "https://hooks.example.com/"
+
+[tenants.acme]
+numbers = ["+15125550100"]
+webhook_auth = "justcall-v1"
+webhook_secret = "env:SECRET"
+justcall_api = "v2.1"
+justcall_base_url = "https://api.justcall.io/v2.1"
+justcall_api_key = "key"
+justcall_api_secret = "env:SECRET"
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let cfg = Config::parse(Path::new("/etc/sb.toml"), GOOD, &env).unwrap();
+        let acme = &cfg.tenants["acme"];
+        assert_eq!(acme.webhook_secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(acme.justcall_api, ApiDialect::V21);
+        assert_eq!(cfg.webhook_url("acme"), "https://hooks.example.com/webhooks/acme");
+        assert_eq!(cfg.data_dir, Path::new("/etc/data"));
+        assert!(!format!("{acme:?}").contains("s3cret"), "secrets must not appear in Debug output");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let src = GOOD.replace("webhook_auth = ", "webhok_auth = ");
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(err.line, Some(7));
+        assert_eq!(err.key, "webhok_auth");
+        assert!(err.to_string().starts_with("sb.toml:7: webhok_auth: unknown field"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_names_the_key() {
+        let src = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = \"env:NOPE\"");
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sb.toml:8: tenants.acme.webhook_secret: environment variable NOPE is not set"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let src = GOOD.replace("\"+15125550100\"", "\"call me\"");
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(err.key, "tenants.acme.numbers");
+        assert_eq!(err.line, Some(6));
+
+        let src = GOOD.replace("\"justcall-v1\"", "\"hmac\"");
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(err.line, Some(7), "{err}");
+        assert!(err.message.contains("unknown variant `hmac`"), "{err}");
+    }
+
+    #[test]
+    fn long_run_cpu_share_is_a_percentage() {
+        let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+        assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);
+        let src = GOOD.replace("public_url", "long_run_cpu_percent = 40\npublic_url");
+        assert_eq!(Config::parse(Path::new("sb.toml"), &src, &env).unwrap().long_run_cpu_percent, 40);
+        for bad in ["0", "150"] {
+            let src = GOOD.replace("public_url", &format!("long_run_cpu_percent = {bad}\npublic_url"));
+            let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "sb.toml:3: long_run_cpu_percent: must be from 1 to 100 (percent of one core)"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_none_is_refused_outside_dev() {
+        let src = GOOD.replace("\"justcall-v1\"", "\"none\"");
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(err.key, "tenants.acme.webhook_auth");
+        assert!(err.message.contains("dev mode"));
+    }
+
+    #[test]
+    fn manifest_limits_and_hosts() {
+        let m = Manifest::parse(
+            Path::new("p.toml"),
+            "events = [\"received\"]\nallowed_hosts = [\"https://*.example.com\", \"http://127.0.0.1:9000\"]\n[config]\nurl = \"x\"\nn = 3\n[limits]\ntimeout_ms = 500\n",
+        )
+        .unwrap();
+        assert!(m.subscribes(EventKind::Received) && !m.subscribes(EventKind::Sent));
+        assert_eq!(m.config["n"], "3");
+        assert_eq!(m.limits.timeout, Duration::from_millis(500));
+        let ok = |u: &str| m.allowed_hosts.iter().any(|h| h.matches(&reqwest::Url::parse(u).unwrap()));
+        assert!(ok("https://crm.example.com/x"));
+        assert!(!ok("https://example.com/x"));
+        assert!(!ok("https://evil-example.com/x"));
+        assert!(!ok("http://crm.example.com/x"));
+        assert!(ok("http://127.0.0.1:9000/hook"));
+        assert!(!ok("http://127.0.0.1:9001/hook"));
+
+        let err = Manifest::parse(Path::new("p.toml"), "[limits]\ntimeout_ms = 99999999\n").unwrap_err();
+        assert_eq!((err.key.as_str(), err.line), ("limits.timeout_ms", Some(2)));
+        let err = Manifest::parse(Path::new("p.toml"), "events = [\"recieved\"]\n").unwrap_err();
+        assert!(err.message.contains("unknown variant `recieved`"), "{err}");
+    }
+}

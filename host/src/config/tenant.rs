@@ -1,0 +1,205 @@
+//! Tenants in the config file: webhook auth, the JustCall account and its
+//! API dialect and plan, numbers, and per-tenant limit overrides.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::limits::{LimitOverrides, RawLimits};
+use super::{ConfigError, Secret, resolve_secret};
+use crate::domain::normalize_e164;
+
+/// How a tenant's webhooks prove they come from JustCall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum WebhookAuth {
+    /// JustCall's `x-justcall-signature` v1 scheme.
+    #[serde(rename = "justcall-v1")]
+    JustCallV1,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+    /// No authentication: dev mode only.
+    #[serde(rename = "none")]
+    None,
+}
+
+/// Which JustCall REST API dialect a tenant's account speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ApiDialect {
+    /// The integration guide's `/api/v2/texts/*` with `Bearer key:secret`.
+    #[serde(rename = "seed")]
+    Seed,
+    /// JustCall's v2.1 `/texts*` with a plain `key:secret` header.
+    #[serde(rename = "v2.1")]
+    V21,
+}
+
+/// One tenant, with every secret resolved.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// The tenant id (the `{tenant}` in `/webhooks/{tenant}`).
+    pub id: String,
+    /// The tenant's JustCall numbers, E.164.
+    pub numbers: Vec<String>,
+    /// How webhooks are authenticated.
+    pub webhook_auth: WebhookAuth,
+    /// The signing secret, absent only with [`WebhookAuth::None`].
+    pub webhook_secret: Option<Secret>,
+    /// The JustCall API dialect.
+    pub justcall_api: ApiDialect,
+    /// Base URL of the JustCall API.
+    pub justcall_base_url: reqwest::Url,
+    /// JustCall API key.
+    pub justcall_api_key: Secret,
+    /// JustCall API secret.
+    pub justcall_api_secret: Secret,
+    /// Limits for this tenant's plugins, beneath each manifest's `[limits]`.
+    pub limits: LimitOverrides,
+    /// JustCall API requests per minute Switchboard allows itself for this
+    /// tenant (default: the plan's limit, Team's 30 if no plan is named).
+    pub justcall_rate_per_minute: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTenant {
+    numbers: Spanned<Vec<String>>,
+    pub(super) webhook_auth: Option<Spanned<WebhookAuth>>,
+    webhook_secret: Option<Spanned<String>>,
+    justcall_api: Option<ApiDialect>,
+    justcall_base_url: Option<Spanned<String>>,
+    justcall_api_key: Spanned<String>,
+    justcall_api_secret: Spanned<String>,
+    justcall_plan: Option<JustCallPlan>,
+    justcall_rate_per_minute: Option<Spanned<u32>>,
+    limits: Option<RawLimits>,
+}
+
+/// A JustCall plan, for its API rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JustCallPlan {
+    /// 30 requests a minute.
+    Team,
+    /// 60 requests a minute.
+    Pro,
+    /// 90 requests a minute.
+    Business,
+}
+
+impl JustCallPlan {
+    /// The plan's documented API requests per minute.
+    pub fn per_minute(self) -> u32 {
+        match self {
+            JustCallPlan::Team => 30,
+            JustCallPlan::Pro => 60,
+            JustCallPlan::Business => 90,
+        }
+    }
+}
+
+/// Whether `id` may name a tenant: it is a URL path segment and a directory.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub(super) fn resolve_tenant(
+    path: &Path,
+    src: &str,
+    id: &str,
+    t: &RawTenant,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TenantConfig, ConfigError> {
+    let k = |field: &str| format!("tenants.{id}.{field}");
+    if !valid_tenant_id(id) {
+        return Err(ConfigError::new(
+            path,
+            src,
+            None,
+            format!("tenants.{id}"),
+            "tenant ids use only a-z, 0-9, '-' and '_' (at most 64)",
+        ));
+    }
+    let mut numbers = Vec::new();
+    for n in t.numbers.get_ref() {
+        let e164 = normalize_e164(n).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                src,
+                Some(t.numbers.span()),
+                k("numbers"),
+                format!("`{n}` is not an E.164 phone number"),
+            )
+        })?;
+        numbers.push(e164);
+    }
+    if numbers.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            src,
+            Some(t.numbers.span()),
+            k("numbers"),
+            "list at least one JustCall number",
+        ));
+    }
+    let webhook_auth = t.webhook_auth.as_ref().map(|a| *a.get_ref()).unwrap_or(WebhookAuth::JustCallV1);
+    let webhook_secret = match (&t.webhook_secret, webhook_auth) {
+        (Some(s), _) => Some(resolve_secret(path, src, &k("webhook_secret"), s, env)?),
+        (None, WebhookAuth::None) => None,
+        (None, _) => {
+            return Err(ConfigError::new(
+                path,
+                src,
+                None,
+                k("webhook_secret"),
+                "required unless webhook_auth = \"none\"",
+            ));
+        }
+    };
+    let base = t
+        .justcall_base_url
+        .as_ref()
+        .map(|s| s.get_ref().as_str())
+        .unwrap_or("https://api.justcall.io");
+    let justcall_base_url = reqwest::Url::parse(base).map_err(|e| {
+        ConfigError::new(
+            path,
+            src,
+            t.justcall_base_url.as_ref().map(|s| s.span()),
+            k("justcall_base_url"),
+            format!("not a URL: {e}"),
+        )
+    })?;
+    Ok(TenantConfig {
+        id: id.to_string(),
+        numbers,
+        webhook_auth,
+        webhook_secret,
+        justcall_api: t.justcall_api.unwrap_or(ApiDialect::Seed),
+        justcall_base_url,
+        justcall_api_key: resolve_secret(path, src, &k("justcall_api_key"), &t.justcall_api_key, env)?,
+        justcall_api_secret: resolve_secret(path, src, &k("justcall_api_secret"), &t.justcall_api_secret, env)?,
+        limits: match &t.limits {
+            Some(l) => l.validate(path, src, &format!("tenants.{id}.limits"))?,
+            None => LimitOverrides::default(),
+        },
+        justcall_rate_per_minute: match &t.justcall_rate_per_minute {
+            Some(r) if *r.get_ref() == 0 => {
+                return Err(ConfigError::new(
+                    path,
+                    src,
+                    Some(r.span()),
+                    k("justcall_rate_per_minute"),
+                    "must be at least 1",
+                ));
+            }
+            Some(r) => *r.get_ref(),
+            None => t.justcall_plan.unwrap_or(JustCallPlan::Team).per_minute(),
+        },
+    })
+}

@@ -1,0 +1,8 @@
+//! The domain: the types every layer speaks (the event, its kinds, phone
+//! numbers). Below everything; imports nothing of the crate.
+
+pub mod event;
+pub mod phone;
+
+pub use event::{Direction, Event, EventKind, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS};
+pub use phone::{PhoneNumber, normalize_e164};

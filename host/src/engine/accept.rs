@@ -1,0 +1,128 @@
+//! The one way events enter the engine. A parsed event for a tenant is stored
+//! with one delivery per subscribed plugin in one transaction (dedupe and
+//! opt-out change included), and only then are the deliveries that are not
+//! held handed to the dispatcher. Webhooks use [`accept`], admin replays
+//! [`replay`]; timers and cluster ingest will enter here too.
+
+use std::sync::Arc;
+
+use crate::domain::Event;
+use crate::engine::dispatch::Job;
+use crate::engine::plugins::LoadedPlugin;
+use crate::engine::state::AppState;
+use crate::storage::{Created, DbError, InsertOutcome, NewDelivery};
+
+/// One delivery created for an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Delivery id.
+    pub id: i64,
+    /// The plugin it runs.
+    pub plugin: String,
+    /// Its plugin is paused for the tenant: it waits for a resume.
+    pub held: bool,
+}
+
+/// An event stored with its deliveries, which are on their way.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The event, with its id.
+    pub event: Arc<Event>,
+    /// One per subscribed plugin, in the registry's order.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Accepted {
+    /// How many deliveries wait for a resume.
+    pub fn held(&self) -> usize {
+        self.deliveries.iter().filter(|d| d.held).count()
+    }
+}
+
+/// What accepting an event did.
+#[derive(Debug, Clone)]
+pub enum Acceptance {
+    /// Stored and dispatched.
+    Accepted(Accepted),
+    /// The tenant already has an event with this dedupe key: nothing stored.
+    Duplicate {
+        /// The event stored first.
+        event_id: String,
+    },
+}
+
+/// Where a parsed event came from, as stored beside it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The key that makes a resent webhook a duplicate.
+    pub dedupe_key: String,
+    /// The wire format's name (`seed`, `v2.1`).
+    pub format: &'static str,
+    /// The body as received.
+    pub raw: String,
+}
+
+/// Accepts a parsed event for `tenant`: gives it an id, stores it with its
+/// deliveries (unless it is a duplicate), then dispatches them. Returns only
+/// after the event is durable.
+pub async fn accept(state: &AppState, tenant: &str, mut event: Event, source: Source) -> Result<Acceptance, DbError> {
+    event.tenant = tenant.to_string();
+    event.event_id = uuid::Uuid::now_v7().to_string();
+    let plugins = state.registry.subscribers(tenant, event.kind);
+    let outcome = state
+        .db
+        .insert_event(
+            event.clone(),
+            source.dedupe_key,
+            source.format,
+            source.raw,
+            new_deliveries(&plugins),
+        )
+        .await?;
+    match outcome {
+        InsertOutcome::Duplicate { event_id } => Ok(Acceptance::Duplicate { event_id }),
+        InsertOutcome::Inserted(created) => Ok(Acceptance::Accepted(dispatch(state, Arc::new(event), &plugins, created))),
+    }
+}
+
+/// Runs a stored event again: new deliveries, one per plugin subscribed now.
+/// `None` if the tenant has no such event.
+pub async fn replay(state: &AppState, tenant: &str, event_id: &str) -> Result<Option<Accepted>, DbError> {
+    let Some(event) = state.db.event(tenant, event_id).await? else {
+        return Ok(None);
+    };
+    let plugins = state.registry.subscribers(tenant, event.kind);
+    let created = state.db.add_deliveries(tenant, event_id, new_deliveries(&plugins)).await?;
+    Ok(Some(dispatch(state, Arc::new(event), &plugins, created)))
+}
+
+fn new_deliveries(plugins: &[Arc<LoadedPlugin>]) -> Vec<NewDelivery> {
+    plugins
+        .iter()
+        .map(|p| NewDelivery {
+            plugin: p.name.clone(),
+            plugin_hash: p.hash.clone(),
+        })
+        .collect()
+}
+
+/// Hands the deliveries that are not held to the dispatcher.
+fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], created: Vec<Created>) -> Accepted {
+    let deliveries: Vec<Delivery> = created
+        .iter()
+        .zip(plugins)
+        .map(|(c, p)| Delivery {
+            id: c.id,
+            plugin: p.name.clone(),
+            held: c.held,
+        })
+        .collect();
+    for d in deliveries.iter().filter(|d| !d.held) {
+        state.dispatcher.submit(Job {
+            delivery_id: d.id,
+            plugin: d.plugin.clone(),
+            event: event.clone(),
+        });
+    }
+    Accepted { event, deliveries }
+}

@@ -1,0 +1,374 @@
+//! The WIT surface: the per-invocation store data ([`PluginCtx`]) and the host
+//! side of every import (sms, http, kv, config, log). Each call is checked
+//! here against the tenant's numbers, opt-outs, quotas and limits, the same
+//! way for every run; what it then does to the world is the [`Effects`]'.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{Limits, Manifest};
+use crate::domain;
+use crate::domain::{Event, normalize_e164};
+use crate::engine::bindings::switchboard::plugin::{config, http, kv, log, sms, types};
+use crate::engine::effects::{Effects, OutgoingSms};
+use crate::engine::justcall::{ApiMessage, JustCallError};
+use crate::engine::tenant::Tenant;
+use crate::storage::Db;
+
+/// Largest KV key, bytes.
+pub const MAX_KV_KEY: usize = 512;
+/// Largest KV value, bytes.
+pub const MAX_KV_VALUE: usize = 64 << 10;
+/// Longest SMS body JustCall accepts.
+pub const MAX_SMS_BODY: usize = 1600;
+
+/// A limit a plugin went over; it ends the invocation (a trap) and is
+/// recorded as the delivery's failure reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitBreach {
+    /// Too many `sms.send` calls in one event.
+    #[error("sms quota exceeded ({0} sends per event)")]
+    SmsPerEvent(u32),
+    /// Too many `http.send` calls in one event.
+    #[error("http quota exceeded ({0} requests per event)")]
+    HttpPerEvent(u32),
+}
+
+/// Everything one invocation needs besides the wasm instance.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The tenant.
+    pub tenant: Arc<Tenant>,
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+    /// Database for KV and opt-out state.
+    pub db: Db,
+    /// The event being handled.
+    pub event_id: Arc<str>,
+    /// What the plugin's calls do: [`crate::engine::effects::Live`] or
+    /// [`crate::engine::effects::Recording`].
+    pub effects: Box<dyn Effects>,
+}
+
+/// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
+#[derive(Debug)]
+pub struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    /// Set when a growth request was refused.
+    pub memory_denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= self.memory_bytes;
+        if !ok {
+            self.memory_denied = true;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}
+
+/// The store data of one plugin instance, which lives for one event.
+pub struct PluginCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory accounting.
+    pub limiter: Limiter,
+    inv: Invocation,
+    limits: Limits,
+    /// When the invocation must end.
+    pub deadline: Instant,
+    sms_sent: u32,
+    http_calls: u32,
+    log_bytes: usize,
+    log_truncated: bool,
+}
+
+impl std::fmt::Debug for PluginCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCtx")
+            .field("plugin", &self.inv.plugin)
+            .field("event", &self.inv.event_id)
+            .finish()
+    }
+}
+
+impl PluginCtx {
+    /// Fresh state for one invocation. WASI gets no preopens, environment,
+    /// arguments or network: only clocks, random and empty stdio.
+    pub fn new(inv: Invocation) -> PluginCtx {
+        let limits = inv.manifest.limits;
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginCtx {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: limits.table_elements,
+                memory_denied: false,
+            },
+            deadline: Instant::now() + limits.timeout,
+            inv,
+            limits,
+            sms_sent: 0,
+            http_calls: 0,
+            log_bytes: 0,
+            log_truncated: false,
+        }
+    }
+
+    /// The memory cap, in MiB.
+    pub fn limiter_cap_mib(&self) -> usize {
+        self.limiter.memory_bytes >> 20
+    }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The WIT record for an event.
+pub fn to_wit(e: &Event) -> types::SmsEvent {
+    types::SmsEvent {
+        tenant: e.tenant.clone(),
+        kind: match e.kind {
+            domain::EventKind::Received => types::EventKind::Received,
+            domain::EventKind::Sent => types::EventKind::Sent,
+            domain::EventKind::Delivered => types::EventKind::Delivered,
+            domain::EventKind::Failed => types::EventKind::Failed,
+            domain::EventKind::OptOut => types::EventKind::OptOut,
+            domain::EventKind::OptIn => types::EventKind::OptIn,
+        },
+        event_id: e.event_id.clone(),
+        occurred_at: e.occurred_at.clone(),
+        message_id: e.message_id.clone(),
+        direction: match e.direction {
+            domain::Direction::Inbound => types::Direction::Inbound,
+            domain::Direction::Outbound => types::Direction::Outbound,
+        },
+        from: e.from.clone(),
+        to: e.to.clone(),
+        body: e.body.clone(),
+        media_urls: e.media_urls.clone(),
+        justcall_number: e.justcall_number.clone(),
+        contact_name: e.contact_name.clone(),
+        agent_id: e.agent_id.clone(),
+    }
+}
+
+impl types::Host for PluginCtx {}
+
+fn sms_error(e: JustCallError) -> sms::SmsError {
+    match e {
+        JustCallError::Status { status, message } => sms::SmsError::Provider(sms::ProviderError { status, message }),
+        JustCallError::NotFound => sms::SmsError::NotFound,
+        JustCallError::Unavailable(m) | JustCallError::Decode(m) => sms::SmsError::Unavailable(m),
+        JustCallError::Unknown(m) => sms::SmsError::Unavailable(format!("outcome unknown ({m}); it is reconciled before any resend")),
+        JustCallError::RateLimited(d) => sms::SmsError::RateLimited(d.as_millis().max(1) as u64),
+    }
+}
+
+fn wit_message(m: ApiMessage) -> sms::Message {
+    sms::Message {
+        id: m.id,
+        from: m.from,
+        to: m.to,
+        body: m.body,
+        direction: m.direction,
+        status: m.status,
+        created_at: m.created_at,
+    }
+}
+
+impl sms::Host for PluginCtx {
+    async fn send(&mut self, message: sms::OutgoingSms) -> wasmtime::Result<Result<String, sms::SmsError>> {
+        // Every attempt counts, refused or not, so a loop of refused sends
+        // still ends at the quota.
+        if self.sms_sent >= self.limits.sms_per_event {
+            return Err(wasmtime::Error::new(LimitBreach::SmsPerEvent(self.limits.sms_per_event)));
+        }
+        self.sms_sent += 1;
+        let tenant = self.inv.tenant.clone();
+        let Some(from) = normalize_e164(&message.from).filter(|f| tenant.config.numbers.contains(f)) else {
+            return Ok(Err(sms::SmsError::NotTenantNumber(message.from)));
+        };
+        let Some(to) = normalize_e164(&message.to) else {
+            return Ok(Err(sms::SmsError::InvalidRequest(format!(
+                "`{}` is not a phone number",
+                message.to
+            ))));
+        };
+        match self.inv.db.is_opted_out(&tenant.config.id, &to).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, %to, "refused SMS to an opted-out number");
+                return Ok(Err(sms::SmsError::OptedOut(to)));
+            }
+            Err(e) => return Ok(Err(sms::SmsError::Unavailable(format!("cannot check opt-out state: {e}")))),
+        }
+        if message.body.trim().is_empty() && message.media_urls.is_empty() {
+            return Ok(Err(sms::SmsError::InvalidRequest("empty body".into())));
+        }
+        if message.body.chars().count() > MAX_SMS_BODY {
+            return Ok(Err(sms::SmsError::InvalidRequest(format!(
+                "body is over {MAX_SMS_BODY} characters"
+            ))));
+        }
+        let sms = OutgoingSms {
+            from: &from,
+            to: &to,
+            body: &message.body,
+            media: &message.media_urls,
+        };
+        let result = self.inv.effects.sms_send(sms, self.deadline).await;
+        match &result {
+            Ok(id) => {
+                tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, id = %id, "sms sent")
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.config.id, plugin = %self.inv.plugin, event = %self.inv.event_id, %to, error = %e, "sms send failed")
+            }
+        }
+        Ok(result.map_err(sms_error))
+    }
+
+    async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
+        let deadline = self.deadline;
+        Ok(self.inv.effects.sms_get(&id, deadline).await.map(wit_message).map_err(sms_error))
+    }
+
+    async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
+        let deadline = self.deadline;
+        Ok(self
+            .inv
+            .effects
+            .sms_list(page, per_page, deadline)
+            .await
+            .map(|v| v.into_iter().map(wit_message).collect())
+            .map_err(sms_error))
+    }
+}
+
+impl http::Host for PluginCtx {
+    async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        // Every request counts, refused or not, so a loop of refused
+        // requests still ends at the quota.
+        if self.http_calls >= self.limits.http_per_event {
+            return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(self.limits.http_per_event)));
+        }
+        self.http_calls += 1;
+        let (deadline, max_body) = (self.deadline, self.limits.http_response_bytes);
+        Ok(self.inv.effects.http_send(req, deadline, max_body).await)
+    }
+}
+
+fn kv_storage(e: crate::storage::DbError) -> kv::KvError {
+    kv::KvError::Storage(e.to_string())
+}
+
+impl kv::Host for PluginCtx {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+        let t = &self.inv.tenant.config.id;
+        Ok(self.inv.db.kv_get(t, &self.inv.plugin, &key).await.map_err(kv_storage))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::KvError>> {
+        if key.len() > MAX_KV_KEY {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!("key is over {MAX_KV_KEY} bytes"))));
+        }
+        if value.len() > MAX_KV_VALUE {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!("value is over {MAX_KV_VALUE} bytes"))));
+        }
+        let t = &self.inv.tenant.config.id;
+        let (keys, bytes) = match self.inv.db.kv_usage(t, &self.inv.plugin, &key).await {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(kv_storage(e))),
+        };
+        if keys + 1 > self.limits.kv_keys {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!(
+                "the store holds its maximum of {} keys",
+                self.limits.kv_keys
+            ))));
+        }
+        if bytes + (key.len() + value.len()) as u64 > self.limits.kv_bytes {
+            return Ok(Err(kv::KvError::QuotaExceeded(format!(
+                "the store would exceed {} bytes",
+                self.limits.kv_bytes
+            ))));
+        }
+        self.inv.effects.kv_written(&key, Some(&value));
+        Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, Some(value)).await.map_err(kv_storage))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
+        self.inv.effects.kv_written(&key, None);
+        let t = &self.inv.tenant.config.id;
+        Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage))
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
+        let t = &self.inv.tenant.config.id;
+        Ok(self.inv.db.kv_keys(t, &self.inv.plugin, &prefix).await.map_err(kv_storage))
+    }
+}
+
+impl config::Host for PluginCtx {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.inv.manifest.config.get(&key).cloned())
+    }
+
+    async fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.inv.manifest.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+impl log::Host for PluginCtx {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        if self.log_truncated {
+            return Ok(());
+        }
+        self.log_bytes += message.len();
+        let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
+        if self.log_bytes > self.limits.log_bytes {
+            self.log_truncated = true;
+            let cap = self.limits.log_bytes;
+            tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {cap} bytes for this event]");
+            return Ok(());
+        }
+        let name = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.inv.effects.logged(name, &message);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Info => tracing::info!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Error => tracing::error!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! [`Live`]: the server's effects. SMS go to the tenant's JustCall account and
+//! HTTP to allow-listed hosts only (checked after DNS and on every redirect);
+//! with a delivery, each side effect is journaled so a retry never repeats
+//! one, and an unknown SMS outcome is reconciled before any resend.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::journal::Journal;
+use super::{Effects, OutgoingSms};
+use crate::config::{AllowedHost, Manifest};
+use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::justcall::{ApiMessage, JustCallError};
+use crate::engine::tenant::Tenant;
+
+/// Redirects a plugin's request may follow.
+pub const MAX_REDIRECTS: u32 = 5;
+
+/// The effects of one live invocation.
+#[derive(Debug)]
+pub struct Live {
+    tenant: Arc<Tenant>,
+    http: reqwest::Client,
+    manifest: Arc<Manifest>,
+    journal: Option<Journal>,
+    /// Side effects so far: the next one's journal sequence number.
+    seq: u32,
+}
+
+impl Live {
+    /// Effects for one invocation of a plugin of `tenant` that may reach the
+    /// `allowed_hosts` of its `manifest` through `http` (a client with
+    /// redirects disabled and the public-only resolver). With a `journal`,
+    /// side effects are journaled under the delivery; without, they are
+    /// simply made.
+    pub fn new(tenant: Arc<Tenant>, http: reqwest::Client, manifest: Arc<Manifest>, journal: Option<Journal>) -> Live {
+        Live {
+            tenant,
+            http,
+            manifest,
+            journal,
+            seq: 0,
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq += 1;
+        self.seq - 1
+    }
+}
+
+#[async_trait::async_trait]
+impl Effects for Live {
+    async fn sms_send(&mut self, sms: OutgoingSms<'_>, deadline: Instant) -> Result<String, JustCallError> {
+        let seq = self.next_seq();
+        let justcall = &self.tenant.justcall;
+        match &self.journal {
+            Some(journal) => journal.sms_send(justcall, seq, sms, deadline).await,
+            None => justcall.send(sms.from, sms.to, sms.body, sms.media, deadline).await,
+        }
+    }
+
+    async fn sms_get(&mut self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError> {
+        self.tenant.justcall.get(id, deadline).await
+    }
+
+    async fn sms_list(&mut self, page: u32, per_page: u32, deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError> {
+        self.tenant.justcall.list(page, per_page, deadline).await
+    }
+
+    async fn http_send(&mut self, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError> {
+        // Reads are made again on a retry; anything else is a side effect.
+        let read_only = matches!(req.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
+        let seq = (!read_only && self.journal.is_some()).then(|| self.next_seq());
+        let (client, allowed) = (&self.http, self.manifest.allowed_hosts.as_slice());
+        match (&self.journal, seq) {
+            (Some(journal), Some(seq)) => {
+                journal
+                    .http(seq, req, async |req| perform(client, allowed, req, deadline, max_body).await)
+                    .await
+            }
+            _ => perform(client, allowed, req, deadline, max_body).await,
+        }
+    }
+}
+
+/// Makes one request, following redirects by hand so every hop passes the
+/// same egress checks; reads at most `max_body` bytes of the response.
+async fn perform(
+    client: &reqwest::Client,
+    allowed: &[AllowedHost],
+    req: http::Request,
+    deadline: Instant,
+    max_body: usize,
+) -> Result<http::Response, http::HttpError> {
+    let mut url = match reqwest::Url::parse(&req.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(u) => {
+            return Err(http::HttpError::InvalidRequest(format!(
+                "scheme `{}` is not http or https",
+                u.scheme()
+            )));
+        }
+        Err(e) => return Err(http::HttpError::InvalidRequest(format!("bad URL: {e}"))),
+    };
+    let mut method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return Err(http::HttpError::InvalidRequest(format!("bad method `{}`", req.method))),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in &req.headers {
+        let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+            reqwest::header::HeaderValue::from_str(v),
+        ) else {
+            return Err(http::HttpError::InvalidRequest(format!("bad header `{k}`")));
+        };
+        headers.append(name, value);
+    }
+    let mut body = Some(req.body);
+    // Follow redirects by hand, so every hop passes the same checks.
+    let mut hops = 0;
+    let mut resp = loop {
+        if let Err(reason) = crate::engine::egress::check(&url, allowed).await {
+            let reason = if hops > 0 { format!("redirect refused: {reason}") } else { reason };
+            return Err(http::HttpError::NotAllowed(reason));
+        }
+        let mut builder = client
+            .request(method.clone(), url.clone())
+            .timeout(deadline.saturating_duration_since(Instant::now()))
+            .headers(headers.clone());
+        if let Some(b) = &body {
+            builder = builder.body(b.clone());
+        }
+        let sent = match crate::engine::lanes::on_io(builder.send()).await {
+            Ok(sent) => sent,
+            Err(closed) => return Err(http::HttpError::Transport(closed.to_string())),
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err(http::HttpError::Timeout),
+            Err(e) => return Err(http::HttpError::Transport(e.without_url().to_string())),
+        };
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_string);
+        match (resp.status().is_redirection(), location) {
+            (true, Some(location)) if hops < MAX_REDIRECTS => {
+                hops += 1;
+                url = match url.join(&location) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                    _ => {
+                        return Err(http::HttpError::NotAllowed(format!("redirect refused: bad location `{location}`")));
+                    }
+                };
+                if matches!(resp.status().as_u16(), 301..=303) && method != reqwest::Method::HEAD {
+                    method = reqwest::Method::GET;
+                    body = None;
+                }
+            }
+            _ => break resp,
+        }
+    };
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let cap = max_body;
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(http::HttpError::ResponseTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Err(http::HttpError::Timeout),
+            Err(e) => return Err(http::HttpError::Transport(e.without_url().to_string())),
+        }
+    }
+    Ok(http::Response { status, headers, body })
+}

@@ -1,0 +1,18 @@
+//! The engine: compiling and running plugins (runtime, lanes, dispatch), the
+//! host side of their imports (capabilities) and the outside world they reach
+//! (JustCall, allow-listed HTTP), and the plugin registry with its watcher.
+
+pub mod accept;
+pub mod bindings;
+pub mod cache;
+pub mod capabilities;
+pub mod dispatch;
+pub mod effects;
+pub mod egress;
+pub mod justcall;
+pub mod lanes;
+pub mod plugins;
+pub mod runtime;
+pub mod state;
+pub mod tenant;
+pub mod watch;

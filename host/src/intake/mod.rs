@@ -1,0 +1,7 @@
+//! Intake: the webhook endpoint, its authentication schemes, and the two
+//! JustCall wire formats. Maps what arrives to HTTP statuses; nothing else
+//! does.
+
+pub mod auth;
+pub mod webhook;
+pub mod wire;

@@ -1,0 +1,204 @@
+//! Storage tests against a real SQLite file: dedupe, reopen after a crash,
+//! the retry schedule and pause, expiry, the journal's states, KV scoping.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::DbOptions;
+use crate::domain::{Direction, Event, EventKind};
+
+fn event(id: &str) -> Event {
+    Event {
+        tenant: "acme".into(),
+        kind: EventKind::Received,
+        event_id: id.into(),
+        occurred_at: "2026-03-12T14:30:00Z".into(),
+        message_id: "m1".into(),
+        direction: Direction::Inbound,
+        from: "+15125551234".into(),
+        to: "+15125550100".into(),
+        body: "hi".into(),
+        media_urls: vec![],
+        justcall_number: "+15125550100".into(),
+        contact_name: None,
+        agent_id: None,
+    }
+}
+
+fn one(plugin: &str) -> Vec<NewDelivery> {
+    vec![NewDelivery {
+        plugin: plugin.into(),
+        plugin_hash: "h".into(),
+    }]
+}
+
+fn ids(o: InsertOutcome) -> Vec<Created> {
+    match o {
+        InsertOutcome::Inserted(c) => c,
+        other => panic!("expected an insert, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn insert_dedupes_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    let first = ids(db
+        .insert_event(event("e1"), "k".into(), "seed", "{}".into(), one("p"))
+        .await
+        .unwrap());
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].held);
+    let again = db
+        .insert_event(event("e2"), "k".into(), "seed", "{}".into(), one("p"))
+        .await
+        .unwrap();
+    assert_eq!(again, InsertOutcome::Duplicate { event_id: "e1".into() });
+
+    db.start_delivery(first[0].id, "h".into());
+    // Writes apply in order: once this one is durable, so is the start.
+    db.kv_put("acme", "p", "sync", Some(vec![])).await.unwrap();
+    drop(db);
+    // A delivery left running by a crash is pending again after reopening.
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    let pending = db.pending_deliveries().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event, event("e1"));
+    let f = db
+        .finish_delivery(first[0].id, DeliveryOutcome::Failed("boom".into()), 5)
+        .await
+        .unwrap();
+    assert_eq!(f, Finished::Retry(Duration::from_secs(30)));
+    let recs = db.deliveries_for_event("e1").await.unwrap();
+    assert_eq!(
+        (
+            recs[0].status.as_str(),
+            recs[0].attempts,
+            recs[0].failures,
+            recs[0].last_error.as_deref()
+        ),
+        ("pending", 1, 1, Some("boom"))
+    );
+    assert!(recs[0].next_attempt_at.is_some());
+    assert!(db.pending_deliveries().await.unwrap()[0].due_ms.is_some_and(|d| d > now_ms()));
+}
+
+#[tokio::test]
+async fn last_failure_pauses_and_resume_releases_held_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DbOptions {
+        retry_delays: vec![Duration::from_millis(1); 2],
+        ..DbOptions::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    let d = ids(db
+        .insert_event(event("e1"), "k1".into(), "seed", "{}".into(), one("p"))
+        .await
+        .unwrap())[0];
+    let fail = || DeliveryOutcome::Failed("nope".into());
+    assert!(matches!(db.finish_delivery(d.id, fail(), 1).await.unwrap(), Finished::Retry(_)));
+    assert!(matches!(db.finish_delivery(d.id, fail(), 1).await.unwrap(), Finished::Retry(_)));
+    assert_eq!(db.finish_delivery(d.id, fail(), 1).await.unwrap(), Finished::Paused);
+    assert_eq!(db.paused_plugins().await.unwrap(), vec![("acme".to_string(), "p".to_string())]);
+
+    // New events for the paused plugin are held; other plugins are not.
+    let mut both = one("p");
+    both.extend(one("q"));
+    let a = ids(db.insert_event(event("e2"), "k2".into(), "seed", "{}".into(), both).await.unwrap());
+    assert_eq!((a[0].held, a[1].held), (true, false));
+    let b = ids(db
+        .insert_event(event("e3"), "k3".into(), "seed", "{}".into(), one("p"))
+        .await
+        .unwrap())[0];
+    let health = db.plugin_health("acme").await.unwrap();
+    assert_eq!((health["p"].paused, health["p"].failed_attempts, health["p"].held), (true, 3, 2));
+    assert_eq!(db.deliveries("acme", Some(DeliveryStatus::Held), 10).await.unwrap().len(), 2);
+
+    let released = db.resume_plugin("acme", "p").await.unwrap().unwrap();
+    assert_eq!(released.iter().map(|p| p.id).collect::<Vec<_>>(), vec![a[0].id, b.id]);
+    assert_eq!(db.resume_plugin("acme", "p").await.unwrap().map(|v| v.len()), None);
+    assert!(db.paused_plugins().await.unwrap().is_empty());
+    assert_eq!(db.deliveries("acme", Some(DeliveryStatus::Failed), 10).await.unwrap()[0].id, d.id);
+}
+
+#[tokio::test]
+async fn dedupe_keys_expire_but_events_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DbOptions {
+        dedupe_window: Duration::from_millis(50),
+        ..DbOptions::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    ids(db.insert_event(event("e1"), "k".into(), "seed", "{}".into(), vec![]).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(db.prune_dedupe().await.unwrap() <= 1);
+    // The key is forgotten, so the same key is a new event; the old one is kept.
+    ids(db.insert_event(event("e2"), "k".into(), "seed", "{}".into(), vec![]).await.unwrap());
+    assert!(db.event("acme", "e1").await.unwrap().is_some());
+    assert!(db.event("other", "e1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn journal_records_and_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_eq!(db.journal_get(7, 0).await.unwrap(), None);
+    db.journal_begin(7, 0, "h0".into()).await.unwrap();
+    assert_eq!(db.journal_get(7, 0).await.unwrap().unwrap().state, JournalState::Started);
+    db.journal_end(7, 0, JournalState::Done, Some("{\"id\":\"m9\"}".into()), Some("m9".into()));
+    // Writes apply in order: once an awaited one is durable, so is the end.
+    db.prune_dedupe().await.unwrap();
+    assert!(db.journal_claimed("m9").await.unwrap());
+    let e = db.journal_get(7, 0).await.unwrap().unwrap();
+    assert_eq!((e.state.as_str(), e.result.as_deref()), ("done", Some("{\"id\":\"m9\"}")));
+    assert!(!db.journal_claimed("m10").await.unwrap());
+}
+
+#[tokio::test]
+async fn kv_is_scoped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    db.kv_put("a", "p", "k1", Some(b"v".to_vec())).await.unwrap();
+    db.kv_put("a", "p", "k2", Some(b"w".to_vec())).await.unwrap();
+    assert_eq!(db.kv_get("a", "p", "k1").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(db.kv_get("b", "p", "k1").await.unwrap(), None);
+    assert_eq!(db.kv_get("a", "q", "k1").await.unwrap(), None);
+    assert_eq!(db.kv_keys("a", "p", "k").await.unwrap(), vec!["k1", "k2"]);
+    db.kv_put("a", "p", "k1", None).await.unwrap();
+    assert_eq!(db.kv_keys("a", "p", "").await.unwrap(), vec!["k2"]);
+}
+
+#[tokio::test]
+async fn journal_states_move_started_to_done_or_failed_and_a_retry_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    let state = |e: Option<JournalEntry>| e.map(|e| (e.state, e.request_hash));
+    // Failed: known not to have happened.
+    db.journal_begin(1, 0, "a".into()).await.unwrap();
+    db.journal_end(1, 0, JournalState::Failed, None, None);
+    db.prune_dedupe().await.unwrap();
+    assert_eq!(state(db.journal_get(1, 0).await.unwrap()), Some((JournalState::Failed, "a".into())));
+    // A later attempt begins the same seq again: started, with its own hash.
+    db.journal_begin(1, 0, "b".into()).await.unwrap();
+    assert_eq!(
+        state(db.journal_get(1, 0).await.unwrap()),
+        Some((JournalState::Started, "b".into()))
+    );
+    // Entries are per (delivery, seq).
+    assert_eq!(db.journal_get(1, 1).await.unwrap(), None);
+    assert_eq!(db.journal_get(2, 0).await.unwrap(), None);
+    // A done entry without a created id claims nothing.
+    db.journal_end(1, 0, JournalState::Done, Some("{}".into()), None);
+    db.prune_dedupe().await.unwrap();
+    assert_eq!(state(db.journal_get(1, 0).await.unwrap()), Some((JournalState::Done, "b".into())));
+    assert!(!db.journal_claimed("").await.unwrap());
+}
+
+#[test]
+fn delivery_statuses_round_trip_by_name() {
+    for s in DeliveryStatus::ALL {
+        assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+    assert_eq!(DeliveryStatus::parse("retrying"), None);
+}

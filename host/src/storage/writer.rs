@@ -1,0 +1,84 @@
+//! The writer thread: every write goes through it, batched into one
+//! transaction (one fsync) per batch, each write in its own savepoint; between
+//! batches it prunes expired dedupe keys and journal entries.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::DbError;
+use super::schema::now_ms;
+
+/// A write's result, type-erased for the writer thread.
+pub(super) type Erased = Result<Box<dyn std::any::Any + Send>, DbError>;
+pub(super) type Op = Box<dyn FnOnce(&Connection) -> Erased + Send>;
+
+pub(super) struct Write {
+    pub(super) op: Op,
+    pub(super) reply: Box<dyn FnOnce(Erased) + Send>,
+}
+
+/// Forgets dedupe keys, and journal entries, older than the window.
+pub(super) fn prune(conn: &Connection, window: Duration) -> Result<usize, DbError> {
+    let cutoff = now_ms() - window.as_millis() as i64;
+    conn.execute("DELETE FROM journal WHERE started_ms < ?1", [cutoff])?;
+    Ok(conn.execute("DELETE FROM dedupe WHERE received_ms < ?1", [cutoff])?)
+}
+
+/// Applies queued writes in batches: one transaction (one fsync) per batch,
+/// each write in its own savepoint so one failure does not undo the others.
+/// Between batches, at most every tenth of the window, prunes expired dedupe
+/// keys.
+pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedupe_window: Duration) {
+    const MAX_BATCH: usize = 512;
+    let prune_every = (dedupe_window / 10).clamp(Duration::from_millis(10), Duration::from_secs(3600));
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+            match prune(conn, dedupe_window) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(keys = n, "pruned expired dedupe keys"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune dedupe keys"),
+            }
+            last_prune = Some(Instant::now());
+        }
+        let first = match rx.recv_timeout(prune_every) {
+            Ok(w) => w,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|w| (w.op, w.reply)).unzip();
+        let mut results = Vec::with_capacity(ops.len());
+        let committed = (|| -> Result<(), DbError> {
+            let mut tx = conn.transaction()?;
+            for op in ops {
+                let mut sp = tx.savepoint()?;
+                let r = op(&sp);
+                if r.is_ok() {
+                    sp.commit()?;
+                } else {
+                    sp.rollback()?;
+                }
+                results.push(r);
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match committed {
+            Ok(()) => replies.into_iter().zip(results).for_each(|(reply, r)| reply(r)),
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, writes = replies.len(), "database commit failed");
+                replies.into_iter().for_each(|reply| reply(Err(DbError::Commit(message.clone()))));
+            }
+        }
+    }
+}

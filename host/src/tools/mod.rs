@@ -1,0 +1,11 @@
+//! Operator and plugin-author tools: the command line, `dev` with its JustCall
+//! simulator, plugin scaffolding, building, checking and testing, and `send`.
+//! Nothing below this layer imports it.
+
+pub mod author;
+pub mod cli;
+pub mod dev;
+pub mod guest_build;
+pub mod scaffold;
+pub mod send;
+pub mod simulator;
