@@ -41,6 +41,21 @@ pub use wit::Guest as Plugin;
 pub use wit::export_plugin;
 pub use wit::switchboard::plugin::types::{Direction, EventKind, PluginError, SmsEvent};
 
+impl EventKind {
+    /// The kind's name as the WIT `event-kind` spells it (`received`,
+    /// `opt-out`, …): the form logs, sinks and the host's admin API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Received => "received",
+            EventKind::Sent => "sent",
+            EventKind::Delivered => "delivered",
+            EventKind::Failed => "failed",
+            EventKind::OptOut => "opt-out",
+            EventKind::OptIn => "opt-in",
+        }
+    }
+}
+
 impl PluginError {
     /// A plugin error with this message.
     pub fn new(message: impl Into<String>) -> Self {

@@ -19,24 +19,42 @@ pub struct AllowedHost {
     port: u16,
 }
 
+/// Why an `allowed_hosts` entry is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowedHostError {
+    /// No `scheme://`.
+    #[error("`{0}` needs a scheme (https://host)")]
+    NoScheme(String),
+    /// A scheme other than http or https.
+    #[error("`{0}`: scheme `{1}` is not http or https")]
+    Scheme(String, String),
+    /// A path, or no host.
+    #[error("`{0}`: give scheme, host and port only, no path")]
+    NotAnOrigin(String),
+    /// A port that is not one.
+    #[error("`{0}`: `{1}` is not a port")]
+    Port(String, String),
+}
+
 impl AllowedHost {
     /// Parses `https://crm.example.com`, `http://127.0.0.1:9000` or `https://*.example.com`.
-    pub fn parse(s: &str) -> Result<AllowedHost, String> {
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| format!("`{s}` needs a scheme (https://host)"))?;
+    pub fn parse(s: &str) -> Result<AllowedHost, AllowedHostError> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| AllowedHostError::NoScheme(s.to_string()))?;
         let scheme = scheme.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "http" => 80,
             "https" => 443,
-            other => return Err(format!("`{s}`: scheme `{other}` is not http or https")),
+            other => return Err(AllowedHostError::Scheme(s.to_string(), other.to_string())),
         };
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.is_empty() {
-            return Err(format!("`{s}`: give scheme, host and port only, no path"));
+            return Err(AllowedHostError::NotAnOrigin(s.to_string()));
         }
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
-                (h.to_string(), p.parse::<u16>().map_err(|_| format!("`{s}`: `{p}` is not a port"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (
+                h.to_string(),
+                p.parse::<u16>().map_err(|_| AllowedHostError::Port(s.to_string(), p.to_string()))?,
+            ),
             _ => (rest.to_string(), default_port),
         };
         Ok(AllowedHost {
@@ -100,8 +118,9 @@ impl Manifest {
         let raw: RawManifest = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
         let mut allowed_hosts = Vec::new();
         for h in &raw.allowed_hosts {
-            allowed_hosts
-                .push(AllowedHost::parse(h.get_ref()).map_err(|m| ConfigError::new(path, src, Some(h.span()), "allowed_hosts", m))?);
+            allowed_hosts.push(
+                AllowedHost::parse(h.get_ref()).map_err(|e| ConfigError::new(path, src, Some(h.span()), "allowed_hosts", e.to_string()))?,
+            );
         }
         let mut config = BTreeMap::new();
         for (k, v) in &raw.config {

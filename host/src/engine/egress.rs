@@ -56,11 +56,36 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// Why a plugin's request may not go out; the message is for the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The origin is not in the manifest's `allowed_hosts`.
+    #[error("{0} is not in allowed_hosts")]
+    NotAllowed(String),
+    /// The name resolves to a loopback, private, link-local or other
+    /// non-public address.
+    #[error("{domain} resolves to {ip}, a {class} address")]
+    NonPublic {
+        /// The host name.
+        domain: String,
+        /// The address it resolved to.
+        ip: std::net::IpAddr,
+        /// What kind of address that is.
+        class: &'static str,
+    },
+    /// DNS failed, or gave no address.
+    #[error("cannot resolve {0}")]
+    Unresolved(String),
+    /// The URL has no host.
+    #[error("{0} has no host")]
+    NoHost(String),
+}
+
 /// Whether a plugin may send a request to `url`: its origin must be in
 /// `allowed`, and a host name must resolve only to public addresses. An IP
 /// address in the URL passes only by being listed exactly (wildcards name
-/// domains, never addresses). The error is the reason, for the plugin.
-pub async fn check(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), String> {
+/// domains, never addresses).
+pub async fn check(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), Refusal> {
     let origin = format!(
         "{}://{}:{}",
         url.scheme(),
@@ -68,7 +93,7 @@ pub async fn check(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), St
         url.port_or_known_default().unwrap_or(0)
     );
     if !allowed.iter().any(|h| h.matches(url)) {
-        return Err(format!("{origin} is not in allowed_hosts"));
+        return Err(Refusal::NotAllowed(origin));
     }
     match url.host() {
         Some(url::Host::Ipv4(_)) | Some(url::Host::Ipv6(_)) => Ok(()),
@@ -76,19 +101,23 @@ pub async fn check(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), St
             let port = url.port_or_known_default().unwrap_or(0);
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
                 .await
-                .map_err(|e| format!("cannot resolve {domain}: {e}"))?
+                .map_err(|e| Refusal::Unresolved(format!("{domain}: {e}")))?
                 .collect();
             for a in &addrs {
                 if let Some(class) = forbidden_class(a.ip()) {
-                    return Err(format!("{domain} resolves to {}, a {class} address", a.ip()));
+                    return Err(Refusal::NonPublic {
+                        domain: domain.to_string(),
+                        ip: a.ip(),
+                        class,
+                    });
                 }
             }
             if addrs.is_empty() {
-                return Err(format!("{domain} has no addresses"));
+                return Err(Refusal::Unresolved(format!("{domain}: no addresses")));
             }
             Ok(())
         }
-        None => Err(format!("{url} has no host")),
+        None => Err(Refusal::NoHost(url.to_string())),
     }
 }
 
@@ -147,8 +176,12 @@ mod tests {
         let err = check(&reqwest::Url::parse("http://localhost:9000/x").unwrap(), &allowed)
             .await
             .unwrap_err();
-        assert!(err.starts_with("localhost resolves to "), "{err}");
-        assert!(err.ends_with("a loopback address"), "{err}");
+        assert!(
+            matches!(&err, Refusal::NonPublic { domain, class: "loopback", .. } if domain == "localhost"),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("localhost resolves to "), "{err}");
+        assert!(err.to_string().ends_with("a loopback address"), "{err}");
         // Listed exactly: allowed.
         assert_eq!(
             check(&reqwest::Url::parse("http://127.0.0.1:9000/x").unwrap(), &allowed).await,
@@ -156,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             check(&reqwest::Url::parse("http://169.254.169.254/latest").unwrap(), &allowed).await,
-            Err("http://169.254.169.254:80 is not in allowed_hosts".into())
+            Err(Refusal::NotAllowed("http://169.254.169.254:80".into()))
         );
     }
 }

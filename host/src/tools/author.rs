@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 
 use crate::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
 use crate::engine::capabilities::Invocation;
+use crate::engine::dispatch::InvokeError;
 use crate::engine::effects::{CallLog, HostCall, Recording};
 use crate::engine::runtime::{LoadError, Runtime, RuntimeOptions};
 use crate::engine::tenant::Tenant;
@@ -107,7 +108,7 @@ pub struct TestRun {
     /// The host calls, in order.
     pub calls: Vec<HostCall>,
     /// `Ok`, or the reason the invocation failed.
-    pub result: Result<(), String>,
+    pub result: Result<(), InvokeError>,
     /// Wall time, ms.
     pub elapsed_ms: f64,
 }
@@ -185,9 +186,7 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         effects: Box::new(Recording::new(log.clone())),
     };
     let started = Instant::now();
-    let result = crate::engine::dispatch::invoke(&plugin, inv, &event, None)
-        .await
-        .map_err(|e| e.to_string());
+    let result = crate::engine::dispatch::invoke(&plugin, inv, &event, None).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(TestRun {

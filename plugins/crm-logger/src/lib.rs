@@ -5,17 +5,6 @@ use switchboard_plugin_sdk::{Direction, EventKind, Plugin, PluginError, SmsEvent
 
 struct CrmLogger;
 
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Received => "received",
-        EventKind::Sent => "sent",
-        EventKind::Delivered => "delivered",
-        EventKind::Failed => "failed",
-        EventKind::OptOut => "opt-out",
-        EventKind::OptIn => "opt-in",
-    }
-}
-
 impl Plugin for CrmLogger {
     fn handle_event(event: SmsEvent) -> Result<(), PluginError> {
         if !matches!(event.kind, EventKind::Received | EventKind::Sent) {
@@ -24,7 +13,7 @@ impl Plugin for CrmLogger {
         let url = config::require("crm_url")?;
         let activity = serde_json::json!({
             "type": "sms",
-            "event": kind_name(event.kind),
+            "event": event.kind.as_str(),
             "event_id": event.event_id,
             "tenant": event.tenant,
             "message_id": event.message_id,

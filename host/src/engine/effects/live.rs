@@ -122,7 +122,11 @@ async fn perform(
     let mut hops = 0;
     let mut resp = loop {
         if let Err(reason) = crate::engine::egress::check(&url, allowed).await {
-            let reason = if hops > 0 { format!("redirect refused: {reason}") } else { reason };
+            let reason = if hops > 0 {
+                format!("redirect refused: {reason}")
+            } else {
+                reason.to_string()
+            };
             return Err(http::HttpError::NotAllowed(reason));
         }
         let mut builder = client
