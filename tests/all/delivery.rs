@@ -238,7 +238,18 @@ async fn justcall_429_is_retried_and_the_tenant_budget_is_enforced() {
     let host = TestHost::start(vec![tenant]).await;
 
     // A 429 with Retry-After: 1 is waited out and retried within the deadline.
-    jc.fail_next(&[Fault::Refuse(429, Some(1))]);
+    // (Queued over the simulator's HTTP fault route, as a plugin author would
+    // in `switchboard dev`; a bad fault is refused with the reason.)
+    let faults = reqwest::Client::new().post(format!("{}/faults", jc.url));
+    let bad = faults.try_clone().unwrap().body(r#"[{"refuse": {"status": 200}}]"#).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("status 200 is not an error status"));
+    let queued = faults
+        .body(r#"[{"refuse": {"status": 429, "retry_after_secs": 1}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 200);
     let started = std::time::Instant::now();
     let (_, resp) = host.post("acme", message("m1", "one"), &[]).await;
     let d = wait_status(&host, resp["event_id"].as_str().unwrap(), "done").await;

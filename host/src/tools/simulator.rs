@@ -65,6 +65,42 @@ pub enum Fault {
     StallWithoutSending(Duration),
 }
 
+/// A fault as `POST /justcall/faults` takes it, e.g.
+/// `[{"refuse": {"status": 429, "retry_after_secs": 2}}, {"send_then_fail": {"status": 502}}]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum FaultSpec {
+    Refuse {
+        status: u16,
+        #[serde(default)]
+        retry_after_secs: Option<u64>,
+    },
+    SendThenFail {
+        status: u16,
+    },
+    SendThenStall {
+        ms: u64,
+    },
+    StallWithoutSending {
+        ms: u64,
+    },
+}
+
+impl FaultSpec {
+    fn fault(self) -> Result<Fault, String> {
+        let status = |s: u16| match s {
+            400..=599 => Ok(s),
+            _ => Err(format!("status {s} is not an error status (400..=599)")),
+        };
+        Ok(match self {
+            FaultSpec::Refuse { status: s, retry_after_secs } => Fault::Refuse(status(s)?, retry_after_secs),
+            FaultSpec::SendThenFail { status: s } => Fault::SendThenFail(status(s)?),
+            FaultSpec::SendThenStall { ms } => Fault::SendThenStall(Duration::from_millis(ms)),
+            FaultSpec::StallWithoutSending { ms } => Fault::StallWithoutSending(Duration::from_millis(ms)),
+        })
+    }
+}
+
 /// One SMS the simulator sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentSms {
@@ -141,6 +177,7 @@ impl Simulator {
             .route("/v2.1/texts/new", post(v21_send))
             .route("/v2.1/texts", get(v21_list))
             .route("/v2.1/texts/{id}", get(v21_get))
+            .route("/faults", post(faults_post))
             .with_state(self.clone())
     }
 
@@ -349,6 +386,24 @@ async fn v21_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Pat
     match sim.find(&id) {
         Some(m) => Json(json!({ "status": "success", "data": [m.v21()] })).into_response(),
         None => error(StatusCode::NOT_FOUND, "message not found"),
+    }
+}
+
+/// Queues faults for the next sends, in order: how an author sees what their
+/// plugin does when JustCall refuses, rate-limits or fails after sending.
+async fn faults_post(State(sim): State<Simulator>, body: Bytes) -> Response {
+    let specs: Vec<FaultSpec> = match body_json(&body) {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let faults: Result<Vec<Fault>, String> = specs.into_iter().map(FaultSpec::fault).collect();
+    match faults {
+        Ok(faults) => {
+            sim.fail_next(&faults);
+            tracing::info!(target: "justcall_simulator", count = faults.len(), "faults queued for the next sends");
+            Json(json!({ "status": "success", "queued": faults.len() })).into_response()
+        }
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
 
