@@ -241,7 +241,13 @@ async fn justcall_429_is_retried_and_the_tenant_budget_is_enforced() {
     // (Queued over the simulator's HTTP fault route, as a plugin author would
     // in `switchboard dev`; a bad fault is refused with the reason.)
     let faults = reqwest::Client::new().post(format!("{}/faults", jc.url));
-    let bad = faults.try_clone().unwrap().body(r#"[{"refuse": {"status": 200}}]"#).send().await.unwrap();
+    let bad = faults
+        .try_clone()
+        .unwrap()
+        .body(r#"[{"refuse": {"status": 200}}]"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("status 200 is not an error status"));
     let queued = faults

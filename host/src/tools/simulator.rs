@@ -93,7 +93,10 @@ impl FaultSpec {
             _ => Err(format!("status {s} is not an error status (400..=599)")),
         };
         Ok(match self {
-            FaultSpec::Refuse { status: s, retry_after_secs } => Fault::Refuse(status(s)?, retry_after_secs),
+            FaultSpec::Refuse {
+                status: s,
+                retry_after_secs,
+            } => Fault::Refuse(status(s)?, retry_after_secs),
             FaultSpec::SendThenFail { status: s } => Fault::SendThenFail(status(s)?),
             FaultSpec::SendThenStall { ms } => Fault::SendThenStall(Duration::from_millis(ms)),
             FaultSpec::StallWithoutSending { ms } => Fault::StallWithoutSending(Duration::from_millis(ms)),
