@@ -174,6 +174,7 @@ pub struct TestHostBuilder {
     tenants: Vec<TenantSpec>,
     dir: Option<tempfile::TempDir>,
     delivery: switchboard::config::DbOptions,
+    front_door: switchboard::config::FrontDoor,
 }
 
 impl TestHostBuilder {
@@ -195,9 +196,15 @@ impl TestHostBuilder {
         self
     }
 
+    /// These connection and request limits.
+    pub fn front_door(mut self, limits: switchboard::config::FrontDoor) -> Self {
+        self.front_door = limits;
+        self
+    }
+
     pub async fn start(self) -> TestHost {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        TestHost::start_with(dir, self.tenants, self.delivery).await
+        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door).await
     }
 }
 
@@ -218,10 +225,16 @@ impl TestHost {
                 retry_delays: vec![Duration::from_secs(3600); 3],
                 ..Default::default()
             },
+            front_door: Default::default(),
         }
     }
 
-    async fn start_with(dir: tempfile::TempDir, tenants: Vec<TenantSpec>, delivery: switchboard::config::DbOptions) -> TestHost {
+    async fn start_with(
+        dir: tempfile::TempDir,
+        tenants: Vec<TenantSpec>,
+        delivery: switchboard::config::DbOptions,
+        front_door: switchboard::config::FrontDoor,
+    ) -> TestHost {
         init_tracing();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -265,6 +278,7 @@ impl TestHost {
             long_run_cpu_percent: switchboard::config::DEFAULT_LONG_RUN_CPU_PERCENT,
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
             delivery,
+            front_door,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(switchboard::server::run(config.clone(), listener, async {

@@ -6,6 +6,7 @@ mod cli;
 mod conventions;
 mod crash;
 mod delivery;
+mod front_door;
 mod harness;
 mod hostile;
 mod plugins;

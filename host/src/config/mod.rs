@@ -10,9 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod front_door;
 mod limits;
 mod manifest;
 mod tenant;
+
+pub use front_door::FrontDoor;
 
 pub use limits::*;
 pub use manifest::{AllowedHost, Manifest};
@@ -122,6 +125,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Retry schedule, dedupe window and database lock wait.
     pub delivery: DbOptions,
+    /// Connection and request limits of the webhook listener.
+    pub front_door: FrontDoor,
 }
 
 impl Config {
@@ -166,6 +171,14 @@ impl Config {
         }
         let delivery = delivery_options(path, src, &raw)?;
         let long_run_cpu_percent = long_run_cpu_percent(path, src, &raw)?;
+        let front_door = front_door::RawFrontDoor {
+            header_timeout_secs: raw.header_timeout_secs.clone(),
+            body_timeout_secs: raw.body_timeout_secs.clone(),
+            idle_timeout_secs: raw.idle_timeout_secs.clone(),
+            max_connections: raw.max_connections.clone(),
+            max_inflight_body_kb: raw.max_inflight_body_kb.clone(),
+        }
+        .validate(path, src)?;
         let cfg = Config {
             listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
@@ -181,6 +194,7 @@ impl Config {
                 None => None,
             },
             delivery,
+            front_door,
         };
         for t in cfg.tenants.values() {
             if t.webhook_auth == WebhookAuth::None {
@@ -211,6 +225,11 @@ struct RawConfig {
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,
+    header_timeout_secs: Option<Spanned<u64>>,
+    body_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_inflight_body_kb: Option<Spanned<u64>>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
 }
@@ -392,6 +411,31 @@ justcall_api_secret = "env:SECRET"
                 err.to_string(),
                 "sb.toml:3: long_run_cpu_percent: must be from 1 to 100 (percent of one core)"
             );
+        }
+    }
+
+    #[test]
+    fn front_door_limits_have_defaults_and_ranges() {
+        let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+        assert_eq!(cfg.front_door, FrontDoor::default());
+        let src = GOOD.replace(
+            "public_url",
+            "header_timeout_secs = 5\nbody_timeout_secs = 7\nidle_timeout_secs = 30\nmax_connections = 200\nmax_inflight_body_kb = 1024\npublic_url",
+        );
+        let fd = Config::parse(Path::new("sb.toml"), &src, &env).unwrap().front_door;
+        assert_eq!(
+            (fd.header_timeout, fd.body_timeout, fd.idle_timeout),
+            (Duration::from_secs(5), Duration::from_secs(7), Duration::from_secs(30))
+        );
+        assert_eq!((fd.max_connections, fd.max_inflight_body_bytes), (200, 1 << 20));
+        for (key, bad, range) in [
+            ("header_timeout_secs", "0", "1..=300"),
+            ("max_connections", "3", "16..=1000000"),
+            ("max_inflight_body_kb", "100", "256..=4194304"),
+        ] {
+            let src = GOOD.replace("public_url", &format!("{key} = {bad}\npublic_url"));
+            let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+            assert_eq!(err.to_string(), format!("sb.toml:3: {key}: must be {range}"));
         }
     }
 

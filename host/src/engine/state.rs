@@ -23,4 +23,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     /// Tenants by id.
     pub tenants: Arc<HashMap<String, Arc<Tenant>>>,
+    /// Webhook body bytes that may be read at once, across all requests
+    /// (`front_door.max_inflight_body_bytes` permits, one per byte).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }

@@ -10,6 +10,8 @@ use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::Sha256;
 
+use crate::config::WebhookAuth;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
@@ -100,6 +102,22 @@ fn within(ts: DateTime<Utc>, now: DateTime<Utc>, tolerance: Duration) -> Result<
     } else {
         Ok(())
     }
+}
+
+/// The headers `scheme` cannot verify a webhook without, in the order its
+/// verifier reads them.
+pub fn required_headers(scheme: WebhookAuth) -> &'static [&'static str] {
+    match scheme {
+        WebhookAuth::JustCallV1 => &[JC_SIGNATURE, JC_TIMESTAMP],
+        WebhookAuth::StandardWebhooks => &[SW_ID, SW_TIMESTAMP, SW_SIGNATURE],
+        WebhookAuth::None => &[],
+    }
+}
+
+/// The first header `scheme` requires that `headers` lacks: checked before a
+/// body is read, so an unsigned request costs no more than its headers.
+pub fn missing_header(scheme: WebhookAuth, headers: &impl HeaderLookup) -> Option<&'static str> {
+    required_headers(scheme).iter().copied().find(|h| headers.header(h).is_none())
 }
 
 /// Headers as the verifiers need them: a lookup by lowercase name.

@@ -3,19 +3,19 @@
 //! status. Webhook statuses are mapped here only.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::WebhookAuth;
 use crate::engine::accept::{Acceptance, Source, accept};
 use crate::engine::state::AppState;
 use crate::intake::auth::{self, AuthError};
-use crate::intake::wire::{self, Body, Format, Parsed, PayloadError};
+use crate::intake::wire::{self, Format, Parsed, PayloadError};
 use crate::storage::DbError;
 
 /// Largest webhook body accepted.
@@ -39,6 +39,12 @@ pub enum WebhookError {
     /// The body could not be read.
     #[error("cannot read body: {0}")]
     Body(String),
+    /// The body did not arrive within the body timeout.
+    #[error("body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// Too many bodies are being read at once; JustCall should retry.
+    #[error("too many requests in progress, retry later")]
+    Busy,
     /// The event could not be stored; JustCall should retry.
     #[error("cannot store the event right now, retry later: {0}")]
     Unavailable(#[from] DbError),
@@ -54,47 +60,65 @@ impl IntoResponse for WebhookError {
             WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebhookError::BadRequest(_) | WebhookError::Body(_) => StatusCode::BAD_REQUEST,
             WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::Unavailable(_) | WebhookError::NoSecret => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            WebhookError::Unavailable(_) | WebhookError::NoSecret | WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("30"));
+        match &self {
+            WebhookError::Busy => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            WebhookError::Unavailable(_) | WebhookError::NoSecret => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from_static("30"));
+            }
+            // The rest of the body may never come: do not keep the connection.
+            WebhookError::BodyTimeout(_) | WebhookError::TooLarge => {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }
 }
 
-/// The webhook handler.
+/// A body this small may be read without signature headers: JustCall's
+/// setup ping is not documented to be signed.
+const UNSIGNED_PING_BYTES: usize = 1024;
+
+/// The webhook handler. Everything that can be refused from the headers is
+/// refused before the body is read: an unknown tenant, a declared length over
+/// the limit, missing signature headers, and no room in the in-flight body
+/// budget.
 pub async fn receive(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, WebhookError> {
     let tenant = state
         .tenants
         .get(&tenant_id)
         .ok_or_else(|| WebhookError::UnknownTenant(tenant_id.clone()))?
         .clone();
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge
-        } else {
-            WebhookError::Body(e.body_text())
-        }
-    })?;
-    if body.len() > MAX_BODY_BYTES {
+    let declared = declared_length(&headers)?;
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(WebhookError::TooLarge);
     }
+    if let Some(missing) = auth::missing_header(tenant.config.webhook_auth, &headers)
+        && declared.is_none_or(|n| n > UNSIGNED_PING_BYTES)
+    {
+        return Err(WebhookError::Unauthorized(AuthError::MissingHeader(missing)));
+    }
+    let body = read_body(&state, body, declared).await?;
 
     // Decode first: the JustCall v1 signature covers the payload's `type`.
     let value = match wire::decode(&body)? {
-        Body::Ping => {
+        wire::Body::Ping => {
             // The setup ping: no event to authenticate or dispatch.
             tracing::info!(tenant = %tenant_id, "webhook ping");
             return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response());
         }
-        Body::Payload(value) => value,
+        wire::Body::Payload(value) => value,
     };
     let type_name = wire::type_name(&value).map(str::to_string);
 
@@ -152,5 +176,33 @@ pub async fn receive(
             )
                 .into_response())
         }
+    }
+}
+
+/// The `Content-Length` a request declares, if any.
+fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, WebhookError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| WebhookError::Body("content-length is not a number".into())),
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`] within the body timeout,
+/// holding its share of the in-flight body budget (the declared length, or
+/// the maximum when none is declared) while it does.
+async fn read_body(state: &AppState, body: Body, declared: Option<usize>) -> Result<Bytes, WebhookError> {
+    let share = u32::try_from(declared.unwrap_or(MAX_BODY_BYTES).max(1)).unwrap_or(u32::MAX);
+    let _permit = state.body_budget.try_acquire_many(share).map_err(|_| WebhookError::Busy)?;
+    let limit = state.config.front_door.body_timeout;
+    match tokio::time::timeout(limit, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(WebhookError::BodyTimeout(limit)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(WebhookError::TooLarge),
+        Ok(Err(e)) => Err(WebhookError::Body(e.to_string())),
     }
 }

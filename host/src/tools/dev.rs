@@ -44,6 +44,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         long_run_cpu_percent: crate::config::DEFAULT_LONG_RUN_CPU_PERCENT,
         admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),
         delivery: Default::default(),
+        front_door: Default::default(),
     })
 }
 

@@ -1,5 +1,8 @@
 //! Wiring and serving: builds the runtime, database, registry and dispatcher
-//! from a [`Config`], exposes the routes in [`app`], and runs until shutdown.
+//! from a [`Config`], exposes the routes in [`app`], and runs until shutdown
+//! behind the connection limits of [`listener`].
+
+mod listener;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -141,14 +144,12 @@ pub async fn run_with_routes(
         registry,
         dispatcher,
         tenants,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(config.front_door.max_inflight_body_bytes)),
     };
     let router = app(state).merge(extra_routes);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    listener::serve(listener, router, config.front_door, shutdown).await;
     tracing::info!("no longer accepting webhooks; finishing running deliveries");
     dispatch_handle.drain().await;
     tracing::info!("stopped");
