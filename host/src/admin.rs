@@ -32,6 +32,9 @@ pub enum AdminError {
     /// The database could not answer.
     #[error("unavailable: {0}")]
     Unavailable(#[from] crate::storage::DbError),
+    /// Too many failed authentications: refused without looking at the token.
+    #[error("too many failed authentications; retry in {0} s")]
+    Locked(u64),
 }
 
 impl IntoResponse for AdminError {
@@ -42,8 +45,15 @@ impl IntoResponse for AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if let AdminError::Locked(secs) = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert("retry-after", v);
+        }
+        response
     }
 }
 
@@ -64,20 +74,31 @@ fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Checks the bearer token. Failed attempts are counted: past
+/// `MAX_ADMIN_FAILURES` a minute, every request is refused (429) without its
+/// token being looked at until the minute is over, and failures are logged
+/// at warn (at most once a second, with the count not logged).
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
     let Some(token) = &state.config.admin_token else {
         return Err(AdminError::Unauthorized("the admin API is off: set admin_token in the config"));
     };
+    if let Some(wait) = state.guards.admin_locked_for() {
+        return Err(AdminError::Locked(wait.as_secs().max(1)));
+    }
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AdminError::Unauthorized("missing bearer token"))?;
-    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(AdminError::Unauthorized("wrong bearer token"))
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refusal = match given {
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())) => return Ok(()),
+        Some(_) => AdminError::Unauthorized("wrong bearer token"),
+        None => AdminError::Unauthorized("missing bearer token"),
+    };
+    state.guards.admin_failed();
+    if let Some(suppressed) = state.guards.admin_failure_log.check() {
+        tracing::warn!(reason = %refusal, suppressed, "admin authentication failed");
     }
+    Err(refusal)
 }
 
 async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Json<Value>, AdminError> {

@@ -17,4 +17,5 @@ pub mod intake;
 pub mod server;
 pub mod storage;
 pub mod sync;
+pub mod throttle;
 pub mod tools;

@@ -66,7 +66,7 @@ justcall_api_secret = "env:ACME_JC_SECRET"
     let path = dir.path().join("switchboard.toml");
     std::fs::write(&path, config).unwrap();
     let env = [
-        ("ACME_WEBHOOK_SECRET", "hook-secret"),
+        ("ACME_WEBHOOK_SECRET", "hook-secret-of-the-cli-test"),
         ("ACME_JC_KEY", "k"),
         ("ACME_JC_SECRET", "s"),
     ];
@@ -92,7 +92,7 @@ justcall_api_secret = "env:ACME_JC_SECRET"
         to: "+15125550100".into(),
         body: "CONFIRM".into(),
         format: WireFormat::V21,
-        sign: Some((SignWith::JustCallV1, "hook-secret".into())),
+        sign: Some((SignWith::JustCallV1, "hook-secret-of-the-cli-test".into())),
         webhook_url: Some("https://hooks.example.com/webhooks/acme".into()),
     };
     let resp = switchboard::tools::send::send(&req).await.unwrap();
@@ -200,7 +200,10 @@ fn serve_error(config: &str, env: &[(&str, &str)]) -> String {
 #[test]
 fn bad_config_files_are_refused_with_file_line_and_key() {
     let base = "[tenants.acme]\nnumbers = [\"+15125550100\"]\nwebhook_auth = \"justcall-v1\"\nwebhook_secret = \"env:SB_TEST_SECRET\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n";
-    let err = serve_error(&base.replace("webhook_auth", "webhok_auth"), &[("SB_TEST_SECRET", "x")]);
+    let err = serve_error(
+        &base.replace("webhook_auth", "webhok_auth"),
+        &[("SB_TEST_SECRET", "a-long-enough-test-secret")],
+    );
     assert!(
         err.starts_with("error: sb.toml:3: webhok_auth: unknown field `webhok_auth`"),
         "{err}"
@@ -210,12 +213,18 @@ fn bad_config_files_are_refused_with_file_line_and_key() {
         err.trim(),
         "error: sb.toml:4: tenants.acme.webhook_secret: environment variable SB_TEST_SECRET is not set"
     );
-    let err = serve_error(&base.replace("justcall-v1", "none"), &[("SB_TEST_SECRET", "x")]);
+    let err = serve_error(
+        &base.replace("justcall-v1", "none"),
+        &[("SB_TEST_SECRET", "a-long-enough-test-secret")],
+    );
     assert!(
         err.starts_with("error: sb.toml:3: tenants.acme.webhook_auth: \"none\" is allowed only in dev mode"),
         "{err}"
     );
-    let err = serve_error(&format!("listen = \"localhost\"\n{base}"), &[("SB_TEST_SECRET", "x")]);
+    let err = serve_error(
+        &format!("listen = \"localhost\"\n{base}"),
+        &[("SB_TEST_SECRET", "a-long-enough-test-secret")],
+    );
     assert!(err.starts_with("error: sb.toml:1: listen: `localhost` is not an address"), "{err}");
 }
 

@@ -107,7 +107,7 @@ fn no_source_reaches_above_the_repository_root() {
 /// lower layers and its own top-level module; modules of one layer (intake
 /// and admin) never use each other. ARCHITECTURE.md gives the same order.
 const LAYERS: &[&[&str]] = &[
-    &["domain", "sync"],
+    &["domain", "sync", "throttle"],
     &["config"],
     &["storage"],
     &["engine"],

@@ -9,7 +9,7 @@ use switchboard::config::{FrontDoor, WebhookAuth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Recorder, TenantSpec, TestHost, fixture};
+use crate::harness::{ADMIN_TOKEN, Recorder, TenantSpec, TestHost, fixture};
 
 const SECRET: &str = "whsec_ZnJvbnQtZG9vci10ZXN0cw==";
 
@@ -222,4 +222,31 @@ async fn at_the_connection_cap_the_idlest_connection_makes_room() {
         }
     }
     assert!((1..=4).contains(&evicted), "{evicted} idle connections closed for 4 newcomers");
+}
+
+#[tokio::test]
+async fn failed_admin_authentications_lock_the_admin_api_for_a_while() {
+    let (host, _jc) = host(FrontDoor::default()).await;
+    let client = reqwest::Client::new();
+    let get = |token: String| {
+        client
+            .get(format!("{}/admin/tenants/open/plugins", host.url))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get(ADMIN_TOKEN.to_string()).await.unwrap().status(), 200);
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        statuses.push(get(format!("guess-{i}")).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses[..20], [401; 20], "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right token waits out the window: guessing cannot go on.
+    let locked = get(ADMIN_TOKEN.to_string()).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    let wait: u64 = locked.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Webhooks are not affected.
+    let (status, _) = host.post("open", fixture("seed-format/sms.received.json"), &[]).await;
+    assert_eq!(status, 202);
 }

@@ -14,7 +14,7 @@ use crate::process::{Process, serve_command};
 /// The release binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 /// The admin token of every benchmark server.
-pub const TOKEN: &str = "bench-admin";
+pub const TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 /// Built guests by name.
 pub type Guests = HashMap<String, PathBuf>;
@@ -57,7 +57,7 @@ pub struct Tenant<'a> {
 }
 
 /// Webhook secret of every benchmark tenant (Standard Webhooks).
-pub const SECRET: &str = "whsec_c2VjcmV0";
+pub const SECRET: &str = "whsec_c2VjcmV0LWZvci10aGUtYmVuY2hlcw==";
 
 /// Writes a config and plugin folders, starts the binary, waits for /healthz.
 pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server {

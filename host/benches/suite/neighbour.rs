@@ -14,10 +14,9 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Map, Value, json};
 
-use crate::common::Guests;
+use crate::common::{BIN, Guests, SECRET};
 use crate::process::{Process, free_port, serve_command};
 
-use crate::common::BIN;
 const ROUNDS: usize = 3;
 const GOOD_EVENTS: usize = 500;
 const GOOD_RATE_HZ: u64 = 50;
@@ -55,7 +54,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
     let mut cfg = format!("listen = \"127.0.0.1:{port}\"\n");
     for (t, n) in [("good", "+15125550100"), ("evil", "+15125550199")] {
         cfg.push_str(&format!(
-            "[tenants.{t}]\nnumbers = [\"{n}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"whsec_c2VjcmV0\"\njustcall_base_url = \"{jc_url}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\njustcall_rate_per_minute = 100000000\n"
+            "[tenants.{t}]\nnumbers = [\"{n}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{jc_url}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\njustcall_rate_per_minute = 100000000\n"
         ));
     }
     std::fs::write(dir.path().join("sb.toml"), cfg).unwrap();
@@ -81,7 +80,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
         async move {
             let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
             let ts = chrono::Utc::now().timestamp().to_string();
-            let sig = switchboard::intake::auth::standard_webhooks_signature("whsec_c2VjcmV0", &id, &ts, body.as_bytes());
+            let sig = switchboard::intake::auth::standard_webhooks_signature(SECRET, &id, &ts, body.as_bytes());
             let resp = client
                 .post(url)
                 .header("webhook-id", id)

@@ -158,8 +158,11 @@ impl Config {
         })?;
         let public_url = match &raw.public_url {
             Some(u) => {
-                reqwest::Url::parse(u.get_ref())
+                let url = reqwest::Url::parse(u.get_ref())
                     .map_err(|e| ConfigError::new(path, src, Some(u.span()), "public_url", format!("not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::new(path, src, Some(u.span()), "public_url", "must be an http(s) URL"));
+                }
                 u.get_ref().trim_end_matches('/').to_string()
             }
             None => format!("http://{listen}"),
@@ -169,7 +172,20 @@ impl Config {
             let tenant = resolve_tenant(path, src, id, t, env)?;
             tenants.insert(id.clone(), tenant);
         }
-        let delivery = delivery_options(path, src, &raw)?;
+        let signature_tolerance = match &raw.signature_tolerance_secs {
+            None => Duration::from_secs(300),
+            Some(t) if (1..=MAX_SIGNATURE_TOLERANCE_SECS).contains(t.get_ref()) => Duration::from_secs(*t.get_ref()),
+            Some(t) => {
+                return Err(ConfigError::new(
+                    path,
+                    src,
+                    Some(t.span()),
+                    "signature_tolerance_secs",
+                    format!("must be 1..={MAX_SIGNATURE_TOLERANCE_SECS}"),
+                ));
+            }
+        };
+        let delivery = delivery_options(path, src, &raw, signature_tolerance)?;
         let long_run_cpu_percent = long_run_cpu_percent(path, src, &raw)?;
         let front_door = front_door::RawFrontDoor {
             header_timeout_secs: raw.header_timeout_secs.clone(),
@@ -186,11 +202,11 @@ impl Config {
             public_url,
             tenants,
             dev: false,
-            signature_tolerance: Duration::from_secs(raw.signature_tolerance_secs.unwrap_or(300)),
+            signature_tolerance,
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
             long_run_cpu_percent,
             admin_token: match &raw.admin_token {
-                Some(t) => Some(resolve_secret(path, src, "admin_token", t, env)?),
+                Some(t) => Some(resolve_strong_secret(path, src, "admin_token", t, env, MIN_ADMIN_TOKEN_LEN)?),
                 None => None,
             },
             delivery,
@@ -218,7 +234,7 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     plugins_dir: Option<PathBuf>,
     public_url: Option<Spanned<String>>,
-    signature_tolerance_secs: Option<u64>,
+    signature_tolerance_secs: Option<Spanned<u64>>,
     max_concurrent_invocations: Option<u32>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
@@ -256,7 +272,11 @@ fn long_run_cpu_percent(path: &Path, src: &str, raw: &RawConfig) -> Result<u32, 
 /// Most retries a schedule may list.
 pub const MAX_RETRIES: usize = 20;
 
-fn delivery_options(path: &Path, src: &str, raw: &RawConfig) -> Result<DbOptions, ConfigError> {
+/// The retry schedule, dedupe window and lock wait. The window must cover
+/// the signature window (a replayed webhook is still a duplicate) and the
+/// whole retry schedule (the side-effect journal, pruned with the dedupe
+/// keys, must outlive every retry that could read it).
+fn delivery_options(path: &Path, src: &str, raw: &RawConfig, tolerance: Duration) -> Result<DbOptions, ConfigError> {
     let mut o = DbOptions::default();
     if let Some(d) = &raw.retry_delays_ms {
         if d.get_ref().len() > MAX_RETRIES {
@@ -285,18 +305,109 @@ fn delivery_options(path: &Path, src: &str, raw: &RawConfig) -> Result<DbOptions
     if let Some(b) = &raw.db_busy_timeout_ms {
         o.busy_timeout = Duration::from_millis(*b.get_ref());
     }
+    let schedule: Duration = o.retry_delays.iter().sum();
+    let (span, key) = match (&raw.dedupe_window_secs, &raw.retry_delays_ms) {
+        (Some(w), _) => (Some(w.span()), "dedupe_window_secs"),
+        (None, Some(d)) => (Some(d.span()), "retry_delays_ms"),
+        (None, None) => (None, "dedupe_window_secs"),
+    };
+    if o.dedupe_window < tolerance {
+        return Err(ConfigError::new(
+            path,
+            src,
+            span,
+            key,
+            format!(
+                "the dedupe window ({} s) must be at least signature_tolerance_secs ({} s), so a replayed webhook is still a duplicate",
+                o.dedupe_window.as_secs(),
+                tolerance.as_secs()
+            ),
+        ));
+    }
+    if o.dedupe_window <= schedule {
+        return Err(ConfigError::new(
+            path,
+            src,
+            span,
+            key,
+            format!(
+                "the dedupe window ({} s) must be longer than the whole retry schedule ({} s): the side-effect journal is kept as long as the dedupe keys, and every retry needs it",
+                o.dedupe_window.as_secs(),
+                schedule.as_secs()
+            ),
+        ));
+    }
     Ok(o)
 }
 
 fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
     // toml's message names the offending field (`unknown field `x``,
-    // `missing field `y``); its span points at the key or value.
+    // `missing field `y``); its span points at the key, or at the value. A
+    // value may be a mistyped secret: the error names its key instead, and
+    // drops the quoted value from the message.
     let key = e
         .span()
-        .map(|s| src.get(s.clone()).unwrap_or("").trim().trim_matches('"').to_string())
+        .map(|span| {
+            let line_start = src[..span.start.min(src.len())].rfind('\n').map_or(0, |i| i + 1);
+            let before = &src[line_start..span.start.min(src.len())];
+            match before.split_once('=') {
+                Some((key, _)) => key.trim().trim_matches('"').to_string(),
+                None => src.get(span).unwrap_or("").trim().trim_matches('"').to_string(),
+            }
+        })
         .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
         .unwrap_or_else(|| "(file)".to_string());
-    ConfigError::new(path, src, e.span(), key, e.message().trim().replace('\n', " "))
+    let mut message = e.message().trim().replace('\n', " ");
+    if message.starts_with("invalid type") || message.starts_with("invalid value") || message.starts_with("invalid length") {
+        message = without_quoted(&message);
+    }
+    ConfigError::new(path, src, e.span(), key, message)
+}
+
+/// `message` without its backquoted parts (the offending value).
+fn without_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '`' {
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ").replace(" ,", ",")
+}
+
+/// Shortest `webhook_secret` accepted: a guessable secret signs anything.
+pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+/// Shortest `admin_token` accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+/// Longest signature window accepted, seconds: a captured signature can be
+/// replayed for as long as its timestamp is inside the window.
+pub const MAX_SIGNATURE_TOLERANCE_SECS: u64 = 900;
+
+/// [`resolve_secret`] for a secret that must be at least `min` characters;
+/// the error names the key and the length, never the value.
+fn resolve_strong_secret(
+    path: &Path,
+    src: &str,
+    key: &str,
+    value: &Spanned<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    min: usize,
+) -> Result<Secret, ConfigError> {
+    let secret = resolve_secret(path, src, key, value, env)?;
+    let len = secret.expose().chars().count();
+    if len < min {
+        return Err(ConfigError::new(
+            path,
+            src,
+            Some(value.span()),
+            key,
+            format!("is {len} characters; use at least {min} (a random string)"),
+        ));
+    }
+    Ok(secret)
 }
 
 fn resolve_secret(
@@ -338,7 +449,7 @@ mod tests {
     use crate::domain::EventKind;
 
     fn env(name: &str) -> Option<String> {
-        (name == "SECRET").then(|| "s3cret".to_string())
+        (name == "SECRET").then(|| "s3cret-long-enough-to-sign".to_string())
     }
 
     const GOOD: &str = r#"
@@ -359,7 +470,7 @@ justcall_api_secret = "env:SECRET"
     fn parses_a_full_config() {
         let cfg = Config::parse(Path::new("/etc/sb.toml"), GOOD, &env).unwrap();
         let acme = &cfg.tenants["acme"];
-        assert_eq!(acme.webhook_secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(acme.webhook_secret.as_ref().unwrap().expose(), "s3cret-long-enough-to-sign");
         assert_eq!(acme.justcall_api, ApiDialect::V21);
         assert_eq!(cfg.webhook_url("acme"), "https://hooks.example.com/webhooks/acme");
         assert_eq!(cfg.data_dir, Path::new("/etc/data"));
@@ -437,6 +548,50 @@ justcall_api_secret = "env:SECRET"
             let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
             assert_eq!(err.to_string(), format!("sb.toml:3: {key}: must be {range}"));
         }
+    }
+
+    #[test]
+    fn protections_cannot_be_configured_away() {
+        let err = |src: &str| Config::parse(Path::new("sb.toml"), src, &env).unwrap_err().to_string();
+        // Short secrets are refused by key and length, never shown.
+        let short = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = \"tiny-secret\"");
+        let e = err(&short);
+        assert_eq!(
+            e,
+            "sb.toml:8: tenants.acme.webhook_secret: is 11 characters; use at least 16 (a random string)"
+        );
+        let token = GOOD.replace("public_url", "admin_token = \"0123456789abcdef\"\npublic_url");
+        assert_eq!(
+            err(&token),
+            "sb.toml:3: admin_token: is 16 characters; use at least 32 (a random string)"
+        );
+        // A secret mistyped as a number is named by its key, its value never printed.
+        let typed = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = 98127346519823");
+        let e = err(&typed);
+        assert!(e.starts_with("sb.toml:8: webhook_secret: invalid type"), "{e}");
+        assert!(!e.contains("98127346519823"), "{e}");
+        // The signature window is capped; the dedupe window covers it and the retries.
+        let window = GOOD.replace("public_url", "signature_tolerance_secs = 3600\npublic_url");
+        assert_eq!(err(&window), "sb.toml:3: signature_tolerance_secs: must be 1..=900");
+        let dedupe = GOOD.replace("public_url", "dedupe_window_secs = 60\npublic_url");
+        assert!(
+            err(&dedupe)
+                .starts_with("sb.toml:3: dedupe_window_secs: the dedupe window (60 s) must be at least signature_tolerance_secs (300 s)")
+        );
+        let retries = GOOD.replace(
+            "public_url",
+            "dedupe_window_secs = 600\nretry_delays_ms = [300000, 300000]\npublic_url",
+        );
+        assert!(
+            err(&retries).contains("must be longer than the whole retry schedule (600 s)"),
+            "{}",
+            err(&retries)
+        );
+        // Base URLs are http(s).
+        let ftp = GOOD.replace("https://api.justcall.io/v2.1", "ftp://api.justcall.io");
+        assert_eq!(err(&ftp), "sb.toml:10: tenants.acme.justcall_base_url: must be an http(s) URL");
+        let public = GOOD.replace("https://hooks.example.com/", "file:///etc/passwd");
+        assert_eq!(err(&public), "sb.toml:3: public_url: must be an http(s) URL");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::limits::{LimitOverrides, RawLimits};
-use super::{ConfigError, Secret, resolve_secret};
+use super::{ConfigError, MIN_WEBHOOK_SECRET_LEN, Secret, resolve_secret, resolve_strong_secret};
 use crate::domain::normalize_e164;
 
 /// How a tenant's webhooks prove they come from JustCall.
@@ -149,7 +149,14 @@ pub(super) fn resolve_tenant(
     }
     let webhook_auth = t.webhook_auth.as_ref().map(|a| *a.get_ref()).unwrap_or(WebhookAuth::JustCallV1);
     let webhook_secret = match (&t.webhook_secret, webhook_auth) {
-        (Some(s), _) => Some(resolve_secret(path, src, &k("webhook_secret"), s, env)?),
+        (Some(s), _) => Some(resolve_strong_secret(
+            path,
+            src,
+            &k("webhook_secret"),
+            s,
+            env,
+            MIN_WEBHOOK_SECRET_LEN,
+        )?),
         (None, WebhookAuth::None) => None,
         (None, _) => {
             return Err(ConfigError::new(
@@ -175,6 +182,15 @@ pub(super) fn resolve_tenant(
             format!("not a URL: {e}"),
         )
     })?;
+    if !matches!(justcall_base_url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            path,
+            src,
+            t.justcall_base_url.as_ref().map(|s| s.span()),
+            k("justcall_base_url"),
+            "must be an http(s) URL",
+        ));
+    }
     Ok(TenantConfig {
         id: id.to_string(),
         numbers,

@@ -85,37 +85,48 @@ impl IntoResponse for WebhookError {
 /// setup ping is not documented to be signed.
 const UNSIGNED_PING_BYTES: usize = 1024;
 
-/// The webhook handler. Everything that can be refused from the headers is
-/// refused before the body is read: an unknown tenant, a declared length over
-/// the limit, missing signature headers, and no room in the in-flight body
-/// budget.
-pub async fn receive(
-    State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, WebhookError> {
+/// The webhook handler. Refusals an attacker can cause at will (401, 404)
+/// are logged at warn, at most once a second, with how many were not.
+pub async fn receive(State(state): State<AppState>, Path(tenant_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    match handle(&state, &tenant_id, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            if matches!(e, WebhookError::UnknownTenant(_) | WebhookError::Unauthorized(_))
+                && let Some(suppressed) = state.guards.refusal_log.check()
+            {
+                tracing::warn!(tenant = %tenant_id, reason = %e, suppressed, "webhook refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Everything that can be refused from the headers is refused before the
+/// body is read: an unknown tenant, a declared length over the limit, missing
+/// signature headers, and no room in the in-flight body budget.
+async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Body) -> Result<Response, WebhookError> {
+    let tenant_id = tenant_id.to_string();
     let tenant = state
         .tenants
         .get(&tenant_id)
         .ok_or_else(|| WebhookError::UnknownTenant(tenant_id.clone()))?
         .clone();
-    let declared = declared_length(&headers)?;
+    let declared = declared_length(headers)?;
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(WebhookError::TooLarge);
     }
-    if let Some(missing) = auth::missing_header(tenant.config.webhook_auth, &headers)
+    if let Some(missing) = auth::missing_header(tenant.config.webhook_auth, headers)
         && declared.is_none_or(|n| n > UNSIGNED_PING_BYTES)
     {
         return Err(WebhookError::Unauthorized(AuthError::MissingHeader(missing)));
     }
-    let body = read_body(&state, body, declared).await?;
+    let body = read_body(state, body, declared).await?;
 
     // Decode first: the JustCall v1 signature covers the payload's `type`.
     let value = match wire::decode(&body)? {
         wire::Body::Ping => {
             // The setup ping: no event to authenticate or dispatch.
-            tracing::info!(tenant = %tenant_id, "webhook ping");
+            tracing::debug!(tenant = %tenant_id, "webhook ping");
             return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response());
         }
         wire::Body::Payload(value) => value,
@@ -132,13 +143,13 @@ pub async fn receive(
                 secret.expose(),
                 &state.config.webhook_url(&tenant_id),
                 type_name.as_deref(),
-                &headers,
+                headers,
                 now,
                 tolerance,
             )?;
         }
         (WebhookAuth::StandardWebhooks, Some(secret)) => {
-            delivery_id = Some(auth::verify_standard_webhooks(secret.expose(), &headers, &body, now, tolerance)?);
+            delivery_id = Some(auth::verify_standard_webhooks(secret.expose(), headers, &body, now, tolerance)?);
         }
         (WebhookAuth::None, _) => {}
         (_, None) => return Err(WebhookError::NoSecret),
@@ -162,7 +173,7 @@ pub async fn receive(
         },
         raw: String::from_utf8_lossy(&body).into_owned(),
     };
-    match accept(&state, &tenant_id, incoming.event, source).await? {
+    match accept(state, &tenant_id, incoming.event, source).await? {
         Acceptance::Duplicate { event_id } => {
             tracing::info!(tenant = %tenant_id, %event_id, "duplicate webhook acknowledged, not dispatched");
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event_id": event_id }))).into_response())
@@ -197,7 +208,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, WebhookError> {
 /// the maximum when none is declared) while it does.
 async fn read_body(state: &AppState, body: Body, declared: Option<usize>) -> Result<Bytes, WebhookError> {
     let share = u32::try_from(declared.unwrap_or(MAX_BODY_BYTES).max(1)).unwrap_or(u32::MAX);
-    let _permit = state.body_budget.try_acquire_many(share).map_err(|_| WebhookError::Busy)?;
+    let _permit = state.guards.body_budget.try_acquire_many(share).map_err(|_| WebhookError::Busy)?;
     let limit = state.config.front_door.body_timeout;
     match tokio::time::timeout(limit, Limited::new(body, MAX_BODY_BYTES).collect()).await {
         Err(_) => Err(WebhookError::BodyTimeout(limit)),

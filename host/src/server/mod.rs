@@ -21,7 +21,7 @@ use crate::engine::justcall::JustCallClient;
 use crate::engine::lanes::LongLane;
 use crate::engine::plugins::Registry;
 use crate::engine::runtime::{Runtime, RuntimeOptions};
-use crate::engine::state::AppState;
+use crate::engine::state::{AppState, Guards};
 use crate::engine::tenant::Tenant;
 use crate::intake::webhook::{self, MAX_BODY_BYTES};
 use crate::storage::Db;
@@ -144,7 +144,7 @@ pub async fn run_with_routes(
         registry,
         dispatcher,
         tenants,
-        body_budget: Arc::new(tokio::sync::Semaphore::new(config.front_door.max_inflight_body_bytes)),
+        guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
     };
     let router = app(state).merge(extra_routes);
     let addr = listener.local_addr()?;
