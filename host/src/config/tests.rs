@@ -1,0 +1,183 @@
+//! Config tests: parsing, locations of errors, defaults and the protections
+//! that configuration cannot switch off.
+
+use super::*;
+use crate::domain::EventKind;
+
+fn env(name: &str) -> Option<String> {
+    (name == "SECRET").then(|| "s3cret-long-enough-to-sign".to_string())
+}
+
+const GOOD: &str = r#"
+listen = "127.0.0.1:9000"
+public_url = "https://hooks.example.com/"
+
+[tenants.acme]
+numbers = ["+15125550100"]
+webhook_auth = "justcall-v1"
+webhook_secret = "env:SECRET"
+justcall_api = "v2.1"
+justcall_base_url = "https://api.justcall.io/v2.1"
+justcall_api_key = "key"
+justcall_api_secret = "env:SECRET"
+"#;
+
+#[test]
+fn parses_a_full_config() {
+    let cfg = Config::parse(Path::new("/etc/sb.toml"), GOOD, &env).unwrap();
+    let acme = &cfg.tenants["acme"];
+    assert_eq!(acme.webhook_secret.as_ref().unwrap().expose(), "s3cret-long-enough-to-sign");
+    assert_eq!(acme.justcall_api, ApiDialect::V21);
+    assert_eq!(cfg.webhook_url("acme"), "https://hooks.example.com/webhooks/acme");
+    assert_eq!(cfg.data_dir, Path::new("/etc/data"));
+    assert!(!format!("{acme:?}").contains("s3cret"), "secrets must not appear in Debug output");
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let src = GOOD.replace("webhook_auth = ", "webhok_auth = ");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.line, Some(7));
+    assert_eq!(err.key, "webhok_auth");
+    assert!(err.to_string().starts_with("sb.toml:7: webhok_auth: unknown field"), "{err}");
+}
+
+#[test]
+fn missing_env_var_names_the_key() {
+    let src = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = \"env:NOPE\"");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sb.toml:8: tenants.acme.webhook_secret: environment variable NOPE is not set"
+    );
+}
+
+#[test]
+fn bad_values_are_located() {
+    let src = GOOD.replace("\"+15125550100\"", "\"call me\"");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.key, "tenants.acme.numbers");
+    assert_eq!(err.line, Some(6));
+
+    let src = GOOD.replace("\"justcall-v1\"", "\"hmac\"");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.line, Some(7), "{err}");
+    assert!(err.message.contains("unknown variant `hmac`"), "{err}");
+}
+
+#[test]
+fn long_run_cpu_share_is_a_percentage() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);
+    let src = GOOD.replace("public_url", "long_run_cpu_percent = 40\npublic_url");
+    assert_eq!(Config::parse(Path::new("sb.toml"), &src, &env).unwrap().long_run_cpu_percent, 40);
+    for bad in ["0", "150"] {
+        let src = GOOD.replace("public_url", &format!("long_run_cpu_percent = {bad}\npublic_url"));
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sb.toml:3: long_run_cpu_percent: must be from 1 to 100 (percent of one core)"
+        );
+    }
+}
+
+#[test]
+fn front_door_limits_have_defaults_and_ranges() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    assert_eq!(cfg.front_door, FrontDoor::default());
+    let src = GOOD.replace(
+        "public_url",
+        "header_timeout_secs = 5\nbody_timeout_secs = 7\nidle_timeout_secs = 30\nmax_connections = 200\nmax_inflight_body_kb = 1024\npublic_url",
+    );
+    let fd = Config::parse(Path::new("sb.toml"), &src, &env).unwrap().front_door;
+    assert_eq!(
+        (fd.header_timeout, fd.body_timeout, fd.idle_timeout),
+        (Duration::from_secs(5), Duration::from_secs(7), Duration::from_secs(30))
+    );
+    assert_eq!((fd.max_connections, fd.max_inflight_body_bytes), (200, 1 << 20));
+    for (key, bad, range) in [
+        ("header_timeout_secs", "0", "1..=300"),
+        ("max_connections", "3", "16..=1000000"),
+        ("max_inflight_body_kb", "100", "256..=4194304"),
+    ] {
+        let src = GOOD.replace("public_url", &format!("{key} = {bad}\npublic_url"));
+        let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+        assert_eq!(err.to_string(), format!("sb.toml:3: {key}: must be {range}"));
+    }
+}
+
+#[test]
+fn protections_cannot_be_configured_away() {
+    let err = |src: &str| Config::parse(Path::new("sb.toml"), src, &env).unwrap_err().to_string();
+    // Short secrets are refused by key and length, never shown.
+    let short = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = \"tiny-secret\"");
+    let e = err(&short);
+    assert_eq!(
+        e,
+        "sb.toml:8: tenants.acme.webhook_secret: is 11 characters; use at least 16 (a random string)"
+    );
+    let token = GOOD.replace("public_url", "admin_token = \"0123456789abcdef\"\npublic_url");
+    assert_eq!(
+        err(&token),
+        "sb.toml:3: admin_token: is 16 characters; use at least 32 (a random string)"
+    );
+    // A secret mistyped as a number is named by its key, its value never printed.
+    let typed = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = 98127346519823");
+    let e = err(&typed);
+    assert!(e.starts_with("sb.toml:8: webhook_secret: invalid type"), "{e}");
+    assert!(!e.contains("98127346519823"), "{e}");
+    // The signature window is capped; the dedupe window covers it and the retries.
+    let window = GOOD.replace("public_url", "signature_tolerance_secs = 3600\npublic_url");
+    assert_eq!(err(&window), "sb.toml:3: signature_tolerance_secs: must be 1..=900");
+    let dedupe = GOOD.replace("public_url", "dedupe_window_secs = 60\npublic_url");
+    assert!(
+        err(&dedupe)
+            .starts_with("sb.toml:3: dedupe_window_secs: the dedupe window (60 s) must be at least signature_tolerance_secs (300 s)")
+    );
+    let retries = GOOD.replace(
+        "public_url",
+        "dedupe_window_secs = 600\nretry_delays_ms = [300000, 300000]\npublic_url",
+    );
+    assert!(
+        err(&retries).contains("must be longer than the whole retry schedule (600 s)"),
+        "{}",
+        err(&retries)
+    );
+    // Base URLs are http(s).
+    let ftp = GOOD.replace("https://api.justcall.io/v2.1", "ftp://api.justcall.io");
+    assert_eq!(err(&ftp), "sb.toml:10: tenants.acme.justcall_base_url: must be an http(s) URL");
+    let public = GOOD.replace("https://hooks.example.com/", "file:///etc/passwd");
+    assert_eq!(err(&public), "sb.toml:3: public_url: must be an http(s) URL");
+}
+
+#[test]
+fn auth_none_is_refused_outside_dev() {
+    let src = GOOD.replace("\"justcall-v1\"", "\"none\"");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.key, "tenants.acme.webhook_auth");
+    assert!(err.message.contains("dev mode"));
+}
+
+#[test]
+fn manifest_limits_and_hosts() {
+    let m = Manifest::parse(
+        Path::new("p.toml"),
+        "events = [\"received\"]\nallowed_hosts = [\"https://*.example.com\", \"http://127.0.0.1:9000\"]\n[config]\nurl = \"x\"\nn = 3\n[limits]\ntimeout_ms = 500\n",
+    )
+    .unwrap();
+    assert!(m.subscribes(EventKind::Received) && !m.subscribes(EventKind::Sent));
+    assert_eq!(m.config["n"], "3");
+    assert_eq!(m.limits.timeout, Duration::from_millis(500));
+    let ok = |u: &str| m.allowed_hosts.iter().any(|h| h.matches(&reqwest::Url::parse(u).unwrap()));
+    assert!(ok("https://crm.example.com/x"));
+    assert!(!ok("https://example.com/x"));
+    assert!(!ok("https://evil-example.com/x"));
+    assert!(!ok("http://crm.example.com/x"));
+    assert!(ok("http://127.0.0.1:9000/hook"));
+    assert!(!ok("http://127.0.0.1:9001/hook"));
+
+    let err = Manifest::parse(Path::new("p.toml"), "[limits]\ntimeout_ms = 99999999\n").unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("limits.timeout_ms", Some(2)));
+    let err = Manifest::parse(Path::new("p.toml"), "events = [\"recieved\"]\n").unwrap_err();
+    assert!(err.message.contains("unknown variant `recieved`"), "{err}");
+}
