@@ -119,6 +119,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: FrontDoor, shu
             },
             () = &mut shutdown => break,
         };
+        // Answers are small and written whole: send them at once, without
+        // waiting on the client's delayed ACK (Nagle).
+        let _ = stream.set_nodelay(true);
         next_id += 1;
         let id = next_id;
         let Some(conn) = conns.admit(id) else {
