@@ -19,7 +19,7 @@ const SW_SECRET: &str = "whsec_c2VjcmV0LWZvci1sb2dz";
 /// Starts `serve` on `config` (which listens on `port`) with `env`, its log
 /// lines (stderr) coming through the returned channel.
 fn serve_logging(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> (Process, std::sync::mpsc::Receiver<String>) {
-    let mut cmd = serve_command(BIN, config, port);
+    let mut cmd = serve_command(BIN, config, port, None);
     cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
@@ -296,7 +296,7 @@ fn the_shipped_example_config_is_valid() {
 /// Runs `switchboard admin …` against a host; returns (success, stdout, stderr).
 async fn admin_cli(host: &TestHost, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
-        .args(["admin", "--url", &host.url, "--token", token])
+        .args(["admin", "--url", &host.admin_url, "--token", token])
         .args(args)
         .output()
         .await

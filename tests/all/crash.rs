@@ -37,7 +37,7 @@ impl Rng {
 
 fn spawn(config: &std::path::Path) -> Process {
     let port = free_port();
-    Process::spawn(serve_command(BIN, config, port), port)
+    Process::spawn(serve_command(BIN, config, port, None), port)
 }
 
 /// Waits (off the async threads) until the server on `port` answers /healthz.

@@ -35,7 +35,7 @@ fn message(id: &str, body: &str) -> String {
 
 async fn admin(host: &TestHost, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     let client = reqwest::Client::new();
-    let url = format!("{}/admin{path}", host.url);
+    let url = format!("{}/admin{path}", host.admin_url);
     let mut req = if method == "POST" { client.post(url) } else { client.get(url) };
     if let Some(t) = token {
         req = req.bearer_auth(t);

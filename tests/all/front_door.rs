@@ -230,7 +230,7 @@ async fn failed_admin_authentications_lock_the_admin_api_for_a_while() {
     let client = reqwest::Client::new();
     let get = |token: String| {
         client
-            .get(format!("{}/admin/tenants/open/plugins", host.url))
+            .get(format!("{}/admin/tenants/open/plugins", host.admin_url))
             .bearer_auth(token)
             .send()
     };
@@ -249,4 +249,34 @@ async fn failed_admin_authentications_lock_the_admin_api_for_a_while() {
     // Webhooks are not affected.
     let (status, _) = host.post("open", fixture("seed-format/sms.received.json"), &[]).await;
     assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_on_its_own_listener_only() {
+    let (host, _jc) = host(FrontDoor::default()).await;
+    let client = reqwest::Client::new();
+    let admin_path = "/admin/tenants/open/plugins";
+    let on_public = client
+        .get(format!("{}{admin_path}", host.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_public.status(), 404, "the webhook listener does not serve /admin");
+    let on_admin = client
+        .get(format!("{}{admin_path}", host.admin_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_admin.status(), 200);
+    let health = client.get(format!("{}/healthz", host.admin_url)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the admin listener answers /healthz too");
+    let webhook = client
+        .post(format!("{}/webhooks/open", host.admin_url))
+        .body(fixture("seed-format/sms.received.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 404, "and takes no webhooks");
 }

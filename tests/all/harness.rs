@@ -162,6 +162,8 @@ pub const ADMIN_TOKEN: &str = "test-admin";
 /// A running Switchboard.
 pub struct TestHost {
     pub url: String,
+    /// The admin API's own listener.
+    pub admin_url: String,
     pub dir: tempfile::TempDir,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
@@ -239,6 +241,8 @@ impl TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let url = format!("http://{addr}");
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
         let plugins_dir = dir.path().join("plugins.d");
         let mut configs = BTreeMap::new();
         let mut dev = false;
@@ -277,15 +281,21 @@ impl TestHost {
             max_concurrent_invocations: 16,
             long_run_cpu_percent: switchboard::config::DEFAULT_LONG_RUN_CPU_PERCENT,
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
+            admin_listen: switchboard::config::AdminListen::Separate(admin_addr),
             delivery,
             front_door,
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(switchboard::server::run(config.clone(), listener, async {
+        let listeners = switchboard::server::Listeners {
+            public: listener,
+            admin: Some(admin_listener),
+        };
+        let task = tokio::spawn(switchboard::server::run(config.clone(), listeners, async {
             let _ = rx.await;
         }));
         let host = TestHost {
             url,
+            admin_url: format!("http://{admin_addr}"),
             dir,
             config,
             shutdown: Some(tx),
@@ -318,7 +328,7 @@ impl TestHost {
     /// GET /admin/tenants/{tenant}/plugins.
     pub async fn admin_plugins(&self, tenant: &str) -> Value {
         let resp = reqwest::Client::new()
-            .get(format!("{}/admin/tenants/{tenant}/plugins", self.url))
+            .get(format!("{}/admin/tenants/{tenant}/plugins", self.admin_url))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await

@@ -268,7 +268,7 @@ async fn the_admin_api_needs_the_token_and_a_known_tenant() {
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url)]).await;
     let client = reqwest::Client::new();
-    let url = format!("{}/admin/tenants/acme/plugins", host.url);
+    let url = format!("{}/admin/tenants/acme/plugins", host.admin_url);
     let no_token = client.get(&url).send().await.unwrap();
     assert_eq!(no_token.status(), 401);
     assert_eq!(
@@ -278,7 +278,7 @@ async fn the_admin_api_needs_the_token_and_a_known_tenant() {
     let wrong = client.get(&url).bearer_auth("guess").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     let other = client
-        .get(format!("{}/admin/tenants/nobody/plugins", host.url))
+        .get(format!("{}/admin/tenants/nobody/plugins", host.admin_url))
         .bearer_auth(crate::harness::ADMIN_TOKEN)
         .send()
         .await

@@ -13,13 +13,15 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `bin serve --config <config> --listen 127.0.0.1:<port>`, quiet (errors
-/// only, stdout and stderr discarded); adjust before [`Process::spawn`].
-pub fn serve_command(bin: &str, config: &Path, port: u16) -> Command {
+/// `bin serve --config <config> --listen 127.0.0.1:<port>`, with the admin
+/// API on `admin_port` (an ephemeral port if `None`), quiet (errors only,
+/// stdout and stderr discarded); adjust before [`Process::spawn`].
+pub fn serve_command(bin: &str, config: &Path, port: u16, admin_port: Option<u16>) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", admin_port.unwrap_or(0))])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -36,12 +36,17 @@ pub fn target_dir() -> PathBuf {
 /// A running `switchboard serve` over its own data dir; killed on drop.
 pub struct Server {
     pub process: Process,
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
 }
 
 impl Server {
     pub fn url(&self) -> String {
         self.process.url()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
     }
 
     pub fn plugin_dir(&self, tenant: &str) -> PathBuf {
@@ -77,9 +82,13 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
         }
     }
     std::fs::write(dir.path().join("switchboard.toml"), cfg).unwrap();
-    let mut process = Process::spawn(serve_command(BIN, &dir.path().join("switchboard.toml"), port), port);
+    let admin_port = free_port();
+    let mut process = Process::spawn(
+        serve_command(BIN, &dir.path().join("switchboard.toml"), port, Some(admin_port)),
+        port,
+    );
     process.wait_healthy(Duration::from_secs(300));
-    Server { process, dir }
+    Server { process, admin_port, dir }
 }
 
 /// A seed-format `sms.received` body.

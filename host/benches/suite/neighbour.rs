@@ -67,7 +67,7 @@ async fn run_once(with_neighbour: bool, jc_url: &str, arrivals: &Arrivals, wasm:
         std::fs::copy(&wasm[p], d.join(format!("{p}.wasm"))).unwrap();
         std::fs::write(d.join(format!("{p}.toml")), manifest).unwrap();
     }
-    let _server = Process::spawn(serve_command(BIN, &dir.path().join("sb.toml"), port), port);
+    let _server = Process::spawn(serve_command(BIN, &dir.path().join("sb.toml"), port, None), port);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     while client.get(format!("{url}/healthz")).send().await.is_err() {

@@ -12,7 +12,7 @@ use crate::common::{Guests, Server, TOKEN, Tenant, start};
 
 fn serving_hash(client: &reqwest::blocking::Client, server: &Server, tenant: &str, name: &str) -> Option<String> {
     let v: Value = client
-        .get(format!("{}/admin/tenants/{tenant}/plugins", server.url()))
+        .get(format!("{}/admin/tenants/{tenant}/plugins", server.admin_url()))
         .bearer_auth(TOKEN)
         .send()
         .ok()?

@@ -123,10 +123,34 @@ pub struct Config {
     pub long_run_cpu_percent: u32,
     /// Bearer token for `/admin/*`; without one the admin API is off.
     pub admin_token: Option<Secret>,
+    /// Where the admin API listens.
+    pub admin_listen: AdminListen,
     /// Retry schedule, dedupe window and database lock wait.
     pub delivery: DbOptions,
     /// Connection and request limits of the webhook listener.
     pub front_door: FrontDoor,
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// Its own address; by default loopback, on the webhook port + 1.
+    Separate(SocketAddr),
+    /// On the public webhook listener (`admin_listen = "public"`), for a
+    /// deployment whose proxy guards `/admin`.
+    Public,
+}
+
+impl AdminListen {
+    /// The default for a webhook listener on `listen`: loopback, next port
+    /// (an ephemeral port for an ephemeral listener).
+    pub fn default_for(listen: SocketAddr) -> AdminListen {
+        let port = match listen.port() {
+            0 => 0,
+            p => p.checked_add(1).unwrap_or(0),
+        };
+        AdminListen::Separate(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
 }
 
 impl Config {
@@ -195,8 +219,22 @@ impl Config {
             max_inflight_body_kb: raw.max_inflight_body_kb.clone(),
         }
         .validate(path, src)?;
+        let admin_listen = match &raw.admin_listen {
+            None => AdminListen::default_for(listen),
+            Some(a) if a.get_ref() == "public" => AdminListen::Public,
+            Some(a) => AdminListen::Separate(a.get_ref().parse().map_err(|e| {
+                ConfigError::new(
+                    path,
+                    src,
+                    Some(a.span()),
+                    "admin_listen",
+                    format!("`{}` is neither an address nor \"public\": {e}", a.get_ref()),
+                )
+            })?),
+        };
         let cfg = Config {
             listen,
+            admin_listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             plugins_dir: base.join(raw.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins.d"))),
             public_url,
@@ -238,6 +276,7 @@ struct RawConfig {
     max_concurrent_invocations: Option<u32>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,

@@ -151,6 +151,28 @@ fn protections_cannot_be_configured_away() {
 }
 
 #[test]
+fn the_admin_api_has_its_own_loopback_address_unless_told_otherwise() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    assert_eq!(cfg.admin_listen, AdminListen::Separate("127.0.0.1:9001".parse().unwrap()));
+    let public = GOOD.replace("public_url", "admin_listen = \"public\"\npublic_url");
+    assert_eq!(
+        Config::parse(Path::new("sb.toml"), &public, &env).unwrap().admin_listen,
+        AdminListen::Public
+    );
+    let own = GOOD.replace("public_url", "admin_listen = \"10.0.0.5:7000\"\npublic_url");
+    assert_eq!(
+        Config::parse(Path::new("sb.toml"), &own, &env).unwrap().admin_listen,
+        AdminListen::Separate("10.0.0.5:7000".parse().unwrap())
+    );
+    let bad = GOOD.replace("public_url", "admin_listen = \"everywhere\"\npublic_url");
+    let err = Config::parse(Path::new("sb.toml"), &bad, &env).unwrap_err().to_string();
+    assert!(
+        err.starts_with("sb.toml:3: admin_listen: `everywhere` is neither an address nor \"public\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn auth_none_is_refused_outside_dev() {
     let src = GOOD.replace("\"justcall-v1\"", "\"none\"");
     let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();

@@ -14,8 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::engine::dispatch::{DispatchCtx, Dispatcher, Job};
 use crate::engine::justcall::JustCallClient;
 use crate::engine::lanes::LongLane;
@@ -26,14 +27,53 @@ use crate::engine::tenant::Tenant;
 use crate::intake::webhook::{self, MAX_BODY_BYTES};
 use crate::storage::Db;
 
-/// The routes, apart from serving, so they can be tested without a socket.
+/// The public listener's routes: webhooks and `/healthz` (and `/admin` when
+/// `admin_listen = "public"`).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let public = Router::new()
         .route("/webhooks/{tenant}", post(webhook::receive))
+        .route("/healthz", get(healthz));
+    let public = match state.config.admin_listen {
+        AdminListen::Public => public.nest("/admin", crate::admin::router()),
+        AdminListen::Separate(_) => public,
+    };
+    public.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
+}
+
+/// The admin listener's routes: `/admin` and `/healthz`.
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .nest("/admin", crate::admin::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The sockets Switchboard serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Webhooks (and `/healthz`).
+    pub public: TcpListener,
+    /// The admin API, unless it is served on the public listener.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the config's `listen` and `admin_listen`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let public = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding listen = {}", config.listen))?;
+        let admin = match config.admin_listen {
+            AdminListen::Public => None,
+            AdminListen::Separate(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin_listen = {addr}"))?,
+            ),
+        };
+        Ok(Listeners { public, admin })
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -47,17 +87,18 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Runs Switchboard on `listener` until `shutdown` resolves, then stops
+/// Runs Switchboard on `listeners` until `shutdown` resolves, then stops
 /// accepting, lets running deliveries finish, and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    run_with_routes(config, listener, Router::new(), shutdown).await
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    run_with_routes(config, listeners, Router::new(), shutdown).await
 }
 
-/// [`run`], also serving `extra_routes` beside Switchboard's own (how `dev`
-/// mounts its JustCall simulator without the server knowing of it).
+/// [`run`], also serving `extra_routes` on the public listener beside
+/// Switchboard's own (how `dev` mounts its JustCall simulator without the
+/// server knowing of it).
 pub async fn run_with_routes(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     extra_routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -146,10 +187,24 @@ pub async fn run_with_routes(
         tenants,
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
     };
-    let router = app(state).merge(extra_routes);
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
-    listener::serve(listener, router, config.front_door, shutdown).await;
+    let router = app(state.clone()).merge(extra_routes);
+    let admin_router = admin_app(state.clone());
+    let addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(%addr, admin = ?admin_addr, tenants = config.tenants.len(), dev = config.dev, "switchboard listening");
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let public = listener::serve(listeners.public, router, config.front_door, stop.clone().cancelled_owned());
+    let admin = async {
+        if let Some(l) = listeners.admin {
+            listener::serve(l, admin_router, config.front_door, stop.clone().cancelled_owned()).await;
+        }
+    };
+    tokio::join!(public, admin);
     tracing::info!("no longer accepting webhooks; finishing running deliveries");
     dispatch_handle.drain().await;
     tracing::info!("stopped");

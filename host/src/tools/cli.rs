@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::domain::EventKind;
 use crate::tools::send::{SendRequest, SignWith, WireFormat};
 
@@ -44,6 +44,9 @@ enum Command {
         /// Override the config's `listen` address.
         #[arg(long, env = "SWITCHBOARD_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Override the config's `admin_listen` (an address, or `public`).
+        #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
     },
     /// Run on the embedded default: a demo tenant, the example plugins built
     /// from source, and a built-in JustCall simulator.
@@ -68,8 +71,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
-    /// Switchboard's base URL.
-    #[arg(long, env = "SWITCHBOARD_URL", default_value = "http://127.0.0.1:8080")]
+    /// The admin API's base URL (the config's `admin_listen`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
     /// The admin bearer token (the config's `admin_token`).
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
@@ -303,15 +306,31 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
             let mut cfg = Config::load(&config)?;
             if let Some(l) = listen {
+                // A defaulted admin address follows the webhook address.
+                if cfg.admin_listen == AdminListen::default_for(cfg.listen) {
+                    cfg.admin_listen = AdminListen::default_for(l);
+                }
                 cfg.listen = l;
             }
-            let listener = tokio::net::TcpListener::bind(cfg.listen)
-                .await
-                .with_context(|| format!("binding {}", cfg.listen))?;
-            crate::server::run(cfg, listener, crate::server::shutdown_signal()).await?;
+            match admin_listen.as_deref() {
+                None => {}
+                Some("public") => cfg.admin_listen = AdminListen::Public,
+                Some(a) => {
+                    let addr = a
+                        .parse()
+                        .with_context(|| format!("--admin-listen: `{a}` is neither an address nor \"public\""))?;
+                    cfg.admin_listen = AdminListen::Separate(addr);
+                }
+            }
+            let listeners = crate::server::Listeners::bind(&cfg).await?;
+            crate::server::run(cfg, listeners, crate::server::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { listen, data_dir } => {

@@ -43,6 +43,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         max_concurrent_invocations: 64,
         long_run_cpu_percent: crate::config::DEFAULT_LONG_RUN_CPU_PERCENT,
         admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),
+        admin_listen: crate::config::AdminListen::default_for(listen),
         delivery: Default::default(),
         front_door: Default::default(),
     })
@@ -182,13 +183,26 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("example plugin {name} was not built and is not deployed (see the README's prerequisites): {e:#}");
     }
     let config = dev_config(addr, &origin, &data_dir)?;
+    let admin_listener = match config.admin_listen {
+        crate::config::AdminListen::Separate(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the admin API on {a}"))?,
+        ),
+        crate::config::AdminListen::Public => None,
+    };
+    let admin = match &admin_listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => addr.to_string(),
+    };
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
     let names = deploy_examples(&built, &tenant_dir, &origin)?;
     let _source_watch = watch_sources(ws, tenant_dir.clone(), origin.clone());
     println!(
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\
-         JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\n\
+         JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\
+         admin API: http://{admin}/admin (token `{DEV_ADMIN_TOKEN}`; `switchboard admin --token {DEV_ADMIN_TOKEN} plugins {DEMO_TENANT}`)\n\n\
          Try it:\n  curl -s -X POST {origin}/webhooks/{DEMO_TENANT} -H 'content-type: application/json' \\\n    \
          -d '{{\"event\":\"sms.received\",\"timestamp\":\"2026-03-12T14:30:00Z\",\"data\":{{\"message_id\":\"msg_1\",\"direction\":\"inbound\",\"from\":\"+15125551234\",\"to\":\"{DEMO_NUMBER}\",\"body\":\"CONFIRM\",\"media_urls\":[],\"justcall_number\":\"{DEMO_NUMBER}\",\"contact_name\":\"Sarah Chen\",\"agent_id\":null}}}}'\n  \
          curl -s -H 'Authorization: Bearer demo-key:demo-secret' {origin}/justcall/api/v2/texts/list\n",
@@ -202,5 +216,9 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
             .collect(),
     );
     let routes = axum::Router::new().nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
-    crate::server::run_with_routes(config, listener, routes, crate::server::shutdown_signal()).await
+    let listeners = crate::server::Listeners {
+        public: listener,
+        admin: admin_listener,
+    };
+    crate::server::run_with_routes(config, listeners, routes, crate::server::shutdown_signal()).await
 }
