@@ -34,6 +34,9 @@ pub struct DbOptions {
     pub dedupe_window: Duration,
     /// How long a write waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// How long a finished event (every delivery `done`) is kept, with its
+    /// deliveries and journal entries.
+    pub retention: Duration,
 }
 
 impl Default for DbOptions {
@@ -42,6 +45,7 @@ impl Default for DbOptions {
             retry_delays: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(1800)],
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             busy_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -280,6 +284,7 @@ struct RawConfig {
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,
+    retention_days: Option<Spanned<u64>>,
     header_timeout_secs: Option<Spanned<u64>>,
     body_timeout_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
@@ -343,6 +348,12 @@ fn delivery_options(path: &Path, src: &str, raw: &RawConfig, tolerance: Duration
     }
     if let Some(b) = &raw.db_busy_timeout_ms {
         o.busy_timeout = Duration::from_millis(*b.get_ref());
+    }
+    if let Some(r) = &raw.retention_days {
+        if !(1..=3650).contains(r.get_ref()) {
+            return Err(ConfigError::new(path, src, Some(r.span()), "retention_days", "must be 1..=3650"));
+        }
+        o.retention = Duration::from_secs(*r.get_ref() * 24 * 3600);
     }
     let schedule: Duration = o.retry_delays.iter().sum();
     let (span, key) = match (&raw.dedupe_window_secs, &raw.retry_delays_ms) {

@@ -143,6 +143,14 @@ fn protections_cannot_be_configured_away() {
         "{}",
         err(&retries)
     );
+    // Retention is bounded both ways.
+    let keep = GOOD.replace("public_url", "retention_days = 7\npublic_url");
+    assert_eq!(
+        Config::parse(Path::new("sb.toml"), &keep, &env).unwrap().delivery.retention,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    let forever = GOOD.replace("public_url", "retention_days = 0\npublic_url");
+    assert_eq!(err(&forever), "sb.toml:3: retention_days: must be 1..=3650");
     // Base URLs are http(s).
     let ftp = GOOD.replace("https://api.justcall.io/v2.1", "ftp://api.justcall.io");
     assert_eq!(err(&ftp), "sb.toml:10: tenants.acme.justcall_base_url: must be an http(s) URL");

@@ -127,6 +127,24 @@ impl Db {
         .await
     }
 
+    /// Deletes, now, finished events past the retention period (with their
+    /// deliveries and journal entries), in batches; returns how many events.
+    /// The writer also does this on its own, at most hourly.
+    pub async fn prune_expired(&self) -> Result<usize, DbError> {
+        let cutoff = super::retention::cutoff(self.options.retention);
+        self.write(move |conn| {
+            let mut total = 0;
+            loop {
+                let n = super::retention::prune_batch(conn, &cutoff)?;
+                total += n;
+                if n < super::retention::BATCH {
+                    return Ok(total);
+                }
+            }
+        })
+        .await
+    }
+
     /// Forgets dedupe keys (and journal entries) older than the window;
     /// returns how many keys.
     pub async fn prune_dedupe(&self) -> Result<usize, DbError> {

@@ -1,7 +1,8 @@
 //! Durable state in one SQLite file, behind [`Db`]: the handle, its error
 //! type and the read/write plumbing. Each concern has its own file: `schema`
 //! (migrations), `writer` (the group-committing writer thread), `events`
-//! (events, dedupe, opt-outs), `deliveries` (the delivery state machine),
+//! (events, dedupe, opt-outs), `retention` (pruning finished events by age),
+//! `deliveries` (the delivery state machine),
 //! `policy` (the pure retry verdict), `journal` (side effects) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
@@ -22,6 +23,7 @@ mod events;
 mod journal;
 mod kv;
 mod policy;
+mod retention;
 mod schema;
 mod writer;
 
@@ -91,10 +93,10 @@ impl Db {
         conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'running'", [])?;
         let reader = schema::open_conn(&path, options.busy_timeout)?;
         let (tx, rx) = mpsc::channel();
-        let window = options.dedupe_window;
+        let (window, retention) = (options.dedupe_window, options.retention);
         thread::Builder::new()
             .name("switchboard-db-writer".into())
-            .spawn(move || writer::writer_loop(&mut conn, rx, window))
+            .spawn(move || writer::writer_loop(&mut conn, rx, window, retention))
             .expect("spawn db writer thread");
         Ok(Db {
             writer: tx,

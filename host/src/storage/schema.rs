@@ -111,6 +111,8 @@ pub(super) fn migrations() -> Migrations<'static> {
             CREATE INDEX journal_by_result ON journal (result_id) WHERE result_id IS NOT NULL;
             CREATE INDEX journal_by_age ON journal (started_ms);",
         ),
+        // 3: retention. Finished events are pruned by age.
+        M::up("CREATE INDEX events_by_age ON events (received_at);"),
     ])
 }
 

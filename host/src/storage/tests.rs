@@ -202,3 +202,55 @@ fn delivery_statuses_round_trip_by_name() {
     }
     assert_eq!(DeliveryStatus::parse("retrying"), None);
 }
+
+#[tokio::test]
+async fn retention_prunes_old_finished_events_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DbOptions {
+        retention: Duration::from_secs(24 * 3600),
+        ..DbOptions::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    let delivery = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            ids(db
+                .insert_event(event(id), format!("k-{id}"), "seed", "{}".into(), one("p"))
+                .await
+                .unwrap())[0]
+                .id
+        }
+    };
+    let (old_done, old_failed, old_held, new_done) = (
+        delivery("old-done").await,
+        delivery("old-failed").await,
+        delivery("old-held").await,
+        delivery("new-done").await,
+    );
+    for d in [old_done, new_done] {
+        db.finish_delivery(d, DeliveryOutcome::Done, 1).await.unwrap();
+    }
+    db.journal_begin(old_done, 0, "h".into()).await.unwrap();
+    db.hold_delivery(old_held).await.unwrap();
+    // Failed once, waiting for its retry: unresolved.
+    db.finish_delivery(old_failed, DeliveryOutcome::Failed("x".into()), 1)
+        .await
+        .unwrap();
+    // Two days ago, by the clock the events were stored with.
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute(
+        "UPDATE events SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days') WHERE id LIKE 'old-%'",
+        [],
+    )
+    .unwrap();
+    assert_eq!(db.prune_expired().await.unwrap(), 1);
+    assert!(db.event("acme", "old-done").await.unwrap().is_none(), "old and finished: pruned");
+    assert!(db.deliveries_for_event("old-done").await.unwrap().is_empty());
+    assert_eq!(db.journal_get(old_done, 0).await.unwrap(), None, "with its journal");
+    for kept in ["old-failed", "old-held", "new-done"] {
+        assert!(db.event("acme", kept).await.unwrap().is_some(), "{kept} is kept");
+        assert_eq!(db.deliveries_for_event(kept).await.unwrap().len(), 1, "{kept}");
+    }
+    assert_eq!(db.prune_expired().await.unwrap(), 0, "nothing more to prune");
+}

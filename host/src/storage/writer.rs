@@ -28,10 +28,14 @@ pub(super) fn prune(conn: &Connection, window: Duration) -> Result<usize, DbErro
 
 /// Applies queued writes in batches: one transaction (one fsync) per batch,
 /// each write in its own savepoint so one failure does not undo the others.
-/// Between batches, at most every tenth of the window, prunes expired dedupe
-/// keys.
-pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedupe_window: Duration) {
+/// Between batches, at most every tenth of the dedupe window (and at least
+/// hourly), prunes expired dedupe keys and journal entries, and events past
+/// the retention period.
+pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedupe_window: Duration, retention: Duration) {
     const MAX_BATCH: usize = 512;
+    // Retention batches per pass: enough to keep up, few enough that queued
+    // writes wait at most a few batches.
+    const RETENTION_BATCHES: usize = 20;
     let prune_every = (dedupe_window / 10).clamp(Duration::from_millis(10), Duration::from_secs(3600));
     let mut last_prune: Option<Instant> = None;
     loop {
@@ -40,6 +44,11 @@ pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedu
                 Ok(0) => {}
                 Ok(n) => tracing::info!(keys = n, "pruned expired dedupe keys"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune dedupe keys"),
+            }
+            match super::retention::prune(conn, retention, RETENTION_BATCHES) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "pruned events past the retention period"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune expired events"),
             }
             last_prune = Some(Instant::now());
         }
