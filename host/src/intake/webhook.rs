@@ -94,7 +94,9 @@ pub async fn receive(State(state): State<AppState>, Path(tenant_id): Path<String
             if matches!(e, WebhookError::UnknownTenant(_) | WebhookError::Unauthorized(_))
                 && let Some(suppressed) = state.guards.refusal_log.check()
             {
-                tracing::warn!(tenant = %tenant_id, reason = %e, suppressed, "webhook refused");
+                // Debug-formatted: the tenant is the caller's path segment, and
+                // must not forge log lines with newlines or escapes.
+                tracing::warn!(tenant = ?tenant_id, reason = ?e.to_string(), suppressed, "webhook refused");
             }
             e.into_response()
         }
