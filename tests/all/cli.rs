@@ -35,17 +35,23 @@ fn serve_logging(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> (
     (server, rx)
 }
 
-#[tokio::test]
-async fn serve_accepts_a_signed_v21_event_and_rejects_a_tampered_one() {
-    let jc = Recorder::start().await;
+/// A data folder whose `acme` tenant has the `appointment-confirm` example
+/// deployed, and a free port to serve on.
+fn serve_dir() -> (tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     std::fs::create_dir_all(dir.path().join("plugins.d/acme")).unwrap();
     std::fs::copy(
         guest("appointment-confirm"),
         dir.path().join("plugins.d/acme/appointment-confirm.wasm"),
     )
     .unwrap();
+    (dir, free_port())
+}
+
+#[tokio::test]
+async fn serve_accepts_a_signed_v21_event_and_rejects_a_tampered_one() {
+    let jc = Recorder::start().await;
+    let (dir, port) = serve_dir();
     let config = format!(
         r#"listen = "127.0.0.1:{port}"
 data_dir = "data"
@@ -120,14 +126,7 @@ justcall_api_secret = "env:ACME_JC_SECRET"
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_delivery_as_fields() {
     let jc = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::create_dir_all(dir.path().join("plugins.d/acme")).unwrap();
-    std::fs::copy(
-        guest("appointment-confirm"),
-        dir.path().join("plugins.d/acme/appointment-confirm.wasm"),
-    )
-    .unwrap();
+    let (dir, port) = serve_dir();
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\n\n\
          [tenants.acme]\nnumbers = [\"+15125550100\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SW_SECRET}\"\n\
