@@ -107,11 +107,10 @@ pub async fn receive(State(state): State<AppState>, Path(tenant_id): Path<String
 /// body is read: an unknown tenant, a declared length over the limit, missing
 /// signature headers, and no room in the in-flight body budget.
 async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Body) -> Result<Response, WebhookError> {
-    let tenant_id = tenant_id.to_string();
     let tenant = state
         .tenants
-        .get(&tenant_id)
-        .ok_or_else(|| WebhookError::UnknownTenant(tenant_id.clone()))?
+        .get(tenant_id)
+        .ok_or_else(|| WebhookError::UnknownTenant(tenant_id.to_string()))?
         .clone();
     let declared = declared_length(headers)?;
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
@@ -143,7 +142,7 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
         (WebhookAuth::JustCallV1, Some(secret)) => {
             auth::verify_justcall_v1(
                 secret.expose(),
-                &state.config.webhook_url(&tenant_id),
+                &state.config.webhook_url(tenant_id),
                 type_name.as_deref(),
                 headers,
                 now,
@@ -175,7 +174,7 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
         },
         raw: String::from_utf8_lossy(&body).into_owned(),
     };
-    match accept(state, &tenant_id, incoming.event, source).await? {
+    match accept(state, tenant_id, incoming.event, source).await? {
         Acceptance::Duplicate { event_id } => {
             tracing::info!(tenant = %tenant_id, %event_id, "duplicate webhook acknowledged, not dispatched");
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event_id": event_id }))).into_response())

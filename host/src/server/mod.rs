@@ -64,15 +64,21 @@ impl Listeners {
         let public = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding listen = {}", config.listen))?;
-        let admin = match config.admin_listen {
-            AdminListen::Public => None,
-            AdminListen::Separate(addr) => Some(
+        let admin = Self::bind_admin(config.admin_listen).await?;
+        Ok(Listeners { public, admin })
+    }
+
+    /// Binds `admin_listen`: a socket of its own, or none when the admin API
+    /// shares the public listener.
+    pub async fn bind_admin(admin_listen: AdminListen) -> anyhow::Result<Option<TcpListener>> {
+        match admin_listen {
+            AdminListen::Public => Ok(None),
+            AdminListen::Separate(addr) => Ok(Some(
                 TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding admin_listen = {addr}"))?,
-            ),
-        };
-        Ok(Listeners { public, admin })
+            )),
+        }
     }
 }
 

@@ -183,14 +183,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("example plugin {name} was not built and is not deployed (see the README's prerequisites): {e:#}");
     }
     let config = dev_config(addr, &origin, &data_dir)?;
-    let admin_listener = match config.admin_listen {
-        crate::config::AdminListen::Separate(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding the admin API on {a}"))?,
-        ),
-        crate::config::AdminListen::Public => None,
-    };
+    let admin_listener = crate::server::Listeners::bind_admin(config.admin_listen).await?;
     let admin = match &admin_listener {
         Some(l) => l.local_addr()?.to_string(),
         None => addr.to_string(),
