@@ -83,7 +83,7 @@ fn sink_bodies(sink: &Recorder) -> Vec<String> {
 async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_events_in_order() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
-    let tenant = || TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000));
+    let tenant = || TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 3000));
     let host = TestHost::builder(vec![tenant()]).retries(fast_retries()).start().await;
 
     // Failing 1, 2 and 3 times: each succeeds on its retry, attempts = failures + 1.
@@ -158,7 +158,7 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
 async fn a_retried_delivery_does_not_text_or_post_twice() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
-    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 1000))])
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 3000))])
         .retries(fast_retries())
         .start()
         .await;
@@ -178,19 +178,21 @@ async fn a_retried_delivery_does_not_text_or_post_twice() {
 async fn a_send_with_an_unknown_outcome_is_reconciled_not_repeated() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
-    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 400))])
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, true, 2000))])
         .retries(fast_retries())
         .start()
         .await;
 
+    // The deadline leaves room for a send plus a reconciling lookup on a
+    // loaded CI machine (one took 420 ms there); each stall is far beyond it.
     // JustCall sends the SMS but answers only after the plugin's deadline:
     // the attempt fails with the outcome unknown; the retry finds the SMS in
     // JustCall's list and does not send it again.
-    jc.fail_next(&[Fault::SendThenStall(Duration::from_secs(3))]);
+    jc.fail_next(&[Fault::SendThenStall(Duration::from_secs(5))]);
     let (_, resp) = host.post("acme", message("m1", "slow"), &[]).await;
     let d = wait_status(&host, resp["event_id"].as_str().unwrap(), "done").await;
     assert_eq!(d["attempts"], 2, "{d}");
-    assert_eq!(d["last_error"], "deadline exceeded (400 ms)");
+    assert_eq!(d["last_error"], "deadline exceeded (2000 ms)");
     assert_eq!(jc.sent().len(), 1);
     let (sends, lists) = jc.requests();
     assert_eq!((sends, lists), (1, 1), "reconciled by one list lookup");
@@ -211,7 +213,7 @@ async fn a_send_with_an_unknown_outcome_is_reconciled_not_repeated() {
     // An unknown outcome that was in fact not sent, while another event sent
     // the same text to the same customer: that other SMS is already claimed
     // by its own delivery, so this one is sent, not mistaken for it.
-    jc.fail_next(&[Fault::StallWithoutSending(Duration::from_secs(3))]);
+    jc.fail_next(&[Fault::StallWithoutSending(Duration::from_secs(5))]);
     let sends_before = jc.requests().0;
     let (_, r4) = host.post("acme", message("m4", "slow"), &[]).await;
     wait_for("m4's send to reach JustCall", Duration::from_secs(5), || {
@@ -283,8 +285,8 @@ async fn replay_runs_a_stored_event_through_the_current_plugins() {
     let sink = Recorder::start().await;
     let jc = FakeJustCall::start().await;
     let host = TestHost::start(vec![
-        TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000)),
-        TenantSpec::new("other", &jc.url).plugin(flaky(&sink.url, false, 1000)),
+        TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 3000)),
+        TenantSpec::new("other", &jc.url).plugin(flaky(&sink.url, false, 3000)),
     ])
     .await;
     let (_, resp) = host.post("acme", message("m1", "hello"), &[]).await;
@@ -316,7 +318,7 @@ async fn replay_runs_a_stored_event_through_the_current_plugins() {
 async fn the_admin_api_refuses_bad_tokens_unknown_ids_and_bad_filters() {
     let jc = FakeJustCall::start().await;
     let sink = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000))]).await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 3000))]).await;
     for (method, path) in [
         ("GET", "/tenants/acme/plugins"),
         ("POST", "/tenants/acme/plugins/flaky/resume"),
@@ -360,7 +362,7 @@ async fn a_locked_database_answers_503_and_loses_nothing() {
         busy_timeout: Duration::from_millis(200),
         ..Default::default()
     };
-    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 1000))])
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(flaky(&sink.url, false, 3000))])
         .in_dir(dir)
         .delivery(options)
         .start()
