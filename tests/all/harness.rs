@@ -113,6 +113,7 @@ pub struct TenantSpec {
     pub limits: switchboard::config::LimitOverrides,
     pub number: &'static str,
     pub rate_per_minute: u32,
+    pub default_country: Option<switchboard::domain::Country>,
 }
 
 impl TenantSpec {
@@ -129,6 +130,7 @@ impl TenantSpec {
             limits: Default::default(),
             number: NUMBER,
             rate_per_minute: 100_000,
+            default_country: None,
         }
     }
 
@@ -259,6 +261,7 @@ impl TestHost {
                 TenantConfig {
                     id: t.id.to_string(),
                     numbers: vec![t.number.to_string()],
+                    default_country: t.default_country,
                     webhook_auth: t.auth,
                     webhook_secret: t.secret.map(Secret::new),
                     justcall_api: t.dialect,
@@ -399,6 +402,15 @@ impl TestHost {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// The stored (normalised) event, as plugins see it.
+    pub fn stored_event(&self, event_id: &str) -> Value {
+        let json: String = self
+            .db()
+            .query_row("SELECT event_json FROM events WHERE id = ?1", [event_id], |r| r.get(0))
+            .unwrap();
+        serde_json::from_str(&json).unwrap()
     }
 
     /// How many events the tenant has stored.

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use switchboard::domain::Event;
 
-use crate::harness::{Recorder, TenantSpec, TestHost, fixture, fixtures};
+use crate::harness::{FakeJustCall, Recorder, TenantSpec, TestHost, fixture, fixtures};
 
 async fn dev_host() -> (TestHost, Recorder) {
     let jc = Recorder::start().await;
@@ -136,7 +136,7 @@ async fn refusals_carry_status_and_a_reason_naming_the_field() {
     let (status, resp) = host.post("acme", bad_phone.to_string(), &[]).await;
     assert_eq!(
         (status, resp["error"].as_str()),
-        (400, Some("bad request: data.contact_number: `call me` is not a phone number"))
+        (400, Some("bad request: data.contact_number: `call me` is not a valid phone number"))
     );
 
     let mut wrong_type: Value = serde_json::from_str(&fixture("seed-format/sms.received.json")).unwrap();
@@ -157,6 +157,50 @@ async fn refusals_carry_status_and_a_reason_naming_the_field() {
 
     assert_eq!(host.event_count("acme"), 0, "nothing refused is stored");
     assert!(host.healthy().await);
+}
+
+#[tokio::test]
+async fn a_number_without_its_country_code_is_refused_unless_the_tenant_names_one() {
+    let jc = FakeJustCall::start().await;
+    let mut us = TenantSpec::new("us", &jc.url);
+    us.default_country = switchboard::domain::parse_country("US");
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url), us]).await;
+    let mut national: Value = serde_json::from_str(&fixture("justcall-v2.1/sms.received.json")).unwrap();
+    national["data"]["contact_number"] = json!("5125551234");
+
+    // Read as E.164 without its plus, this would be a Peruvian number.
+    let (status, resp) = host.post("acme", national.to_string(), &[]).await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad request: data.contact_number: `5125551234` has no country code"),
+        "{resp}"
+    );
+    assert_eq!(host.event_count("acme"), 0);
+
+    let (status, resp) = host.post("us", national.to_string(), &[]).await;
+    assert_eq!(status, 202, "{resp}");
+    let event = host.stored_event(resp["event_id"].as_str().unwrap());
+    assert_eq!(event["from"], "+15125551234");
+}
+
+#[tokio::test]
+async fn ids_longer_than_64_bits_are_kept_exactly() {
+    let (host, _jc) = dev_host().await;
+    let id = "98765432109876543210987654321";
+    let body = fixture("justcall-v2.1/sms.received.json");
+    let original: Value = serde_json::from_str(&body).unwrap();
+    // Replace the id with a bare JSON integer that no u64 or f64 holds exactly.
+    let old = format!("\"id\":{}", original["data"]["id"]);
+    let new = format!("\"id\":{id}");
+    let compact = original.to_string();
+    assert!(compact.contains(&old), "fixture id {old} in {compact}");
+    let (status, resp) = host.post("acme", compact.replace(&old, &new), &[]).await;
+    assert_eq!(status, 202, "{resp}");
+    let event = host.stored_event(resp["event_id"].as_str().unwrap());
+    assert_eq!(event["message_id"], id);
 }
 
 #[tokio::test]

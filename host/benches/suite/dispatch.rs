@@ -60,6 +60,7 @@ impl Invoker {
         let tenant = TenantConfig {
             id: "bench".into(),
             numbers: vec!["+15125550100".into()],
+            default_country: None,
             webhook_auth: WebhookAuth::None,
             webhook_secret: None,
             justcall_api: ApiDialect::Seed,

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::limits::{LimitOverrides, RawLimits};
 use super::{ConfigError, MIN_WEBHOOK_SECRET_LEN, Secret, resolve_secret, resolve_strong_secret};
-use crate::domain::normalize_e164;
+use crate::domain::{Country, normalize_e164, parse_country};
 
 /// How a tenant's webhooks prove they come from JustCall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -42,6 +42,9 @@ pub struct TenantConfig {
     pub id: String,
     /// The tenant's JustCall numbers, E.164.
     pub numbers: Vec<String>,
+    /// Where numbers written without `+` or a country code are national
+    /// numbers; without it such numbers are refused, never guessed.
+    pub default_country: Option<Country>,
     /// How webhooks are authenticated.
     pub webhook_auth: WebhookAuth,
     /// The signing secret, absent only with [`WebhookAuth::None`].
@@ -65,6 +68,7 @@ pub struct TenantConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenant {
     numbers: Spanned<Vec<String>>,
+    default_country: Option<Spanned<String>>,
     pub(super) webhook_auth: Option<Spanned<WebhookAuth>>,
     webhook_secret: Option<Spanned<String>>,
     justcall_api: Option<ApiDialect>,
@@ -125,17 +129,22 @@ pub(super) fn resolve_tenant(
             "tenant ids use only a-z, 0-9, '-' and '_' (at most 64)",
         ));
     }
-    let mut numbers = Vec::new();
-    for n in t.numbers.get_ref() {
-        let e164 = normalize_e164(n).ok_or_else(|| {
+    let default_country = match &t.default_country {
+        None => None,
+        Some(c) => Some(parse_country(c.get_ref()).ok_or_else(|| {
             ConfigError::new(
                 path,
                 src,
-                Some(t.numbers.span()),
-                k("numbers"),
-                format!("`{n}` is not an E.164 phone number"),
+                Some(c.span()),
+                k("default_country"),
+                format!("`{}` is not an ISO 3166 country code such as \"US\" or \"GB\"", c.get_ref()),
             )
-        })?;
+        })?),
+    };
+    let mut numbers = Vec::new();
+    for n in t.numbers.get_ref() {
+        let e164 = normalize_e164(n, default_country)
+            .map_err(|e| ConfigError::new(path, src, Some(t.numbers.span()), k("numbers"), format!("`{n}` {e}")))?;
         numbers.push(e164);
     }
     if numbers.is_empty() {
@@ -194,6 +203,7 @@ pub(super) fn resolve_tenant(
     Ok(TenantConfig {
         id: id.to_string(),
         numbers,
+        default_country,
         webhook_auth,
         webhook_secret,
         justcall_api: t.justcall_api.unwrap_or(ApiDialect::Seed),

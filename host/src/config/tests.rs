@@ -66,6 +66,22 @@ fn bad_values_are_located() {
 }
 
 #[test]
+fn national_numbers_need_a_default_country() {
+    let src = GOOD.replace("\"+15125550100\"", "\"5125550100\"");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.key, "tenants.acme.numbers");
+    assert!(err.message.contains("has no country code"), "{err}");
+
+    let with_country = src.replace("numbers = ", "default_country = \"US\"\nnumbers = ");
+    let cfg = Config::parse(Path::new("sb.toml"), &with_country, &env).unwrap();
+    assert_eq!(cfg.tenants["acme"].numbers, ["+15125550100"]);
+
+    let bad = GOOD.replace("numbers = ", "default_country = \"USA\"\nnumbers = ");
+    let err = Config::parse(Path::new("sb.toml"), &bad, &env).unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("tenants.acme.default_country", Some(6)), "{err}");
+}
+
+#[test]
 fn long_run_cpu_share_is_a_percentage() {
     let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
     assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);

@@ -5,4 +5,4 @@ pub mod event;
 pub mod phone;
 
 pub use event::{Direction, Event, EventKind, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS};
-pub use phone::{PhoneNumber, normalize_e164};
+pub use phone::{Country, PhoneError, PhoneNumber, normalize_e164, parse_country};

@@ -58,8 +58,6 @@ pub struct Source {
     pub dedupe_key: String,
     /// The wire format's name (`seed`, `v2.1`).
     pub format: &'static str,
-    /// The body as received.
-    pub raw: String,
 }
 
 /// Accepts a parsed event for `tenant`: gives it an id, stores it with its
@@ -71,13 +69,7 @@ pub async fn accept(state: &AppState, tenant: &str, mut event: Event, source: So
     let plugins = state.registry.subscribers(tenant, event.kind);
     let outcome = state
         .db
-        .insert_event(
-            event.clone(),
-            source.dedupe_key,
-            source.format,
-            source.raw,
-            new_deliveries(&plugins),
-        )
+        .insert_event(event.clone(), source.dedupe_key, source.format, new_deliveries(&plugins))
         .await?;
     match outcome {
         InsertOutcome::Duplicate { event_id } => Ok(Acceptance::Duplicate { event_id }),

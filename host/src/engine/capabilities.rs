@@ -208,14 +208,16 @@ impl sms::Host for PluginCtx {
         }
         self.sms_sent += 1;
         let tenant = self.inv.tenant.clone();
-        let Some(from) = normalize_e164(&message.from).filter(|f| tenant.config.numbers.contains(f)) else {
+        let country = tenant.config.default_country;
+        let Some(from) = normalize_e164(&message.from, country)
+            .ok()
+            .filter(|f| tenant.config.numbers.contains(f))
+        else {
             return Ok(Err(sms::SmsError::NotTenantNumber(message.from)));
         };
-        let Some(to) = normalize_e164(&message.to) else {
-            return Ok(Err(sms::SmsError::InvalidRequest(format!(
-                "`{}` is not a phone number",
-                message.to
-            ))));
+        let to = match normalize_e164(&message.to, country) {
+            Ok(to) => to,
+            Err(e) => return Ok(Err(sms::SmsError::InvalidRequest(format!("`{}` {e}", message.to)))),
         };
         match self.inv.db.is_opted_out(&tenant.config.id, &to).await {
             Ok(false) => {}

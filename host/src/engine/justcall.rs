@@ -83,6 +83,7 @@ pub struct JustCallClient {
     budget: Arc<DefaultDirectRateLimiter>,
     /// Set when JustCall said the budget is spent (`X-Rate-Limit-Remaining: 0`).
     blocked_until: Arc<Mutex<Option<Instant>>>,
+    default_country: Option<crate::domain::Country>,
 }
 
 impl std::fmt::Debug for JustCallClient {
@@ -118,6 +119,7 @@ impl JustCallClient {
             http,
             budget: Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))),
             blocked_until: Arc::default(),
+            default_country: tenant.default_country,
         }
     }
 
@@ -329,7 +331,8 @@ impl JustCallClient {
                 ("sms_direction", "Outgoing".to_string()),
             ],
         };
-        let same = |a: &str, b: &str| crate::domain::normalize_e164(a).is_some_and(|a| Some(a) == crate::domain::normalize_e164(b));
+        let e164 = |n: &str| crate::domain::normalize_e164(n, self.default_country).ok();
+        let same = |a: &str, b: &str| e164(a).is_some_and(|a| Some(a) == e164(b));
         let mut out = Vec::new();
         for page in 1..=PAGES {
             let batch = self.list_where(page, 100, &filters, deadline).await?;

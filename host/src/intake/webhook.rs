@@ -124,15 +124,14 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
     let body = read_body(state, body, declared).await?;
 
     // Decode first: the JustCall v1 signature covers the payload's `type`.
-    let value = match wire::decode(&body)? {
+    let payload = match wire::decode(&body)? {
         wire::Body::Ping => {
             // The setup ping: no event to authenticate or dispatch.
             tracing::debug!(tenant = %tenant_id, "webhook ping");
             return Ok((StatusCode::OK, Json(json!({ "status": "ping" }))).into_response());
         }
-        wire::Body::Payload(value) => value,
+        wire::Body::Payload(payload) => payload,
     };
-    let type_name = wire::type_name(&value).map(str::to_string);
 
     let cfg = &tenant.config;
     let now = Utc::now();
@@ -143,7 +142,7 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
             auth::verify_justcall_v1(
                 secret.expose(),
                 &state.config.webhook_url(tenant_id),
-                type_name.as_deref(),
+                Some(payload.type_name()),
                 headers,
                 now,
                 tolerance,
@@ -156,7 +155,7 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
         (_, None) => return Err(WebhookError::NoSecret),
     }
 
-    let incoming = match wire::parse_value(value)? {
+    let incoming = match wire::parse(&payload, cfg.default_country)? {
         Parsed::Ignored { type_name, reason } => {
             tracing::info!(tenant = %tenant_id, %type_name, %reason, "webhook ignored");
             return Ok((StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))).into_response());
@@ -172,7 +171,6 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
             Format::Seed => "seed",
             Format::V21 => "v2.1",
         },
-        raw: String::from_utf8_lossy(&body).into_owned(),
     };
     match accept(state, tenant_id, incoming.event, source).await? {
         Acceptance::Duplicate { event_id } => {

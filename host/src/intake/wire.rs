@@ -2,11 +2,14 @@
 //! v2.1) and their normalisation into one [`Event`].
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use std::collections::BTreeMap;
 
-use crate::domain::{Direction, Event, EventKind, normalize_e164};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::domain::{Country, Direction, Event, EventKind, normalize_e164};
+
 /// Which wire format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -18,12 +21,36 @@ pub enum Format {
 
 /// A webhook body, decoded once, before it is authenticated.
 #[derive(Debug)]
-pub enum Body {
+pub enum Body<'a> {
     /// The setup ping: an empty body, or a JSON object with neither `event`
     /// nor `type`. Acknowledged; never authenticated, stored or dispatched.
     Ping,
-    /// A payload naming an event, to authenticate and then [`parse_value`].
-    Payload(Value),
+    /// A payload naming an event, to authenticate and then [`parse`].
+    Payload(Payload<'a>),
+}
+
+/// A JSON object that names an event, not yet parsed further.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    bytes: &'a [u8],
+    name: Name,
+}
+
+#[derive(Debug)]
+enum Name {
+    /// v2.1's `type`.
+    Type(String),
+    /// The seed format's `event`.
+    Event(String),
+}
+
+impl Payload<'_> {
+    /// The `type` (v2.1) or `event` (seed) name, as sent.
+    pub fn type_name(&self) -> &str {
+        match &self.name {
+            Name::Type(n) | Name::Event(n) => n,
+        }
+    }
 }
 
 /// What a webhook payload turned out to be.
@@ -59,80 +86,90 @@ pub struct Incoming {
 #[error("{0}")]
 pub struct PayloadError(pub String);
 
-/// Returns the `type` (v2.1) or `event` (seed) name of a JSON payload.
-pub fn type_name(value: &Value) -> Option<&str> {
-    value.get("type").or_else(|| value.get("event")).and_then(Value::as_str)
-}
-
 /// Decodes a webhook body: the one place a ping is told from a payload.
-pub fn decode(body: &[u8]) -> Result<Body, PayloadError> {
+/// Only the top-level keys are looked at; values stay unparsed text.
+pub fn decode(body: &[u8]) -> Result<Body<'_>, PayloadError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Body::Ping);
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = &value else {
-        return Err(PayloadError("body must be a JSON object".into()));
+    let object: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => PayloadError("body must be a JSON object".into()),
+        _ => PayloadError(format!("body is not valid JSON: {e}")),
+    })?;
+    let name = |key: &str| -> Result<Option<String>, PayloadError> {
+        object
+            .get(key)
+            .map(|raw| serde_json::from_str::<String>(raw.get()).map_err(|_| PayloadError(format!("{key}: expected a string"))))
+            .transpose()
     };
-    if obj.contains_key("type") || obj.contains_key("event") {
-        Ok(Body::Payload(value))
-    } else {
-        Ok(Body::Ping)
+    let name = match (name("type")?, name("event")?) {
+        (Some(t), _) => Name::Type(t),
+        (None, Some(e)) => Name::Event(e),
+        (None, None) => return Ok(Body::Ping),
+    };
+    Ok(Body::Payload(Payload { bytes: body, name }))
+}
+
+/// Parses a payload from [`decode`] (v2.1 if it has `type`, else seed).
+/// Numbers written without `+` are read with `default_country`.
+pub fn parse(payload: &Payload<'_>, default_country: Option<Country>) -> Result<Parsed, PayloadError> {
+    let cx = Cx { default_country };
+    match &payload.name {
+        Name::Type(t) => parse_v21(cx, t, payload.bytes),
+        Name::Event(e) => parse_seed(cx, e, payload.bytes),
     }
 }
 
-/// Parses a payload from [`decode`] (seed if it has `event`, v2.1 if `type`).
-pub fn parse_value(value: Value) -> Result<Parsed, PayloadError> {
-    let Value::Object(obj) = &value else {
-        return Err(PayloadError("body must be a JSON object".into()));
-    };
-    if let Some(t) = obj.get("type") {
-        let t = t
-            .as_str()
-            .ok_or_else(|| PayloadError("type: expected a string".into()))?
-            .to_string();
-        return parse_v21(&t, value);
-    }
-    if let Some(e) = obj.get("event") {
-        let e = e
-            .as_str()
-            .ok_or_else(|| PayloadError("event: expected a string".into()))?
-            .to_string();
-        return parse_seed(&e, value);
-    }
-    Err(PayloadError("neither `type` nor `event` is set: not a JustCall webhook".into()))
+/// What normalisation needs besides the payload.
+#[derive(Clone, Copy)]
+struct Cx {
+    default_country: Option<Country>,
 }
 
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+impl Cx {
+    fn phone(self, field: &str, raw: &str) -> Result<String, PayloadError> {
+        normalize_e164(raw, self.default_country).map_err(|e| PayloadError(format!("{field}: `{raw}` {e}")))
+    }
+}
+
+fn typed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, PayloadError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
-        // serde_json appends " at line L column C" for text input; values have none.
+        // The position is noise in a one-line reason that names the field.
+        let inner = inner.rsplit_once(" at line ").map_or(inner.as_str(), |(m, _)| m);
         if path == "." {
-            PayloadError(inner)
+            PayloadError(inner.to_string())
         } else {
             PayloadError(format!("{path}: {inner}"))
         }
     })
 }
 
-fn phone(field: &str, raw: &str) -> Result<String, PayloadError> {
-    normalize_e164(raw).ok_or_else(|| PayloadError(format!("{field}: `{raw}` is not a phone number")))
-}
+/// An id JustCall sends as a string or an integer, kept as exact text: an
+/// integer beyond 64 bits is never rounded through a float.
+#[derive(Debug)]
+struct Id(String);
 
-/// A JSON string or number, as text (JustCall sends ids both ways).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Id {
-    Text(String),
-    Number(serde_json::Number),
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let raw = <&RawValue>::deserialize(d)?.get();
+        if raw.starts_with('"') {
+            return serde_json::from_str(raw).map(Id).map_err(serde::de::Error::custom);
+        }
+        let digits = raw.strip_prefix('-').unwrap_or(raw);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Id(raw.to_string()))
+        } else {
+            Err(serde::de::Error::custom(format!("expected a string or an integer id, got `{raw}`")))
+        }
+    }
 }
 
 impl Id {
     fn into_string(self) -> String {
-        match self {
-            Id::Text(s) => s,
-            Id::Number(n) => n.to_string(),
-        }
+        self.0
     }
 }
 
@@ -171,14 +208,14 @@ fn seed_kind(name: &str) -> Option<EventKind> {
     EventKind::ALL.into_iter().find(|k| k.seed_name() == name)
 }
 
-fn parse_seed(name: &str, value: Value) -> Result<Parsed, PayloadError> {
+fn parse_seed(cx: Cx, name: &str, bytes: &[u8]) -> Result<Parsed, PayloadError> {
     let Some(kind) = seed_kind(name) else {
         return Ok(Parsed::Ignored {
             type_name: name.to_string(),
             reason: format!("event `{name}` is not an SMS event"),
         });
     };
-    let p: SeedPayload = typed(value)?;
+    let p: SeedPayload = typed(bytes)?;
     let occurred = DateTime::parse_from_rfc3339(&p.timestamp)
         .map_err(|e| PayloadError(format!("timestamp: `{}` is not RFC 3339: {e}", p.timestamp)))?
         .with_timezone(&Utc);
@@ -204,11 +241,11 @@ fn parse_seed(name: &str, value: Value) -> Result<Parsed, PayloadError> {
             occurred_at: occurred.to_rfc3339_opts(SecondsFormat::Secs, true),
             message_id,
             direction,
-            from: phone("data.from", &p.data.from)?,
-            to: phone("data.to", &p.data.to)?,
+            from: cx.phone("data.from", &p.data.from)?,
+            to: cx.phone("data.to", &p.data.to)?,
             body: p.data.body,
             media_urls: p.data.media_urls,
-            justcall_number: phone("data.justcall_number", &p.data.justcall_number)?,
+            justcall_number: cx.phone("data.justcall_number", &p.data.justcall_number)?,
             contact_name: non_empty(p.data.contact_name),
             agent_id: p.data.agent_id.map(Id::into_string),
         },
@@ -291,10 +328,10 @@ fn mms_url(v: &Value) -> Option<String> {
     }
 }
 
-fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
+fn parse_v21(cx: Cx, name: &str, bytes: &[u8]) -> Result<Parsed, PayloadError> {
     match name {
         "sms.received" | "sms.sent" | "sms.sent_received" | "sms.status_updated" => {}
-        "jc.contact_status_updated" => return parse_v21_contact(name, value),
+        "jc.contact_status_updated" => return parse_v21_contact(cx, name, bytes),
         other => {
             return Ok(Parsed::Ignored {
                 type_name: other.to_string(),
@@ -302,7 +339,7 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
             });
         }
     }
-    let p: V21Payload<V21Sms> = typed(value)?;
+    let p: V21Payload<V21Sms> = typed(bytes)?;
     if p.request_id.is_empty() {
         return Err(PayloadError("request_id: must not be empty".into()));
     }
@@ -335,8 +372,8 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
             None => return Err(PayloadError("data.delivery_status: missing field".into())),
         },
     };
-    let contact = phone("data.contact_number", &d.contact_number)?;
-    let line = phone("data.justcall_number", &d.justcall_number)?;
+    let contact = cx.phone("data.contact_number", &d.contact_number)?;
+    let line = cx.phone("data.justcall_number", &d.justcall_number)?;
     let (from, to) = match direction {
         Direction::Inbound => (contact, line.clone()),
         Direction::Outbound => (line.clone(), contact),
@@ -363,8 +400,8 @@ fn parse_v21(name: &str, value: Value) -> Result<Parsed, PayloadError> {
     })))
 }
 
-fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
-    let p: V21Payload<V21Contact> = typed(value)?;
+fn parse_v21_contact(cx: Cx, name: &str, bytes: &[u8]) -> Result<Parsed, PayloadError> {
+    let p: V21Payload<V21Contact> = typed(bytes)?;
     if p.request_id.is_empty() {
         return Err(PayloadError("request_id: must not be empty".into()));
     }
@@ -387,7 +424,7 @@ fn parse_v21_contact(name: &str, value: Value) -> Result<Parsed, PayloadError> {
             occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             message_id: d.id.into_string(),
             direction: Direction::Inbound,
-            from: phone("data.contact_number", &d.contact_number)?,
+            from: cx.phone("data.contact_number", &d.contact_number)?,
             to: String::new(),
             body: String::new(),
             media_urls: Vec::new(),
@@ -406,9 +443,13 @@ mod tests {
     use super::*;
 
     fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
+        parse_in(body, None)
+    }
+
+    fn parse_in(body: &[u8], country: Option<Country>) -> Result<Parsed, PayloadError> {
         match decode(body)? {
             Body::Ping => panic!("a ping, not a payload"),
-            Body::Payload(v) => parse_value(v),
+            Body::Payload(p) => super::parse(&p, country),
         }
     }
 
@@ -454,7 +495,7 @@ mod tests {
         assert!(matches!(decode(b"").unwrap(), Body::Ping));
         assert!(matches!(decode(b"  \n").unwrap(), Body::Ping));
         assert!(matches!(decode(b"{\"hello\":1}").unwrap(), Body::Ping));
-        assert!(matches!(decode(b"{\"type\":5}").unwrap(), Body::Payload(_)));
+        assert!(matches!(decode(b"{\"type\":\"x\"}").unwrap(), Body::Payload(_)));
         assert_eq!(decode(b"[1]").unwrap_err().0, "body must be a JSON object");
     }
 
@@ -479,6 +520,34 @@ mod tests {
         assert_eq!(i.event.message_id, "7");
         assert_eq!(i.event.agent_id.as_deref(), Some("27155001"));
         assert_eq!(i.dedupe_key, "jc:r1");
+    }
+
+    const V21_RECEIVED: &str = r#"{"request_id":"r1","type":"sms.received","data":{"id":ID,"contact_number":"CONTACT","justcall_number":"15125550100","direction":"Incoming","sms_date":"2024-02-23","sms_time":"09:30:58","sms_info":{"body":"hi"}}}"#;
+
+    fn v21_received(id: &str, contact: &str) -> String {
+        V21_RECEIVED.replace("ID", id).replace("CONTACT", contact)
+    }
+
+    #[test]
+    fn ids_beyond_64_bits_are_kept_exactly() {
+        let huge = "123456789012345678901234567890";
+        let i = event(&v21_received(huge, "15125551234"));
+        assert_eq!(i.event.message_id, huge);
+        let i = event(&v21_received(&format!("\"{huge}\""), "15125551234"));
+        assert_eq!(i.event.message_id, huge);
+        let err = parse(v21_received("1.5e3", "15125551234").as_bytes()).unwrap_err();
+        assert_eq!(err.0, "data.id: expected a string or an integer id, got `1.5e3`");
+    }
+
+    #[test]
+    fn a_national_number_needs_the_tenants_country() {
+        let body = v21_received("7", "5125551234");
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert!(err.0.starts_with("data.contact_number: `5125551234` has no country code"), "{err}");
+        let Parsed::Event(i) = parse_in(body.as_bytes(), Some(Country::US)).unwrap() else {
+            panic!("expected an event")
+        };
+        assert_eq!(i.event.from, "+15125551234");
     }
 
     #[test]

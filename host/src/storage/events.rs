@@ -48,7 +48,6 @@ impl Db {
         event: Event,
         dedupe_key: String,
         format: &'static str,
-        raw: String,
         deliveries: Vec<NewDelivery>,
     ) -> Result<InsertOutcome, DbError> {
         self.write(move |conn| {
@@ -67,8 +66,8 @@ impl Db {
             }
             let json = serde_json::to_string(&event)?;
             conn.execute(
-                "INSERT INTO events (id, tenant, dedupe_key, kind, format, event_json, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![event.event_id, event.tenant, dedupe_key, event.kind.as_str(), format, json, raw],
+                "INSERT INTO events (id, tenant, dedupe_key, kind, format, event_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![event.event_id, event.tenant, dedupe_key, event.kind.as_str(), format, json],
             )?;
             // Opt-out state changes in the same transaction as the event, so
             // no plugin runs on an event before its opt-out is in force.

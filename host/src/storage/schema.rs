@@ -113,6 +113,9 @@ pub(super) fn migrations() -> Migrations<'static> {
         ),
         // 3: retention. Finished events are pruned by age.
         M::up("CREATE INDEX events_by_age ON events (received_at);"),
+        // 4: each body is stored once. The normalised event is what plugins,
+        // replays and the admin API read; the raw copy doubled every body.
+        M::up("ALTER TABLE events DROP COLUMN raw;"),
     ])
 }
 

@@ -119,11 +119,11 @@ pub struct TestRun {
 pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, config: &[(String, String)]) -> anyhow::Result<TestRun> {
     let payload = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
     let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{}: {e}", event_file.display());
-    let value = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
+    let decoded = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
         crate::intake::wire::Body::Ping => bail!("{}: a setup ping, not an event", event_file.display()),
-        crate::intake::wire::Body::Payload(value) => value,
+        crate::intake::wire::Body::Payload(p) => p,
     };
-    let mut event = match crate::intake::wire::parse_value(value).map_err(wire_error)? {
+    let mut event = match crate::intake::wire::parse(&decoded, None).map_err(wire_error)? {
         crate::intake::wire::Parsed::Event(i) => i.event,
         crate::intake::wire::Parsed::Ignored { type_name, reason } => {
             bail!("{}: `{type_name}` is not dispatched: {reason}", event_file.display())
@@ -164,6 +164,7 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
     let tenant = TenantConfig {
         id: "plugin-test".into(),
         numbers: vec![event.justcall_number.clone()],
+        default_country: None,
         webhook_auth: WebhookAuth::None,
         webhook_secret: None,
         justcall_api: ApiDialect::Seed,
