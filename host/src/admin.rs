@@ -1,7 +1,8 @@
 //! The admin API under `/admin`, behind the configured bearer token: what each
 //! tenant's plugins are doing (version serving, rejections, pause state and
-//! failures), resuming paused plugins, listing deliveries and replaying
-//! events. HTTP errors for it are mapped here only.
+//! failures), resuming paused plugins, listing deliveries and event
+//! verifications, and replaying events. HTTP errors for it are mapped here
+//! only.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,8 +12,9 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::engine::accept::Replay;
 use crate::engine::state::AppState;
-use crate::storage::DeliveryStatus;
+use crate::storage::{DeliveryStatus, VerificationState};
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/tenants/{tenant}/deliveries", get(deliveries))
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
+        .route("/tenants/{tenant}/verifications", get(verifications))
 }
 
 fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
@@ -188,9 +191,11 @@ async fn replay(
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     authorize(&state, &headers)?;
     known_tenant(&state, &tenant)?;
-    let accepted = crate::engine::accept::replay(&state, &tenant, &event_id)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`")))?;
+    let accepted = match crate::engine::accept::replay(&state, &tenant, &event_id).await? {
+        Replay::Replayed(a) => a,
+        Replay::NotFound => return Err(AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`"))),
+        Replay::NotVerified(why) => return Err(AdminError::Conflict(format!("event `{event_id}` is not replayed: {why}"))),
+    };
     let out: Vec<Value> = accepted
         .deliveries
         .iter()
@@ -201,4 +206,42 @@ async fn replay(
         StatusCode::ACCEPTED,
         Json(json!({ "tenant": tenant, "event_id": event_id, "deliveries": out })),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct VerificationsQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Events checked with JustCall: `refused` (the default: why each was
+/// refused), `pending` (with the last error) or `verified`.
+async fn verifications(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(q): Query<VerificationsQuery>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    let name = q.state.as_deref().unwrap_or("refused");
+    let wanted = match name {
+        "refused" => VerificationState::Refused,
+        "pending" => VerificationState::Pending,
+        "verified" => VerificationState::Verified,
+        other => {
+            return Err(AdminError::BadRequest(format!(
+                "state `{other}` is not one of refused, pending, verified"
+            )));
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let list: Vec<Value> = state
+        .db
+        .verifications(&tenant, wanted, limit)
+        .await?
+        .into_iter()
+        .map(|v| json!({ "event_id": v.event_id, "attempts": v.attempts, "reason": v.reason, "updated_at": v.updated_at }))
+        .collect();
+    Ok(Json(json!({ "tenant": tenant, "state": name, "verifications": list })))
 }

@@ -62,6 +62,9 @@ public_url = "https://hooks.example.com"
 numbers = ["+15125550100"]
 webhook_auth = "justcall-v1"
 webhook_secret = "env:ACME_WEBHOOK_SECRET"
+# This JustCall is a recorder that holds no messages to check events against
+# (verification has its own tests, against the simulator).
+verify_events = false
 justcall_api = "v2.1"
 justcall_base_url = "{}/v2.1"
 justcall_api_key = "env:ACME_JC_KEY"
@@ -340,6 +343,18 @@ async fn admin_commands_mirror_the_admin_api() {
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["deliveries"][0]["plugin"],
         "flaky"
     );
+
+    // This tenant does not verify events: nothing was refused.
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["verifications", "acme"]).await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["verifications"].as_array().map(Vec::len)),
+        (Some("refused"), Some(0))
+    );
+    let (ok, _, err) = admin_cli(&host, ADMIN_TOKEN, &["verifications", "acme", "--state", "lost"]).await;
+    assert!(!ok);
+    assert!(err.contains("state `lost` is not one of refused, pending, verified"), "{err}");
 
     let (ok, _, err) = admin_cli(&host, "wrong", &["plugins", "acme"]).await;
     assert!(!ok);

@@ -7,23 +7,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{
-    ADMIN_TOKEN, FakeJustCall, Fault, PluginSpec, RECEIVED_BODY, RECEIVED_ID, Recorder, TenantSpec, TestHost, fixture, wait_for,
+    ADMIN_TOKEN, FakeJustCall, Fault, RECEIVED_BODY, RECEIVED_ID, Recorder, TenantSpec, TestHost, fixture, flaky, wait_for,
 };
 
 /// Retries 50, 100 and 150 ms after a failure.
 fn fast_retries() -> Vec<Duration> {
     vec![Duration::from_millis(50), Duration::from_millis(100), Duration::from_millis(150)]
-}
-
-fn flaky(sink: &str, reply: bool, timeout_ms: u64) -> PluginSpec {
-    PluginSpec::new(
-        "flaky",
-        "flaky",
-        format!(
-            "events = [\"received\"]\nallowed_hosts = [\"{sink}\"]\n[config]\nsink = \"{sink}/sink\"\nreply = \"{}\"\n[limits]\ntimeout_ms = {timeout_ms}\n",
-            if reply { "yes" } else { "no" }
-        ),
-    )
 }
 
 /// A received message with this id and body.
@@ -33,20 +22,8 @@ fn message(id: &str, body: &str) -> String {
         .replace(RECEIVED_BODY, body)
 }
 
-async fn admin(host: &TestHost, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let url = format!("{}/admin{path}", host.admin_url);
-    let mut req = if method == "POST" { client.post(url) } else { client.get(url) };
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn delivery_of(host: &TestHost, event_id: &str) -> Value {
-    let (status, v) = admin(host, "GET", "/tenants/acme/deliveries?limit=1000", Some(ADMIN_TOKEN)).await;
+    let (status, v) = host.admin("GET", "/tenants/acme/deliveries?limit=1000", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{v}");
     v["deliveries"]
         .as_array()
@@ -94,7 +71,7 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
         assert_eq!((d["attempts"].as_i64(), d["failures"].as_i64()), (Some(n + 1), Some(n)), "{d}");
         assert_eq!(d["last_error"], format!("plugin error: flaky: attempt {n} fails as planned"));
     }
-    let (_, plugins) = admin(&host, "GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
+    let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "active", "{plugins}");
     assert_eq!(plugins["plugins"][0]["delivery"]["failed_attempts"], 6);
 
@@ -103,7 +80,7 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
     let failing = resp["event_id"].as_str().unwrap().to_string();
     let d = wait_status(&host, &failing, "failed").await;
     assert_eq!((d["attempts"].as_i64(), d["failures"].as_i64()), (Some(4), Some(4)), "{d}");
-    let (_, plugins) = admin(&host, "GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
+    let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     let p = &plugins["plugins"][0];
     assert_eq!(p["status"], "paused", "{plugins}");
     assert_eq!(p["delivery"]["failed_attempts"], 10);
@@ -119,9 +96,9 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
         assert_eq!((status, resp["held"].as_i64()), (202, Some(1)), "{resp}");
         held.push(resp["event_id"].as_str().unwrap().to_string());
     }
-    let (_, list) = admin(&host, "GET", "/tenants/acme/deliveries?status=held", Some(ADMIN_TOKEN)).await;
+    let (_, list) = host.admin("GET", "/tenants/acme/deliveries?status=held", Some(ADMIN_TOKEN)).await;
     assert_eq!(list["deliveries"].as_array().unwrap().len(), 5, "{list}");
-    let (_, list) = admin(&host, "GET", "/tenants/acme/deliveries?status=failed", Some(ADMIN_TOKEN)).await;
+    let (_, list) = host.admin("GET", "/tenants/acme/deliveries?status=failed", Some(ADMIN_TOKEN)).await;
     assert_eq!(list["deliveries"][0]["event_id"], failing.as_str());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink_bodies(&sink).len(), 4, "held events do not run");
@@ -129,20 +106,20 @@ async fn failures_retry_on_schedule_the_fourth_pauses_and_resume_runs_held_event
     // The pause and the held events survive a restart.
     let dir = host.stop().await;
     let host = TestHost::builder(vec![tenant()]).in_dir(dir).retries(fast_retries()).start().await;
-    let (_, plugins) = admin(&host, "GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
+    let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "paused", "{plugins}");
     assert_eq!(plugins["plugins"][0]["delivery"]["held"], 5);
 
     // Resuming runs the held events once each, in arrival order.
-    let (status, resp) = admin(&host, "POST", "/tenants/acme/plugins/flaky/resume", Some(ADMIN_TOKEN)).await;
+    let (status, resp) = host.admin("POST", "/tenants/acme/plugins/flaky/resume", Some(ADMIN_TOKEN)).await;
     assert_eq!((status, resp["released"].as_i64()), (200, Some(5)), "{resp}");
     for id in &held {
         wait_status(&host, id, "done").await;
     }
     assert_eq!(sink_bodies(&sink)[4..], ["held 0", "held 1", "held 2", "held 3", "held 4"]);
-    let (_, plugins) = admin(&host, "GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
+    let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "active");
-    let (status, resp) = admin(&host, "POST", "/tenants/acme/plugins/flaky/resume", Some(ADMIN_TOKEN)).await;
+    let (status, resp) = host.admin("POST", "/tenants/acme/plugins/flaky/resume", Some(ADMIN_TOKEN)).await;
     assert_eq!(
         (status, resp["error"].as_str()),
         (409, Some("conflict: plugin `flaky` is not paused"))
@@ -293,12 +270,14 @@ async fn replay_runs_a_stored_event_through_the_current_plugins() {
     let event = resp["event_id"].as_str().unwrap().to_string();
     sink.wait_for_count("/sink", 1).await;
 
-    let (status, resp) = admin(&host, "POST", &format!("/tenants/acme/events/{event}/replay"), Some(ADMIN_TOKEN)).await;
+    let (status, resp) = host
+        .admin("POST", &format!("/tenants/acme/events/{event}/replay"), Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(status, 202, "{resp}");
     assert_eq!(resp["deliveries"][0]["plugin"], "flaky");
     sink.wait_for_count("/sink", 2).await;
     host.idle().await;
-    let (_, list) = admin(&host, "GET", "/tenants/acme/deliveries?status=done", Some(ADMIN_TOKEN)).await;
+    let (_, list) = host.admin("GET", "/tenants/acme/deliveries?status=done", Some(ADMIN_TOKEN)).await;
     let runs: Vec<&Value> = list["deliveries"]
         .as_array()
         .unwrap()
@@ -308,9 +287,11 @@ async fn replay_runs_a_stored_event_through_the_current_plugins() {
     assert_eq!(runs.len(), 2, "the original delivery and the replay: {list}");
 
     // Another tenant's event id is not found; nor is an unknown one.
-    let (status, _) = admin(&host, "POST", &format!("/tenants/other/events/{event}/replay"), Some(ADMIN_TOKEN)).await;
+    let (status, _) = host
+        .admin("POST", &format!("/tenants/other/events/{event}/replay"), Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = admin(&host, "POST", "/tenants/acme/events/nope/replay", Some(ADMIN_TOKEN)).await;
+    let (status, _) = host.admin("POST", "/tenants/acme/events/nope/replay", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 404);
 }
 
@@ -325,31 +306,31 @@ async fn the_admin_api_refuses_bad_tokens_unknown_ids_and_bad_filters() {
         ("GET", "/tenants/acme/deliveries"),
         ("POST", "/tenants/acme/events/x/replay"),
     ] {
-        let (status, body) = admin(&host, method, path, None).await;
+        let (status, body) = host.admin(method, path, None).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (401, Some("unauthorized: missing bearer token")),
             "{path}"
         );
-        let (status, body) = admin(&host, method, path, Some("wrong")).await;
+        let (status, body) = host.admin(method, path, Some("wrong")).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (401, Some("unauthorized: wrong bearer token")),
             "{path}"
         );
     }
-    let (status, _) = admin(&host, "GET", "/tenants/ghost/deliveries", Some(ADMIN_TOKEN)).await;
+    let (status, _) = host.admin("GET", "/tenants/ghost/deliveries", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 404);
-    let (status, body) = admin(&host, "POST", "/tenants/acme/plugins/ghost/resume", Some(ADMIN_TOKEN)).await;
+    let (status, body) = host.admin("POST", "/tenants/acme/plugins/ghost/resume", Some(ADMIN_TOKEN)).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("not found: plugin `ghost` of tenant `acme`"))
     );
-    let (status, body) = admin(&host, "GET", "/tenants/acme/deliveries?status=lost", Some(ADMIN_TOKEN)).await;
+    let (status, body) = host.admin("GET", "/tenants/acme/deliveries?status=lost", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 400);
     assert_eq!(
         body["error"],
-        "bad request: status `lost` is not one of pending, running, done, failed, held"
+        "bad request: status `lost` is not one of verifying, pending, running, done, failed, held, refused"
     );
 }
 

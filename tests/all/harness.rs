@@ -114,6 +114,8 @@ pub struct TenantSpec {
     pub number: &'static str,
     pub rate_per_minute: u32,
     pub default_country: Option<switchboard::domain::Country>,
+    /// Off by default here: most tests post events JustCall never saw.
+    pub verify_events: bool,
 }
 
 impl TenantSpec {
@@ -131,6 +133,7 @@ impl TenantSpec {
             number: NUMBER,
             rate_per_minute: 100_000,
             default_country: None,
+            verify_events: false,
         }
     }
 
@@ -154,6 +157,20 @@ impl TenantSpec {
         self.plugins.push(p);
         self
     }
+}
+
+/// The `flaky` test plugin on received events: it fails while the body says
+/// `fail N` (N attempts), posts each body to `{sink}/sink`, and with `reply`
+/// texts the sender `re: {body}`.
+pub fn flaky(sink: &str, reply: bool, timeout_ms: u64) -> PluginSpec {
+    PluginSpec::new(
+        "flaky",
+        "flaky",
+        format!(
+            "events = [\"received\"]\nallowed_hosts = [\"{sink}\"]\n[config]\nsink = \"{sink}/sink\"\nreply = \"{}\"\n[limits]\ntimeout_ms = {timeout_ms}\n",
+            if reply { "yes" } else { "no" }
+        ),
+    )
 }
 
 pub const NUMBER: &str = "+15125550100";
@@ -262,6 +279,7 @@ impl TestHost {
                     id: t.id.to_string(),
                     numbers: vec![t.number.to_string()],
                     default_country: t.default_country,
+                    verify_events: t.verify_events,
                     webhook_auth: t.auth,
                     webhook_secret: t.secret.map(Secret::new),
                     justcall_api: t.dialect,
@@ -326,6 +344,33 @@ impl TestHost {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Calls the admin API (`path` under `/admin`) with this bearer token.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/admin{path}", self.admin_url);
+        let mut req = if method == "POST" { client.post(url) } else { client.get(url) };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Whether the tenant's contact has opted out, as stored.
+    pub fn opted_out(&self, tenant: &str, number: &str) -> bool {
+        use rusqlite::OptionalExtension;
+        self.db()
+            .query_row(
+                "SELECT opted_out FROM optouts WHERE tenant = ?1 AND number = ?2",
+                [tenant, number],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+            .unwrap_or(false)
     }
 
     /// GET /admin/tenants/{tenant}/plugins.
@@ -562,6 +607,16 @@ pub struct FakeJustCall {
     sim: Simulator,
 }
 
+/// The simulator's controls (faults, latency, outage, received messages)
+/// and records (sent SMS, request counts).
+impl std::ops::Deref for FakeJustCall {
+    type Target = Simulator;
+
+    fn deref(&self) -> &Simulator {
+        &self.sim
+    }
+}
+
 impl FakeJustCall {
     pub async fn start() -> FakeJustCall {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -570,26 +625,6 @@ impl FakeJustCall {
         let app = sim.router();
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeJustCall { url, sim }
-    }
-
-    /// Takes this long to answer each send, after sending it.
-    pub fn set_latency(&self, d: Duration) {
-        self.sim.set_latency(d);
-    }
-
-    /// Answers the next sends with these faults, in order.
-    pub fn fail_next(&self, faults: &[Fault]) {
-        self.sim.fail_next(faults);
-    }
-
-    /// Every SMS sent, oldest first.
-    pub fn sent(&self) -> Vec<SentSms> {
-        self.sim.sent()
-    }
-
-    /// (send requests, list requests) received.
-    pub fn requests(&self) -> (usize, usize) {
-        self.sim.requests()
     }
 
     pub async fn wait_for_sent(&self, n: usize) -> Vec<SentSms> {

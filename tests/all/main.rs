@@ -14,4 +14,5 @@ mod plugins;
 mod process;
 mod reload;
 mod signatures;
+mod verification;
 mod webhooks;

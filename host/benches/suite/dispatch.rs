@@ -61,6 +61,7 @@ impl Invoker {
             id: "bench".into(),
             numbers: vec!["+15125550100".into()],
             default_country: None,
+            verify_events: false,
             webhook_auth: WebhookAuth::None,
             webhook_secret: None,
             justcall_api: ApiDialect::Seed,

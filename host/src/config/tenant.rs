@@ -62,6 +62,10 @@ pub struct TenantConfig {
     /// JustCall API requests per minute Switchboard allows itself for this
     /// tenant (default: the plan's limit, Team's 30 if no plan is named).
     pub justcall_rate_per_minute: u32,
+    /// Check each SMS event against the tenant's JustCall API before it runs
+    /// plugins or changes opt-out state (default: on for `justcall-v1`,
+    /// whose signature does not cover the payload).
+    pub verify_events: bool,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +81,7 @@ pub(super) struct RawTenant {
     justcall_api_secret: Spanned<String>,
     justcall_plan: Option<JustCallPlan>,
     justcall_rate_per_minute: Option<Spanned<u32>>,
+    verify_events: Option<bool>,
     limits: Option<RawLimits>,
 }
 
@@ -227,5 +232,6 @@ pub(super) fn resolve_tenant(
             Some(r) => *r.get_ref(),
             None => t.justcall_plan.unwrap_or(JustCallPlan::Team).per_minute(),
         },
+        verify_events: t.verify_events.unwrap_or(webhook_auth == WebhookAuth::JustCallV1),
     })
 }

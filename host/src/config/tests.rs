@@ -82,6 +82,16 @@ fn national_numbers_need_a_default_country() {
 }
 
 #[test]
+fn justcall_v1_tenants_verify_events_unless_told_not_to() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    assert!(cfg.tenants["acme"].verify_events, "on by default for justcall-v1");
+    let off = GOOD.replace("numbers = ", "verify_events = false\nnumbers = ");
+    assert!(!Config::parse(Path::new("sb.toml"), &off, &env).unwrap().tenants["acme"].verify_events);
+    let sw = GOOD.replace("\"justcall-v1\"", "\"standard-webhooks\"");
+    assert!(!Config::parse(Path::new("sb.toml"), &sw, &env).unwrap().tenants["acme"].verify_events);
+}
+
+#[test]
 fn long_run_cpu_share_is_a_percentage() {
     let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
     assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);

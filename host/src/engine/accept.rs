@@ -10,7 +10,8 @@ use crate::domain::Event;
 use crate::engine::dispatch::Job;
 use crate::engine::plugins::LoadedPlugin;
 use crate::engine::state::AppState;
-use crate::storage::{Created, DbError, InsertOutcome, NewDelivery};
+use crate::engine::verify::{Check, check_for};
+use crate::storage::{Created, DbError, InsertOutcome, NewDelivery, VerificationState};
 
 /// One delivery created for an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub struct Accepted {
     pub event: Arc<Event>,
     /// One per subscribed plugin, in the registry's order.
     pub deliveries: Vec<Delivery>,
+    /// The event waits for verification with JustCall before it runs.
+    pub verifying: bool,
 }
 
 impl Accepted {
@@ -42,8 +45,15 @@ impl Accepted {
 /// What accepting an event did.
 #[derive(Debug, Clone)]
 pub enum Acceptance {
-    /// Stored and dispatched.
+    /// Stored and dispatched, or stored to be verified with JustCall first
+    /// ([`Accepted::verifying`]).
     Accepted(Accepted),
+    /// The tenant verifies events and this one cannot be verified: nothing
+    /// stored.
+    Unverifiable {
+        /// Why.
+        reason: String,
+    },
     /// The tenant already has an event with this dedupe key: nothing stored.
     Duplicate {
         /// The event stored first.
@@ -66,26 +76,72 @@ pub struct Source {
 pub async fn accept(state: &AppState, tenant: &str, mut event: Event, source: Source) -> Result<Acceptance, DbError> {
     event.tenant = tenant.to_string();
     event.event_id = uuid::Uuid::now_v7().to_string();
+    let verifies = state.tenants.get(tenant).is_some_and(|t| t.config.verify_events);
+    let verify = match verifies.then(|| check_for(&event)) {
+        None | Some(Check::NotNeeded) => false,
+        Some(Check::Message) => true,
+        Some(Check::Impossible(reason)) => return Ok(Acceptance::Unverifiable { reason }),
+    };
     let plugins = state.registry.subscribers(tenant, event.kind);
     let outcome = state
         .db
-        .insert_event(event.clone(), source.dedupe_key, source.format, new_deliveries(&plugins))
+        .insert_event(event.clone(), source.dedupe_key, source.format, new_deliveries(&plugins), verify)
         .await?;
-    match outcome {
-        InsertOutcome::Duplicate { event_id } => Ok(Acceptance::Duplicate { event_id }),
-        InsertOutcome::Inserted(created) => Ok(Acceptance::Accepted(dispatch(state, Arc::new(event), &plugins, created))),
+    let created = match outcome {
+        InsertOutcome::Duplicate { event_id } => return Ok(Acceptance::Duplicate { event_id }),
+        InsertOutcome::Inserted(created) => created,
+    };
+    let event = Arc::new(event);
+    if !verify {
+        return Ok(Acceptance::Accepted(dispatch(state, event, &plugins, created)));
     }
+    state.verifier.submit(event.clone(), 0);
+    let deliveries = created
+        .iter()
+        .zip(&plugins)
+        .map(|(c, p)| Delivery {
+            id: c.id,
+            plugin: p.name.clone(),
+            held: false,
+        })
+        .collect();
+    Ok(Acceptance::Accepted(Accepted {
+        event,
+        deliveries,
+        verifying: true,
+    }))
+}
+
+/// What replaying an event did.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// New deliveries, on their way.
+    Replayed(Accepted),
+    /// The tenant has no such event.
+    NotFound,
+    /// The event is still being verified, or was refused: it never runs.
+    NotVerified(String),
 }
 
 /// Runs a stored event again: new deliveries, one per plugin subscribed now.
-/// `None` if the tenant has no such event.
-pub async fn replay(state: &AppState, tenant: &str, event_id: &str) -> Result<Option<Accepted>, DbError> {
+/// An event waiting for verification, or refused by it, is not replayed.
+pub async fn replay(state: &AppState, tenant: &str, event_id: &str) -> Result<Replay, DbError> {
     let Some(event) = state.db.event(tenant, event_id).await? else {
-        return Ok(None);
+        return Ok(Replay::NotFound);
     };
+    match state.db.verification(event_id).await? {
+        Some(v) if v.state == VerificationState::Pending => {
+            return Ok(Replay::NotVerified("it is still being verified with JustCall".into()));
+        }
+        Some(v) if v.state == VerificationState::Refused => {
+            let reason = v.reason.unwrap_or_default();
+            return Ok(Replay::NotVerified(format!("it was refused by verification: {reason}")));
+        }
+        _ => {}
+    }
     let plugins = state.registry.subscribers(tenant, event.kind);
     let created = state.db.add_deliveries(tenant, event_id, new_deliveries(&plugins)).await?;
-    Ok(Some(dispatch(state, Arc::new(event), &plugins, created)))
+    Ok(Replay::Replayed(dispatch(state, Arc::new(event), &plugins, created)))
 }
 
 fn new_deliveries(plugins: &[Arc<LoadedPlugin>]) -> Vec<NewDelivery> {
@@ -116,5 +172,9 @@ fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], 
             event: event.clone(),
         });
     }
-    Accepted { event, deliveries }
+    Accepted {
+        event,
+        deliveries,
+        verifying: false,
+    }
 }

@@ -15,4 +15,5 @@ pub mod plugins;
 pub mod runtime;
 pub mod state;
 pub mod tenant;
+pub mod verify;
 pub mod watch;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::config::WebhookAuth;
 use crate::engine::accept::{Acceptance, Source, accept};
-use crate::engine::state::AppState;
+use crate::engine::state::{AppState, MAX_EVENTS_PER_SIGNATURE};
 use crate::intake::auth::{self, AuthError};
 use crate::intake::wire::{self, Format, Parsed, PayloadError};
 use crate::storage::DbError;
@@ -51,6 +51,13 @@ pub enum WebhookError {
     /// The tenant's config names an auth scheme but no secret.
     #[error("tenant has no webhook secret configured")]
     NoSecret,
+    /// The tenant verifies events with JustCall, and this one cannot be.
+    #[error("forbidden: {0}")]
+    Unverifiable(String),
+    /// This JustCall v1 signature has already authenticated as many events
+    /// as one may.
+    #[error("this signature has already authenticated {MAX_EVENTS_PER_SIGNATURE} events; sign each request afresh")]
+    SignatureReused,
 }
 
 impl IntoResponse for WebhookError {
@@ -62,11 +69,16 @@ impl IntoResponse for WebhookError {
             WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::Unavailable(_) | WebhookError::NoSecret | WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Unverifiable(_) => StatusCode::FORBIDDEN,
+            WebhookError::SignatureReused => StatusCode::TOO_MANY_REQUESTS,
         };
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
         match &self {
             WebhookError::Busy => {
                 resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            WebhookError::SignatureReused => {
+                resp.headers_mut().insert("retry-after", HeaderValue::from_static("30"));
             }
             WebhookError::Unavailable(_) | WebhookError::NoSecret => {
                 resp.headers_mut().insert("retry-after", HeaderValue::from_static("30"));
@@ -162,6 +174,23 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
         }
         Parsed::Event(i) => *i,
     };
+    if cfg.webhook_auth == WebhookAuth::JustCallV1 {
+        // The v1 signature does not cover the payload: one header set may
+        // carry only so many distinct events.
+        let signature = headers
+            .get(auth::JC_SIGNATURE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if !state
+            .guards
+            .signature_uses
+            .admit(tenant_id, &signature, &incoming.dedupe_key, 2 * tolerance)
+        {
+            return Err(WebhookError::SignatureReused);
+        }
+    }
     let source = Source {
         dedupe_key: match delivery_id {
             Some(id) => format!("swh:{id}"),
@@ -177,12 +206,16 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
             tracing::info!(tenant = %tenant_id, %event_id, "duplicate webhook acknowledged, not dispatched");
             Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event_id": event_id }))).into_response())
         }
+        Acceptance::Unverifiable { reason } => {
+            tracing::warn!(tenant = %tenant_id, %reason, "webhook refused: it cannot be verified with JustCall");
+            Err(WebhookError::Unverifiable(reason))
+        }
         Acceptance::Accepted(a) => {
             let (event, held) = (&a.event, a.held());
-            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = a.deliveries.len(), held, "event accepted");
+            tracing::info!(tenant = %tenant_id, event_id = %event.event_id, kind = event.kind.as_str(), deliveries = a.deliveries.len(), held, verifying = a.verifying, "event accepted");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": a.deliveries.len(), "held": held })),
+                Json(json!({ "status": "accepted", "event_id": event.event_id, "kind": event.kind.as_str(), "deliveries": a.deliveries.len(), "held": held, "verifying": a.verifying })),
             )
                 .into_response())
         }

@@ -24,6 +24,7 @@ use crate::engine::plugins::Registry;
 use crate::engine::runtime::{Runtime, RuntimeOptions};
 use crate::engine::state::{AppState, Guards};
 use crate::engine::tenant::Tenant;
+use crate::engine::verify::Verifier;
 use crate::intake::webhook::{self, MAX_BODY_BYTES};
 use crate::storage::Db;
 
@@ -185,11 +186,27 @@ pub async fn run_with_routes(
         dispatcher.submit_at(job, p.due_ms);
     }
 
+    // Events accepted but not yet verified with JustCall resume checking.
+    let verifier = Verifier::new(
+        db.clone(),
+        dispatcher.clone(),
+        tenants.clone(),
+        config.delivery.retry_delays.clone(),
+    );
+    let unverified = db.pending_verifications().await.context("reading pending verifications")?;
+    if !unverified.is_empty() {
+        tracing::info!(count = unverified.len(), "resuming event verifications");
+    }
+    for (event, attempts) in unverified {
+        verifier.submit(Arc::new(event), attempts);
+    }
+
     let state = AppState {
         config: config.clone(),
         db,
         registry,
         dispatcher,
+        verifier,
         tenants,
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
     };

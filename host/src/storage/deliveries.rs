@@ -28,16 +28,22 @@ pub enum DeliveryStatus {
     Failed,
     /// Waiting for its paused plugin to be resumed.
     Held,
+    /// Waiting for its event to be verified with the tenant's JustCall API.
+    Verifying,
+    /// Never runs: its event failed verification (the reason is its error).
+    Refused,
 }
 
 impl DeliveryStatus {
     /// Every status, in life order.
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 7] = [
+        DeliveryStatus::Verifying,
         DeliveryStatus::Pending,
         DeliveryStatus::Running,
         DeliveryStatus::Done,
         DeliveryStatus::Failed,
         DeliveryStatus::Held,
+        DeliveryStatus::Refused,
     ];
 
     /// The stored and shown name.
@@ -48,6 +54,8 @@ impl DeliveryStatus {
             DeliveryStatus::Done => "done",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Held => "held",
+            DeliveryStatus::Verifying => "verifying",
+            DeliveryStatus::Refused => "refused",
         }
     }
 
@@ -377,23 +385,33 @@ pub(super) fn pending_where(conn: &Connection, filter: &str, args: impl rusqlite
     Ok(out)
 }
 
+/// The status a new delivery starts in: `held` if its plugin is paused for
+/// the tenant, else `pending`.
+pub(super) const RUNNABLE: &str = "CASE WHEN EXISTS (SELECT 1 FROM plugin_state p WHERE p.tenant = deliveries.tenant AND p.plugin = deliveries.plugin AND p.paused = 1) THEN 'held' ELSE 'pending' END";
+
+/// Creates deliveries of an event: runnable ([`RUNNABLE`]), or `verifying`
+/// if the event waits for verification.
 pub(super) fn insert_deliveries(
     conn: &Connection,
     event_id: &str,
     tenant: &str,
     deliveries: &[NewDelivery],
+    verifying: bool,
 ) -> Result<Vec<Created>, DbError> {
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status, created_at)
          VALUES (?1, ?2, ?3, ?4,
-                 CASE WHEN EXISTS (SELECT 1 FROM plugin_state WHERE tenant = ?2 AND plugin = ?3 AND paused = 1) THEN 'held' ELSE 'pending' END,
+                 CASE WHEN ?5 THEN 'verifying'
+                      WHEN EXISTS (SELECT 1 FROM plugin_state WHERE tenant = ?2 AND plugin = ?3 AND paused = 1) THEN 'held'
+                      ELSE 'pending' END,
                  {NOW})
          RETURNING id, status"
     ))?;
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        let (id, status): (i64, DeliveryStatus) =
-            stmt.query_row(params![event_id, tenant, d.plugin, d.plugin_hash], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (id, status): (i64, DeliveryStatus) = stmt.query_row(params![event_id, tenant, d.plugin, d.plugin_hash, verifying], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         out.push(Created {
             id,
             held: status == DeliveryStatus::Held,

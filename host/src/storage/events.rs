@@ -43,12 +43,17 @@ impl Db {
     /// Stores an event and its deliveries in one transaction, unless the
     /// tenant has seen its dedupe key within the dedupe window. A delivery to
     /// a paused plugin is stored `held`.
+    ///
+    /// With `verify`, the event waits for verification with JustCall: its
+    /// deliveries are `verifying` and its opt-out change is not applied
+    /// until [`Db::verified`].
     pub async fn insert_event(
         &self,
         event: Event,
         dedupe_key: String,
         format: &'static str,
         deliveries: Vec<NewDelivery>,
+        verify: bool,
     ) -> Result<InsertOutcome, DbError> {
         self.write(move |conn| {
             let n = conn.execute(
@@ -71,20 +76,17 @@ impl Db {
             )?;
             // Opt-out state changes in the same transaction as the event, so
             // no plugin runs on an event before its opt-out is in force.
-            if let Some((number, opted_out)) = event.opt_change() {
-                conn.execute(
-                    &format!(
-                        "INSERT INTO optouts (tenant, number, opted_out) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (tenant, number) DO UPDATE SET opted_out = excluded.opted_out, updated_at = {NOW}"
-                    ),
-                    params![event.tenant, number, opted_out],
-                )?;
+            if verify {
+                super::verification::start(conn, &event)?;
+            } else {
+                apply_opt_change(conn, &event)?;
             }
             Ok(InsertOutcome::Inserted(insert_deliveries(
                 conn,
                 &event.event_id,
                 &event.tenant,
                 &deliveries,
+                verify,
             )?))
         })
         .await
@@ -93,7 +95,7 @@ impl Db {
     /// Adds deliveries of a stored event (a replay).
     pub async fn add_deliveries(&self, tenant: &str, event_id: &str, deliveries: Vec<NewDelivery>) -> Result<Vec<Created>, DbError> {
         let (t, e) = (tenant.to_string(), event_id.to_string());
-        self.write(move |conn| insert_deliveries(conn, &e, &t, &deliveries)).await
+        self.write(move |conn| insert_deliveries(conn, &e, &t, &deliveries, false)).await
     }
 
     /// One of the tenant's stored events.
@@ -150,4 +152,18 @@ impl Db {
         let window = self.options.dedupe_window;
         self.write(move |conn| super::writer::prune(conn, window)).await
     }
+}
+
+/// Applies the event's opt-out change, if it has one.
+pub(super) fn apply_opt_change(conn: &rusqlite::Connection, event: &Event) -> Result<(), DbError> {
+    if let Some((number, opted_out)) = event.opt_change() {
+        conn.execute(
+            &format!(
+                "INSERT INTO optouts (tenant, number, opted_out) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, number) DO UPDATE SET opted_out = excluded.opted_out, updated_at = {NOW}"
+            ),
+            params![event.tenant, number, opted_out],
+        )?;
+    }
+    Ok(())
 }

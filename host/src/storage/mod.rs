@@ -3,7 +3,8 @@
 //! (migrations), `writer` (the group-committing writer thread), `events`
 //! (events, dedupe, opt-outs), `retention` (pruning finished events by age),
 //! `deliveries` (the delivery state machine),
-//! `policy` (the pure retry verdict), `journal` (side effects) and `kv`.
+//! `policy` (the pure retry verdict), `journal` (side effects), `verification`
+//! (events checked with JustCall before they run) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -25,6 +26,7 @@ mod kv;
 mod policy;
 mod retention;
 mod schema;
+mod verification;
 mod writer;
 
 pub use deliveries::{DeliveryRecord, DeliveryStatus, PendingDelivery, PluginHealth};
@@ -32,6 +34,7 @@ pub use events::{Created, InsertOutcome, NewDelivery};
 pub use journal::{JournalEntry, JournalState};
 pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
+pub use verification::{Released, Verification, VerificationState};
 
 use writer::Write;
 

@@ -1,5 +1,5 @@
 //! Retention: an event older than the retention period whose deliveries have
-//! all finished (`done`) is deleted, with its deliveries and their journal
+//! all finished (`done`, or `refused` by verification) is deleted, with its deliveries and their journal
 //! entries, in small batches so ingest never waits long behind it. Events
 //! with a pending, running, held or failed delivery are kept until that is
 //! resolved. After pruning, the WAL is checkpointed and truncated.
@@ -30,7 +30,8 @@ pub(super) fn prune_batch(conn: &Connection, cutoff: &str) -> Result<usize, DbEr
     conn.execute("DELETE FROM prune_batch", [])?;
     let picked = conn.execute(
         "INSERT INTO prune_batch SELECT e.id FROM events e WHERE e.received_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status != 'done')
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status NOT IN ('done', 'refused'))
+         AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.event_id = e.id AND v.state = 'pending')
          LIMIT ?2",
         params![cutoff, BATCH as i64],
     )?;
@@ -43,6 +44,7 @@ pub(super) fn prune_batch(conn: &Connection, cutoff: &str) -> Result<usize, DbEr
         [],
     )?;
     conn.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM prune_batch)", [])?;
+    conn.execute("DELETE FROM verifications WHERE event_id IN (SELECT id FROM prune_batch)", [])?;
     Ok(conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM prune_batch)", [])?)
 }
 

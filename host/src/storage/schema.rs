@@ -116,6 +116,19 @@ pub(super) fn migrations() -> Migrations<'static> {
         // 4: each body is stored once. The normalised event is what plugins,
         // replays and the admin API read; the raw copy doubled every body.
         M::up("ALTER TABLE events DROP COLUMN raw;"),
+        // 5: events checked with the tenant's JustCall API before they run
+        // (deliveries wait as `verifying`; a refused event's end `refused`).
+        M::up(
+            "CREATE TABLE verifications (
+                event_id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                reason TEXT,
+                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            ) WITHOUT ROWID;
+            CREATE INDEX verifications_by_state ON verifications (state, tenant);",
+        ),
     ])
 }
 

@@ -43,10 +43,10 @@ fn ids(o: InsertOutcome) -> Vec<Created> {
 async fn insert_dedupes_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), DbOptions::default()).unwrap();
-    let first = ids(db.insert_event(event("e1"), "k".into(), "seed", one("p")).await.unwrap());
+    let first = ids(db.insert_event(event("e1"), "k".into(), "seed", one("p"), false).await.unwrap());
     assert_eq!(first.len(), 1);
     assert!(!first[0].held);
-    let again = db.insert_event(event("e2"), "k".into(), "seed", one("p")).await.unwrap();
+    let again = db.insert_event(event("e2"), "k".into(), "seed", one("p"), false).await.unwrap();
     assert_eq!(again, InsertOutcome::Duplicate { event_id: "e1".into() });
 
     db.start_delivery(first[0].id, "h".into());
@@ -85,7 +85,7 @@ async fn last_failure_pauses_and_resume_releases_held_in_order() {
         ..DbOptions::default()
     };
     let db = Db::open(dir.path(), options).unwrap();
-    let d = ids(db.insert_event(event("e1"), "k1".into(), "seed", one("p")).await.unwrap())[0];
+    let d = ids(db.insert_event(event("e1"), "k1".into(), "seed", one("p"), false).await.unwrap())[0];
     let fail = || DeliveryOutcome::Failed("nope".into());
     assert!(matches!(db.finish_delivery(d.id, fail(), 1).await.unwrap(), Finished::Retry(_)));
     assert!(matches!(db.finish_delivery(d.id, fail(), 1).await.unwrap(), Finished::Retry(_)));
@@ -95,9 +95,9 @@ async fn last_failure_pauses_and_resume_releases_held_in_order() {
     // New events for the paused plugin are held; other plugins are not.
     let mut both = one("p");
     both.extend(one("q"));
-    let a = ids(db.insert_event(event("e2"), "k2".into(), "seed", both).await.unwrap());
+    let a = ids(db.insert_event(event("e2"), "k2".into(), "seed", both, false).await.unwrap());
     assert_eq!((a[0].held, a[1].held), (true, false));
-    let b = ids(db.insert_event(event("e3"), "k3".into(), "seed", one("p")).await.unwrap())[0];
+    let b = ids(db.insert_event(event("e3"), "k3".into(), "seed", one("p"), false).await.unwrap())[0];
     let health = db.plugin_health("acme").await.unwrap();
     assert_eq!((health["p"].paused, health["p"].failed_attempts, health["p"].held), (true, 3, 2));
     assert_eq!(db.deliveries("acme", Some(DeliveryStatus::Held), 10).await.unwrap().len(), 2);
@@ -117,11 +117,11 @@ async fn dedupe_keys_expire_but_events_stay() {
         ..DbOptions::default()
     };
     let db = Db::open(dir.path(), options).unwrap();
-    ids(db.insert_event(event("e1"), "k".into(), "seed", vec![]).await.unwrap());
+    ids(db.insert_event(event("e1"), "k".into(), "seed", vec![], false).await.unwrap());
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert!(db.prune_dedupe().await.unwrap() <= 1);
     // The key is forgotten, so the same key is a new event; the old one is kept.
-    ids(db.insert_event(event("e2"), "k".into(), "seed", vec![]).await.unwrap());
+    ids(db.insert_event(event("e2"), "k".into(), "seed", vec![], false).await.unwrap());
     assert!(db.event("acme", "e1").await.unwrap().is_some());
     assert!(db.event("other", "e1").await.unwrap().is_none());
 }
@@ -201,7 +201,13 @@ async fn retention_prunes_old_finished_events_and_keeps_the_rest() {
     let db = Db::open(dir.path(), options).unwrap();
     let delivery = |id: &'static str| {
         let db = db.clone();
-        async move { ids(db.insert_event(event(id), format!("k-{id}"), "seed", one("p")).await.unwrap())[0].id }
+        async move {
+            ids(db
+                .insert_event(event(id), format!("k-{id}"), "seed", one("p"), false)
+                .await
+                .unwrap())[0]
+                .id
+        }
     };
     let (old_done, old_failed, old_held, new_done) = (
         delivery("old-done").await,
@@ -246,7 +252,7 @@ async fn each_body_is_stored_once() {
     let marker = format!("marker-{}", uuid::Uuid::now_v7());
     let mut e = event("e1");
     e.body = format!("{}{marker}{}", "a".repeat(30_000), "b".repeat(30_000));
-    ids(db.insert_event(e, "k".into(), "seed", one("p")).await.unwrap());
+    ids(db.insert_event(e, "k".into(), "seed", one("p"), false).await.unwrap());
     let path = db.path().to_path_buf();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.extend(std::fs::read(path.with_extension("db-wal")).unwrap_or_default());

@@ -165,6 +165,7 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         id: "plugin-test".into(),
         numbers: vec![event.justcall_number.clone()],
         default_country: None,
+        verify_events: false,
         webhook_auth: WebhookAuth::None,
         webhook_secret: None,
         justcall_api: ApiDialect::Seed,

@@ -100,7 +100,8 @@ enum AdminCommand {
     Deliveries {
         /// Tenant id.
         tenant: String,
-        /// Only this status: pending, running, done, failed or held.
+        /// Only this status: verifying, pending, running, done, failed,
+        /// held or refused.
         #[arg(long)]
         status: Option<String>,
         /// At most this many.
@@ -113,6 +114,18 @@ enum AdminCommand {
         tenant: String,
         /// Event id (as returned when the webhook was accepted).
         event: String,
+    },
+    /// Events checked with JustCall (justcall-v1 tenants): refused ones with
+    /// the reason, or those still pending or verified.
+    Verifications {
+        /// Tenant id.
+        tenant: String,
+        /// refused, pending or verified.
+        #[arg(long, default_value = "refused")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
 }
 
@@ -134,6 +147,9 @@ impl AdminCommand {
             AdminCommand::Replay { tenant, event } => {
                 client.post(format!("{base}/admin/tenants/{}/events/{}/replay", seg(tenant), seg(event)))
             }
+            AdminCommand::Verifications { tenant, state, limit } => client
+                .get(format!("{base}/admin/tenants/{}/verifications", seg(tenant)))
+                .query(&[("state", state.clone()), ("limit", limit.to_string())]),
         }
     }
 }

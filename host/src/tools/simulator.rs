@@ -1,6 +1,7 @@
 //! Dev mode's stand-ins for the outside world: a JustCall API simulator
-//! (both dialects: send, list, get, with auth checks, and injectable faults:
-//! refusals, 5xx after sending, stalls) mounted at `/justcall`, and a request
+//! (both dialects: send, list, get, with auth checks, messages received from
+//! contacts, and injectable faults: refusals, 5xx after sending, stalls, an
+//! outage) mounted at `/justcall`, and a request
 //! sink at `/dev/sink/{name}` that plays a CRM or booking system. The tests
 //! use the same simulator as their JustCall.
 
@@ -24,6 +25,7 @@ use crate::config::Secret;
 #[derive(Debug, Clone)]
 struct SimMessage {
     id: u64,
+    outgoing: bool,
     from: String,
     to: String,
     body: String,
@@ -35,15 +37,22 @@ impl SimMessage {
     fn seed(&self) -> Value {
         json!({
             "id": self.id.to_string(), "from": self.from, "to": self.to, "body": self.body,
-            "media_urls": self.media_urls, "direction": "outbound", "status": "sent",
+            "media_urls": self.media_urls, "direction": if self.outgoing { "outbound" } else { "inbound" },
+            "status": if self.outgoing { "sent" } else { "received" },
             "created_at": self.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         })
     }
 
     fn v21(&self) -> Value {
+        let (line, contact) = if self.outgoing {
+            (&self.from, &self.to)
+        } else {
+            (&self.to, &self.from)
+        };
         json!({
-            "id": self.id, "justcall_number": self.from, "contact_number": self.to,
-            "direction": "Outgoing", "delivery_status": "sent", "medium": "SMS",
+            "id": self.id, "justcall_number": line.trim_start_matches('+'), "contact_number": contact.trim_start_matches('+'),
+            "direction": if self.outgoing { "Outgoing" } else { "Incoming" },
+            "delivery_status": if self.outgoing { "sent" } else { "received" }, "medium": "SMS",
             "sms_date": self.created_at.format("%Y-%m-%d").to_string(),
             "sms_time": self.created_at.format("%H:%M:%S").to_string(),
             "sms_info": { "body": self.body, "is_mms": (!self.media_urls.is_empty()).to_string(), "mms": self.media_urls },
@@ -123,8 +132,10 @@ struct SimState {
     sink: Vec<(String, Value)>,
     faults: VecDeque<Fault>,
     latency: Duration,
+    unavailable: bool,
     send_requests: usize,
     list_requests: usize,
+    get_requests: usize,
 }
 
 /// The simulator; clones share state.
@@ -223,6 +234,7 @@ impl Simulator {
         crate::sync::lock(&self.state)
             .messages
             .iter()
+            .filter(|m| m.outgoing)
             .map(|m| SentSms {
                 id: m.id.to_string(),
                 from: m.from.clone(),
@@ -241,6 +253,9 @@ impl Simulator {
     /// Sends a message unless a queued fault says otherwise; `Err` is the
     /// answer to give instead of the dialect's success.
     async fn send(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> Result<SimMessage, Response> {
+        if let Some(resp) = self.down() {
+            return Err(resp);
+        }
         let fault = {
             let mut st = crate::sync::lock(&self.state);
             st.send_requests += 1;
@@ -276,10 +291,56 @@ impl Simulator {
         }
     }
 
+    /// Records an SMS a contact sent to one of the tenant's numbers, as
+    /// JustCall would hold it; returns its id (for the webhook about it).
+    pub fn receive(&self, contact: &str, line: &str, body: &str) -> String {
+        let mut st = crate::sync::lock(&self.state);
+        let m = SimMessage {
+            id: 100_000 + st.messages.len() as u64 + 1,
+            outgoing: false,
+            from: contact.to_string(),
+            to: line.to_string(),
+            body: body.to_string(),
+            media_urls: Vec::new(),
+            created_at: Utc::now(),
+        };
+        st.messages.push(m.clone());
+        m.id.to_string()
+    }
+
+    /// While on, every API request is answered 503: JustCall is down.
+    pub fn set_unavailable(&self, on: bool) {
+        crate::sync::lock(&self.state).unavailable = on;
+    }
+
+    /// How many single-message lookups (`GET …/texts/{id}`) were made.
+    pub fn get_requests(&self) -> usize {
+        crate::sync::lock(&self.state).get_requests
+    }
+
+    fn down(&self) -> Option<Response> {
+        crate::sync::lock(&self.state)
+            .unavailable
+            .then(|| error(StatusCode::SERVICE_UNAVAILABLE, "JustCall is down (simulated)"))
+    }
+
+    /// Answers a lookup by id (counted), the message as `render` puts it.
+    fn lookup(&self, id: &str, render: impl Fn(&SimMessage) -> Value) -> Response {
+        if let Some(resp) = self.down() {
+            return resp;
+        }
+        crate::sync::lock(&self.state).get_requests += 1;
+        match self.find(id) {
+            Some(m) => Json(json!({ "status": "success", "data": render(&m) })).into_response(),
+            None => error(StatusCode::NOT_FOUND, "message not found"),
+        }
+    }
+
     fn store(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
         let mut st = crate::sync::lock(&self.state);
         let m = SimMessage {
             id: 100_000 + st.messages.len() as u64 + 1,
+            outgoing: true,
             from,
             to,
             body,
@@ -343,10 +404,7 @@ async fn seed_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Pa
     if !sim.authorized(&headers, true) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
     }
-    match sim.find(&id) {
-        Some(m) => Json(json!({ "status": "success", "data": m.seed() })).into_response(),
-        None => error(StatusCode::NOT_FOUND, "message not found"),
-    }
+    sim.lookup(&id, SimMessage::seed)
 }
 
 async fn v21_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
@@ -386,10 +444,7 @@ async fn v21_get(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Pat
     if !sim.authorized(&headers, false) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key or secret");
     }
-    match sim.find(&id) {
-        Some(m) => Json(json!({ "status": "success", "data": [m.v21()] })).into_response(),
-        None => error(StatusCode::NOT_FOUND, "message not found"),
-    }
+    sim.lookup(&id, |m| json!([m.v21()]))
 }
 
 /// Queues faults for the next sends, in order: how an author sees what their
