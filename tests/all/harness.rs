@@ -305,6 +305,7 @@ impl TestHost {
             admin_listen: switchboard::config::AdminListen::Separate(admin_addr),
             delivery,
             front_door,
+            tls: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let listeners = switchboard::server::Listeners {

@@ -2,6 +2,7 @@
 //! server over HTTP on loopback, with real compiled plugins, a real SQLite
 //! file, and real local HTTP servers standing in for JustCall and CRMs.
 
+mod attacks;
 mod cli;
 mod conventions;
 mod crash;
@@ -14,5 +15,6 @@ mod plugins;
 mod process;
 mod reload;
 mod signatures;
+mod tls;
 mod verification;
 mod webhooks;

@@ -133,6 +133,19 @@ pub struct Config {
     pub delivery: DbOptions,
     /// Connection and request limits of the webhook listener.
     pub front_door: FrontDoor,
+    /// HTTPS for the webhook listener (`tls_cert` + `tls_key`); without it,
+    /// plain HTTP (behind a terminating proxy).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the webhook listener serves HTTPS with; reloaded when they
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Where the admin API listens.
@@ -236,6 +249,7 @@ impl Config {
                 )
             })?),
         };
+        let tls = tls_files(path, src, base, &raw)?;
         let cfg = Config {
             listen,
             admin_listen,
@@ -253,6 +267,7 @@ impl Config {
             },
             delivery,
             front_door,
+            tls,
         };
         for t in cfg.tenants.values() {
             if t.webhook_auth == WebhookAuth::None {
@@ -290,8 +305,49 @@ struct RawConfig {
     idle_timeout_secs: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     max_inflight_body_kb: Option<Spanned<u64>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+}
+
+/// Both TLS files, or neither; each must be a file.
+fn tls_files(path: &Path, src: &str, base: &Path, raw: &RawConfig) -> Result<Option<TlsFiles>, ConfigError> {
+    let file = |key: &str, p: &Spanned<PathBuf>| {
+        let full = base.join(p.get_ref());
+        if full.is_file() {
+            Ok(full)
+        } else {
+            Err(ConfigError::new(
+                path,
+                src,
+                Some(p.span()),
+                key,
+                format!("`{}` is not a readable file", full.display()),
+            ))
+        }
+    };
+    match (&raw.tls_cert, &raw.tls_key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => Ok(Some(TlsFiles {
+            cert: file("tls_cert", c)?,
+            key: file("tls_key", k)?,
+        })),
+        (Some(c), None) => Err(ConfigError::new(
+            path,
+            src,
+            Some(c.span()),
+            "tls_key",
+            "tls_cert is set: set tls_key too",
+        )),
+        (None, Some(k)) => Err(ConfigError::new(
+            path,
+            src,
+            Some(k.span()),
+            "tls_cert",
+            "tls_key is set: set tls_cert too",
+        )),
+    }
 }
 
 /// Default share of one core for long-running invocations, in percent: low

@@ -92,6 +92,23 @@ fn justcall_v1_tenants_verify_events_unless_told_not_to() {
 }
 
 #[test]
+fn tls_needs_both_files_and_names_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
+    let path = dir.path().join("sb.toml");
+    let only_cert = format!("tls_cert = \"cert.pem\"\n{GOOD}");
+    let err = Config::parse(&path, &only_cert, &env).unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("tls_key", Some(1)), "{err}");
+    let missing = format!("tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n{GOOD}");
+    let err = Config::parse(&path, &missing, &env).unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("tls_key", Some(2)), "{err}");
+    assert!(err.message.ends_with("key.pem` is not a readable file"), "{err}");
+    std::fs::write(dir.path().join("key.pem"), "y").unwrap();
+    let tls = Config::parse(&path, &missing, &env).unwrap().tls.unwrap();
+    assert_eq!(tls.cert, dir.path().join("cert.pem"));
+}
+
+#[test]
 fn long_run_cpu_share_is_a_percentage() {
     let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
     assert_eq!(cfg.long_run_cpu_percent, DEFAULT_LONG_RUN_CPU_PERCENT);

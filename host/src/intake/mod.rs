@@ -3,5 +3,7 @@
 //! does.
 
 pub mod auth;
+#[cfg(test)]
+mod properties;
 pub mod webhook;
 pub mod wire;

@@ -223,8 +223,12 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
 }
 
 /// The `Content-Length` a request declares, if any.
+///
+/// HTTP/1.1 gives a request with neither `Content-Length` nor
+/// `Transfer-Encoding` no body: such a request (a bare setup ping) declares 0.
 fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, WebhookError> {
     match headers.get(header::CONTENT_LENGTH) {
+        None if !headers.contains_key(header::TRANSFER_ENCODING) => Ok(Some(0)),
         None => Ok(None),
         Some(v) => v
             .to_str()

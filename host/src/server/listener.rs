@@ -4,7 +4,8 @@
 //! open connections are capped, and at the cap the longest-idle connection is
 //! closed to make room, or, if none is idle, the newcomer is answered 503 at
 //! once. Accepting never stops. Shutdown stops accepting and lets requests in
-//! progress finish.
+//! progress finish. With TLS, the handshake runs on the connection's own task
+//! (never the accept loop), within the header timeout.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tower::ServiceExt as _;
 
 use crate::config::FrontDoor;
@@ -94,7 +97,9 @@ impl Conns {
 
 /// Serves `router` on `listener` with the front door's limits until
 /// `shutdown` resolves.
-pub async fn serve(listener: TcpListener, router: Router, limits: FrontDoor, shutdown: impl Future<Output = ()>) {
+/// With `tls`, each connection's handshake must finish within the header
+/// timeout.
+pub async fn serve(listener: TcpListener, router: Router, limits: FrontDoor, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
     let conns = Arc::new(Conns {
         started: Instant::now(),
         open: Mutex::default(),
@@ -129,7 +134,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: FrontDoor, shu
             tokio::spawn(refuse(stream));
             continue;
         };
-        let io = TokioIo::new(IdleStream::new(stream, limits.idle_timeout, conn.clone(), conns.clone()));
+        let idle = IdleStream::new(stream, limits.idle_timeout, conn.clone(), conns.clone());
         let (router, counted) = (router.clone(), conn.clone());
         let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
             let (router, counted) = (router.clone(), counted.clone());
@@ -140,10 +145,25 @@ pub async fn serve(listener: TcpListener, router: Router, limits: FrontDoor, shu
                 response
             }
         });
-        let connection = http.serve_connection(io, service);
-        let watched = graceful.watcher().watch(connection);
-        let conns = conns.clone();
+        let (http, watcher, conns, tls) = (http.clone(), graceful.watcher(), conns.clone(), tls.clone());
         tokio::spawn(async move {
+            let io = match tls {
+                None => Either::Left(idle),
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(idle)).await {
+                    Ok(Ok(stream)) => Either::Right(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        conns.remove(id);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not finished within the header timeout");
+                        conns.remove(id);
+                        return;
+                    }
+                },
+            };
+            let watched = watcher.watch(http.serve_connection(TokioIo::new(io), service));
             tokio::select! {
                 result = watched => {
                     if let Err(e) = result {

@@ -1,8 +1,10 @@
 //! Wiring and serving: builds the runtime, database, registry and dispatcher
 //! from a [`Config`], exposes the routes in [`app`], and runs until shutdown
-//! behind the connection limits of [`listener`].
+//! behind the connection limits of [`listener`], over HTTPS if configured
+//! ([`tls`]).
 
 mod listener;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -110,6 +112,8 @@ pub async fn run_with_routes(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // A certificate that does not load stops the start, naming the file.
+    let tls = config.tls.clone().map(tls::acceptor).transpose()?;
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.max_concurrent_invocations,
         cache_dir: Some(config.data_dir.join("cache")),
@@ -221,10 +225,10 @@ pub async fn run_with_routes(
         shutdown.await;
         trigger.cancel();
     });
-    let public = listener::serve(listeners.public, router, config.front_door, stop.clone().cancelled_owned());
+    let public = listener::serve(listeners.public, router, config.front_door, tls, stop.clone().cancelled_owned());
     let admin = async {
         if let Some(l) = listeners.admin {
-            listener::serve(l, admin_router, config.front_door, stop.clone().cancelled_owned()).await;
+            listener::serve(l, admin_router, config.front_door, None, stop.clone().cancelled_owned()).await;
         }
     };
     tokio::join!(public, admin);

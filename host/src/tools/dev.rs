@@ -49,6 +49,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         admin_listen: crate::config::AdminListen::default_for(listen),
         delivery: Default::default(),
         front_door: Default::default(),
+        tls: None,
     })
 }
 
