@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench suite              # all
-//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour
+//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | storage
 //! ```
 //!
 //! The server under test is the real release binary on loopback over a real
@@ -16,6 +16,7 @@ mod neighbour;
 #[path = "../../../tests/support/process.rs"]
 mod process;
 mod reload;
+mod storage;
 
 use serde_json::{Map, Value, json};
 
@@ -50,6 +51,9 @@ async fn main() {
     }
     if wants("neighbour") {
         report.extend(neighbour::run(&guests).await);
+    }
+    if wants("storage") {
+        report.extend(storage::run().await);
     }
     report.insert("machine".into(), common::machine());
     print_table(&report);

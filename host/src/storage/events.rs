@@ -130,20 +130,21 @@ impl Db {
 
     /// Deletes, now, finished events past the retention period (with their
     /// deliveries and journal entries), in batches; returns how many events.
-    /// The writer also does this on its own, at most hourly.
+    /// Each batch is its own write, so ingest goes on between batches. The
+    /// writer also prunes on its own (hourly, or every 50 ms while a backlog
+    /// remains), checkpointing the WAL after each pass.
     pub async fn prune_expired(&self) -> Result<usize, DbError> {
         let cutoff = super::retention::cutoff(self.options.retention);
-        self.write(move |conn| {
-            let mut total = 0;
-            loop {
-                let n = super::retention::prune_batch(conn, &cutoff)?;
-                total += n;
-                if n < super::retention::BATCH {
-                    return Ok(total);
-                }
+        let mut total = 0;
+        loop {
+            let c = cutoff.clone();
+            let n = self.write(move |conn| super::retention::prune_batch(conn, &c)).await?;
+            total += n;
+            if n < super::retention::BATCH {
+                break;
             }
-        })
-        .await
+        }
+        Ok(total)
     }
 
     /// Forgets dedupe keys (and journal entries) older than the window;

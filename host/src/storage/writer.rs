@@ -1,6 +1,8 @@
 //! The writer thread: every write goes through it, batched into one
 //! transaction (one fsync) per batch, each write in its own savepoint; between
-//! batches it prunes expired dedupe keys and journal entries.
+//! batches it prunes expired dedupe keys and journal entries, and events past
+//! retention a few small transactions at a time (soon again while a backlog
+//! remains).
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,26 +35,35 @@ pub(super) fn prune(conn: &Connection, window: Duration) -> Result<usize, DbErro
 /// the retention period.
 pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedupe_window: Duration, retention: Duration) {
     const MAX_BATCH: usize = 512;
-    // Retention batches per pass: enough to keep up, few enough that queued
-    // writes wait at most a few batches.
-    const RETENTION_BATCHES: usize = 20;
+    // Retention batches per pass: few, so queued writes wait at most a few
+    // small transactions; while a backlog remains, passes come every
+    // `BACKLOG_EVERY` between write batches instead of hourly.
+    const RETENTION_BATCHES: usize = 4;
+    const BACKLOG_EVERY: Duration = Duration::from_millis(50);
     let prune_every = (dedupe_window / 10).clamp(Duration::from_millis(10), Duration::from_secs(3600));
+    let mut next_prune = prune_every;
     let mut last_prune: Option<Instant> = None;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+        if last_prune.is_none_or(|t| t.elapsed() >= next_prune) {
             match prune(conn, dedupe_window) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(keys = n, "pruned expired dedupe keys"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune dedupe keys"),
             }
+            next_prune = prune_every;
             match super::retention::prune(conn, retention, RETENTION_BATCHES) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(events = n, "pruned events past the retention period"),
+                Ok(n) => {
+                    tracing::debug!(events = n, "pruned events past the retention period");
+                    if n == RETENTION_BATCHES * super::retention::BATCH {
+                        next_prune = BACKLOG_EVERY;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot prune expired events"),
             }
             last_prune = Some(Instant::now());
         }
-        let first = match rx.recv_timeout(prune_every) {
+        let first = match rx.recv_timeout(next_prune) {
             Ok(w) => w,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
