@@ -225,16 +225,10 @@ async fn verifications(
     authorize(&state, &headers)?;
     known_tenant(&state, &tenant)?;
     let name = q.state.as_deref().unwrap_or("refused");
-    let wanted = match name {
-        "refused" => VerificationState::Refused,
-        "pending" => VerificationState::Pending,
-        "verified" => VerificationState::Verified,
-        other => {
-            return Err(AdminError::BadRequest(format!(
-                "state `{other}` is not one of refused, pending, verified"
-            )));
-        }
-    };
+    let wanted = VerificationState::parse(name).ok_or_else(|| {
+        let all: Vec<&str> = VerificationState::ALL.iter().map(|s| s.as_str()).collect();
+        AdminError::BadRequest(format!("state `{name}` is not one of {}", all.join(", ")))
+    })?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let list: Vec<Value> = state
         .db

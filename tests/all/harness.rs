@@ -376,14 +376,9 @@ impl TestHost {
 
     /// GET /admin/tenants/{tenant}/plugins.
     pub async fn admin_plugins(&self, tenant: &str) -> Value {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/admin/tenants/{tenant}/plugins", self.admin_url))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.json().await.unwrap()
+        let (status, plugins) = self.admin("GET", &format!("/tenants/{tenant}/plugins"), Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200);
+        plugins
     }
 
     /// The admin API's entry for one plugin, if listed.

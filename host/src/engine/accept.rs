@@ -96,18 +96,9 @@ pub async fn accept(state: &AppState, tenant: &str, mut event: Event, source: So
         return Ok(Acceptance::Accepted(dispatch(state, event, &plugins, created)));
     }
     state.verifier.submit(event.clone(), 0);
-    let deliveries = created
-        .iter()
-        .zip(&plugins)
-        .map(|(c, p)| Delivery {
-            id: c.id,
-            plugin: p.name.clone(),
-            held: false,
-        })
-        .collect();
     Ok(Acceptance::Accepted(Accepted {
         event,
-        deliveries,
+        deliveries: deliveries(&created, &plugins),
         verifying: true,
     }))
 }
@@ -154,9 +145,9 @@ fn new_deliveries(plugins: &[Arc<LoadedPlugin>]) -> Vec<NewDelivery> {
         .collect()
 }
 
-/// Hands the deliveries that are not held to the dispatcher.
-fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], created: Vec<Created>) -> Accepted {
-    let deliveries: Vec<Delivery> = created
+/// The created deliveries, with their plugins' names.
+fn deliveries(created: &[Created], plugins: &[Arc<LoadedPlugin>]) -> Vec<Delivery> {
+    created
         .iter()
         .zip(plugins)
         .map(|(c, p)| Delivery {
@@ -164,7 +155,12 @@ fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], 
             plugin: p.name.clone(),
             held: c.held,
         })
-        .collect();
+        .collect()
+}
+
+/// Hands the deliveries that are not held to the dispatcher.
+fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], created: Vec<Created>) -> Accepted {
+    let deliveries = deliveries(&created, plugins);
     for d in deliveries.iter().filter(|d| !d.held) {
         state.dispatcher.submit(Job {
             delivery_id: d.id,

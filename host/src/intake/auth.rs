@@ -132,7 +132,8 @@ impl HeaderLookup for axum::http::HeaderMap {
     }
 }
 
-/// Verifies a JustCall v1 signed webhook.
+/// Verifies a JustCall v1 signed webhook; returns the signature that
+/// verified, as lowercase hex (what bounds how many events it may carry).
 pub fn verify_justcall_v1(
     secret: &str,
     webhook_url: &str,
@@ -140,7 +141,7 @@ pub fn verify_justcall_v1(
     headers: &impl HeaderLookup,
     now: DateTime<Utc>,
     tolerance: Duration,
-) -> Result<(), AuthError> {
+) -> Result<String, AuthError> {
     let signature = headers.header(JC_SIGNATURE).ok_or(AuthError::MissingHeader(JC_SIGNATURE))?;
     if let Some(v) = headers.header(JC_SIGNATURE_VERSION)
         && !v.trim().eq_ignore_ascii_case("v1")
@@ -160,7 +161,8 @@ pub fn verify_justcall_v1(
         header: JC_TIMESTAMP,
         reason: format!("`{timestamp}` is not a timestamp"),
     })?;
-    within(ts, now, tolerance)
+    within(ts, now, tolerance)?;
+    Ok(hex::encode(sig))
 }
 
 /// The Standard Webhooks key: the base64 after `whsec_`, or the secret's bytes
@@ -267,7 +269,10 @@ mod tests {
             (JC_TIMESTAMP, TS.to_string()),
             (JC_SIGNATURE_VERSION, "v1".to_string()),
         ]);
-        assert_eq!(verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol), Ok(()));
+        assert_eq!(
+            verify_justcall_v1(SECRET, URL, Some("call.completed"), &h, at(TS), tol),
+            Ok(SIG.to_string())
+        );
         assert_eq!(
             verify_justcall_v1(SECRET, URL, Some("sms.received"), &h, at(TS), tol),
             Err(AuthError::BadSignature)

@@ -148,17 +148,17 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
     let cfg = &tenant.config;
     let now = Utc::now();
     let tolerance = state.config.signature_tolerance;
-    let mut delivery_id = None;
+    let (mut delivery_id, mut v1_signature) = (None, None);
     match (cfg.webhook_auth, &cfg.webhook_secret) {
         (WebhookAuth::JustCallV1, Some(secret)) => {
-            auth::verify_justcall_v1(
+            v1_signature = Some(auth::verify_justcall_v1(
                 secret.expose(),
                 &state.config.webhook_url(tenant_id),
                 Some(payload.type_name()),
                 headers,
                 now,
                 tolerance,
-            )?;
+            )?);
         }
         (WebhookAuth::StandardWebhooks, Some(secret)) => {
             delivery_id = Some(auth::verify_standard_webhooks(secret.expose(), headers, &body, now, tolerance)?);
@@ -174,19 +174,13 @@ async fn handle(state: &AppState, tenant_id: &str, headers: &HeaderMap, body: Bo
         }
         Parsed::Event(i) => *i,
     };
-    if cfg.webhook_auth == WebhookAuth::JustCallV1 {
+    if let Some(signature) = &v1_signature {
         // The v1 signature does not cover the payload: one header set may
         // carry only so many distinct events.
-        let signature = headers
-            .get(auth::JC_SIGNATURE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
         if !state
             .guards
             .signature_uses
-            .admit(tenant_id, &signature, &incoming.dedupe_key, 2 * tolerance)
+            .admit(tenant_id, signature, &incoming.dedupe_key, 2 * tolerance)
         {
             return Err(WebhookError::SignatureReused);
         }

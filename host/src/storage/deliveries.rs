@@ -385,12 +385,17 @@ pub(super) fn pending_where(conn: &Connection, filter: &str, args: impl rusqlite
     Ok(out)
 }
 
-/// The status a new delivery starts in: `held` if its plugin is paused for
-/// the tenant, else `pending`.
-pub(super) const RUNNABLE: &str = "CASE WHEN EXISTS (SELECT 1 FROM plugin_state p WHERE p.tenant = deliveries.tenant AND p.plugin = deliveries.plugin AND p.paused = 1) THEN 'held' ELSE 'pending' END";
+/// The status a delivery of `tenant`'s `plugin` (SQL expressions) takes
+/// when it may run: `held` if the plugin is paused for the tenant, else
+/// `pending`.
+pub(super) fn runnable(tenant: &str, plugin: &str) -> String {
+    format!(
+        "CASE WHEN EXISTS (SELECT 1 FROM plugin_state p WHERE p.tenant = {tenant} AND p.plugin = {plugin} AND p.paused = 1) THEN 'held' ELSE 'pending' END"
+    )
+}
 
-/// Creates deliveries of an event: runnable ([`RUNNABLE`]), or `verifying`
-/// if the event waits for verification.
+/// Creates deliveries of an event: [`runnable`], or `verifying` if the
+/// event waits for verification.
 pub(super) fn insert_deliveries(
     conn: &Connection,
     event_id: &str,
@@ -401,11 +406,10 @@ pub(super) fn insert_deliveries(
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status, created_at)
          VALUES (?1, ?2, ?3, ?4,
-                 CASE WHEN ?5 THEN 'verifying'
-                      WHEN EXISTS (SELECT 1 FROM plugin_state WHERE tenant = ?2 AND plugin = ?3 AND paused = 1) THEN 'held'
-                      ELSE 'pending' END,
+                 CASE WHEN ?5 THEN 'verifying' ELSE {} END,
                  {NOW})
-         RETURNING id, status"
+         RETURNING id, status",
+        runnable("?2", "?3")
     ))?;
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {

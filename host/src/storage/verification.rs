@@ -4,9 +4,10 @@
 //! opt-out change and makes the deliveries runnable, refusing records the
 //! reason and ends them `refused`. Each step is one transaction.
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::deliveries::{DeliveryStatus, RUNNABLE};
+use super::deliveries::{DeliveryStatus, runnable};
 use super::events::apply_opt_change;
 use super::schema::NOW;
 use super::{Db, DbError};
@@ -24,13 +25,34 @@ pub enum VerificationState {
 }
 
 impl VerificationState {
-    fn parse(s: &str) -> Option<VerificationState> {
-        match s {
-            "pending" => Some(VerificationState::Pending),
-            "verified" => Some(VerificationState::Verified),
-            "refused" => Some(VerificationState::Refused),
-            _ => None,
+    /// Every state, the admin API's default (`refused`) first.
+    pub const ALL: [VerificationState; 3] = [VerificationState::Refused, VerificationState::Pending, VerificationState::Verified];
+
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationState::Pending => "pending",
+            VerificationState::Verified => "verified",
+            VerificationState::Refused => "refused",
         }
+    }
+
+    /// The state named `name`, if any.
+    pub fn parse(name: &str) -> Option<VerificationState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl ToSql for VerificationState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for VerificationState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        VerificationState::parse(name).ok_or_else(|| FromSqlError::Other(format!("unknown verification state `{name}`").into()))
     }
 }
 
@@ -70,12 +92,9 @@ pub(super) fn start(conn: &Connection, event: &Event) -> Result<(), DbError> {
 }
 
 fn verification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> {
-    let state: String = r.get(1)?;
     Ok(Verification {
         event_id: r.get(0)?,
-        state: VerificationState::parse(&state).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, format!("unknown state `{state}`").into())
-        })?,
+        state: r.get(1)?,
         attempts: r.get(2)?,
         reason: r.get(3)?,
         updated_at: r.get(4)?,
@@ -104,8 +123,9 @@ impl Db {
             let json: String = conn.query_row("SELECT event_json FROM events WHERE id = ?1", [&e], |r| r.get(0))?;
             apply_opt_change(conn, &serde_json::from_str(&json)?)?;
             let mut stmt = conn.prepare(&format!(
-                "UPDATE deliveries SET status = {RUNNABLE}, updated_at = {NOW}
-                 WHERE event_id = ?1 AND status = 'verifying' RETURNING id, plugin, status"
+                "UPDATE deliveries SET status = {}, updated_at = {NOW}
+                 WHERE event_id = ?1 AND status = 'verifying' RETURNING id, plugin, status",
+                runnable("deliveries.tenant", "deliveries.plugin")
             ))?;
             let rows = stmt.query_map([&e], |r| {
                 Ok(Released {
@@ -176,12 +196,7 @@ impl Db {
 
     /// A tenant's verifications in `state`, newest first.
     pub async fn verifications(&self, tenant: &str, state: VerificationState, limit: u32) -> Result<Vec<Verification>, DbError> {
-        let t = tenant.to_string();
-        let s = match state {
-            VerificationState::Pending => "pending",
-            VerificationState::Verified => "verified",
-            VerificationState::Refused => "refused",
-        };
+        let (t, s) = (tenant.to_string(), state);
         self.read(move |conn| {
             let mut stmt = conn.prepare(&format!(
                 "{COLUMNS} WHERE tenant = ?1 AND state = ?2 ORDER BY updated_at DESC, event_id DESC LIMIT ?3"

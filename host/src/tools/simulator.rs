@@ -275,7 +275,7 @@ impl Simulator {
             }
             _ => {}
         }
-        let m = self.store(from, to, body, media_urls);
+        let m = self.store(true, from, to, body, media_urls);
         let latency = crate::sync::lock(&self.state).latency;
         tokio::time::sleep(latency).await;
         match fault {
@@ -294,17 +294,7 @@ impl Simulator {
     /// Records an SMS a contact sent to one of the tenant's numbers, as
     /// JustCall would hold it; returns its id (for the webhook about it).
     pub fn receive(&self, contact: &str, line: &str, body: &str) -> String {
-        let mut st = crate::sync::lock(&self.state);
-        let m = SimMessage {
-            id: 100_000 + st.messages.len() as u64 + 1,
-            outgoing: false,
-            from: contact.to_string(),
-            to: line.to_string(),
-            body: body.to_string(),
-            media_urls: Vec::new(),
-            created_at: Utc::now(),
-        };
-        st.messages.push(m.clone());
+        let m = self.store(false, contact.to_string(), line.to_string(), body.to_string(), Vec::new());
         m.id.to_string()
     }
 
@@ -336,18 +326,21 @@ impl Simulator {
         }
     }
 
-    fn store(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
+    /// Keeps a message: one the tenant sent (`outgoing`), or received.
+    fn store(&self, outgoing: bool, from: String, to: String, body: String, media_urls: Vec<String>) -> SimMessage {
         let mut st = crate::sync::lock(&self.state);
         let m = SimMessage {
             id: 100_000 + st.messages.len() as u64 + 1,
-            outgoing: true,
+            outgoing,
             from,
             to,
             body,
             media_urls,
             created_at: Utc::now(),
         };
-        tracing::info!(target: "justcall_simulator", id = m.id, from = %m.from, to = %m.to, body = %m.body, "simulated SMS sent");
+        if outgoing {
+            tracing::info!(target: "justcall_simulator", id = m.id, from = %m.from, to = %m.to, body = %m.body, "simulated SMS sent");
+        }
         st.messages.push(m.clone());
         m
     }
