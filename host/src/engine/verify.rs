@@ -16,7 +16,7 @@ use crate::domain::{Country, Direction, Event, EventKind, normalize_e164};
 use crate::engine::dispatch::{Dispatcher, Job};
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::tenant::Tenant;
-use crate::storage::Db;
+use crate::storage::{Db, DbError};
 
 /// How long one check may take, JustCall's own retries included.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -130,7 +130,7 @@ impl Verifier {
                 tenant = %event.tenant, event = %event.event_id, attempts, %error,
                 retry_in_ms = wait.as_millis() as u64, "event verification postponed"
             );
-            if let Err(e) = self.db.verification_attempt_failed(&event.event_id, &error).await {
+            if let Err(e) = self.db.verification_attempt_failed(&event.event_id, &error.to_string()).await {
                 tracing::error!(event = %event.event_id, error = %e, "could not record a verification attempt");
             }
             tokio::time::sleep(wait).await;
@@ -139,22 +139,22 @@ impl Verifier {
 
     /// One check: `Ok` once the event is verified or refused (and stored
     /// so), `Err` with the reason to try again.
-    async fn check(&self, tenant: &Tenant, event: &Arc<Event>, attempts: u32) -> Result<(), String> {
+    async fn check(&self, tenant: &Tenant, event: &Arc<Event>, attempts: u32) -> Result<(), CheckError> {
         let fetched = tenant.justcall.get(&event.message_id, Instant::now() + CHECK_TIMEOUT).await;
         let refusal = match fetched {
             Ok(message) => mismatch(event, &message, tenant.config.default_country),
             Err(JustCallError::NotFound) if attempts + 1 >= NOT_FOUND_TRIES => {
                 Some(format!("JustCall has no message `{}`", event.message_id))
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         match refusal {
             Some(reason) => {
-                self.db.refuse_event(&event.event_id, &reason).await.map_err(|e| e.to_string())?;
+                self.db.refuse_event(&event.event_id, &reason).await?;
                 tracing::warn!(tenant = %event.tenant, event = %event.event_id, %reason, "event refused: it does not match JustCall");
             }
             None => {
-                let released = self.db.verified(&event.event_id).await.map_err(|e| e.to_string())?;
+                let released = self.db.verified(&event.event_id).await?;
                 tracing::info!(tenant = %event.tenant, event = %event.event_id, deliveries = released.len(), "event verified with JustCall");
                 for d in released.into_iter().filter(|d| !d.held) {
                     self.dispatcher.submit(Job {
@@ -167,6 +167,15 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// Why a check must be tried again.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("JustCall lookup failed: {0}")]
+    Lookup(#[from] JustCallError),
+    #[error("storage: {0}")]
+    Storage(#[from] DbError),
 }
 
 #[cfg(test)]
