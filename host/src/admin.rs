@@ -1,7 +1,7 @@
 //! The admin API under `/admin`, behind the configured bearer token: what each
 //! tenant's plugins are doing (version serving, rejections, pause state and
-//! failures), resuming paused plugins, listing deliveries and event
-//! verifications, and replaying events. HTTP errors for it are mapped here
+//! failures), resuming paused plugins, listing deliveries, event
+//! verifications and a plugin's KV, and replaying events. HTTP errors for it are mapped here
 //! only.
 
 use axum::extract::{Path, Query, State};
@@ -67,6 +67,7 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/deliveries", get(deliveries))
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
         .route("/tenants/{tenant}/verifications", get(verifications))
+        .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
 }
 
 fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
@@ -111,17 +112,25 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
     let mut rejections = state.registry.rejections(&tenant);
     let mut health = state.db.plugin_health(&tenant).await?;
     let mut out = Vec::new();
-    let status = |rejected: bool, paused: bool| match (rejected, paused) {
+    // `rejected` only when nothing serves: a plugin whose newer file was
+    // refused is still active on its previous version, and says so.
+    let status = |serving: bool, paused: bool| match (serving, paused) {
         (_, true) => "paused",
-        (true, false) => "rejected",
-        (false, false) => "active",
+        (false, false) => "rejected",
+        (true, false) => "active",
     };
     for p in serving.iter() {
         let rejected = rejections.remove(&p.name);
         let h = health.remove(&p.name).unwrap_or_default();
+        let short = &p.hash[..p.hash.len().min(12)];
+        let summary = match &rejected {
+            Some(r) => format!("serving {short}, newer version rejected: {}", r.error),
+            None => format!("serving {short}"),
+        };
         out.push(json!({
             "name": p.name,
-            "status": status(rejected.is_some(), h.paused),
+            "status": status(true, h.paused),
+            "summary": summary,
             "hash": p.hash,
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
@@ -131,11 +140,13 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
     }
     for (name, r) in rejections {
         let h = health.remove(&name).unwrap_or_default();
-        out.push(json!({ "name": name, "status": status(true, h.paused), "hash": null, "rejected": r, "delivery": h }));
+        let summary = format!("not serving: rejected: {}", r.error);
+        out.push(json!({ "name": name, "status": status(false, h.paused), "summary": summary, "hash": null, "rejected": r, "delivery": h }));
     }
     // Plugins no longer deployed that still have paused or held deliveries.
     for (name, h) in health.into_iter().filter(|(_, h)| h.paused || h.held > 0) {
-        out.push(json!({ "name": name, "status": status(false, h.paused), "hash": null, "removed": true, "delivery": h }));
+        let summary = "removed; deliveries still held";
+        out.push(json!({ "name": name, "status": if h.paused { "paused" } else { "removed" }, "summary": summary, "hash": null, "removed": true, "delivery": h }));
     }
     Ok(Json(
         json!({ "tenant": tenant, "plugins": out, "compile": state.registry.runtime().stats() }),
@@ -238,4 +249,38 @@ async fn verifications(
         .map(|v| json!({ "event_id": v.event_id, "attempts": v.attempts, "reason": v.reason, "updated_at": v.updated_at }))
         .collect();
     Ok(Json(json!({ "tenant": tenant, "state": name, "verifications": list })))
+}
+
+#[derive(serde::Deserialize)]
+struct KvQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A plugin's KV, in key order: each value as text when it is UTF-8, else
+/// base64; `next` is the key to page on with `after=`.
+async fn kv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+    Query(q): Query<KvQuery>,
+) -> Result<Json<Value>, AdminError> {
+    use base64::Engine as _;
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    let prefix = q.prefix.unwrap_or_default();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state.db.kv_entries(&tenant, &plugin, &prefix, q.after.as_deref(), limit + 1).await?;
+    let more = entries.len() > limit as usize;
+    let shown: Vec<Value> = entries
+        .iter()
+        .take(limit as usize)
+        .map(|(key, value)| match std::str::from_utf8(value) {
+            Ok(text) => json!({ "key": key, "value": text, "bytes": value.len() }),
+            Err(_) => json!({ "key": key, "value_base64": base64::engine::general_purpose::STANDARD.encode(value), "bytes": value.len() }),
+        })
+        .collect();
+    let next = more.then(|| shown.last().and_then(|e| e["key"].as_str()).map(str::to_string)).flatten();
+    Ok(Json(json!({ "tenant": tenant, "plugin": plugin, "prefix": prefix, "entries": shown, "next": next })))
 }

@@ -207,7 +207,7 @@ fn bad_config_files_are_refused_with_file_line_and_key() {
         &[("SB_TEST_SECRET", "a-long-enough-test-secret")],
     );
     assert!(
-        err.starts_with("error: sb.toml:3: webhok_auth: unknown field `webhok_auth`"),
+        err.starts_with("error: sb.toml:3: tenants.acme.webhok_auth: unknown field `webhok_auth`"),
         "{err}"
     );
     let err = serve_error(base, &[]);

@@ -166,8 +166,21 @@ struct RawManifest {
     limits: Option<RawLimits>,
     /// How `switchboard plugin build` builds the plugin; not used at run time.
     #[allow(dead_code)]
-    build: Option<toml::Table>,
+    build: Option<RawBuild>,
     /// Overrides `switchboard dev` applies when deploying an example; not used at run time.
     #[allow(dead_code)]
     dev: Option<toml::Table>,
+}
+
+/// `[build]`: read by `switchboard plugin build`; declared here so a
+/// misspelt key is refused with its file, line and name like any other.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawBuild {
+    /// The shell command that writes `$OUT_DIR/<name>.wasm`.
+    command: String,
+    /// Pinned tools (`crate@version`) installed before the command runs.
+    #[serde(default)]
+    requires: Vec<String>,
 }

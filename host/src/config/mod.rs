@@ -462,12 +462,24 @@ fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {
             }
         })
         .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
+        .map(|k| match (e.span().and_then(|s| table_at(src, s.start)), k.contains('.')) {
+            (Some(table), false) => format!("{table}.{k}"),
+            _ => k,
+        })
         .unwrap_or_else(|| "(file)".to_string());
     let mut message = e.message().trim().replace('\n', " ");
     if message.starts_with("invalid type") || message.starts_with("invalid value") || message.starts_with("invalid length") {
         message = without_quoted(&message);
     }
     ConfigError::new(path, src, e.span(), key, message)
+}
+
+/// The `[table]` header a byte offset of `src` falls under, if any.
+fn table_at(src: &str, offset: usize) -> Option<String> {
+    let before = src.get(..offset)?;
+    let header = before.lines().rev().map(str::trim).find(|l| l.starts_with('['))?;
+    let name = header.trim_start_matches('[').split(']').next()?.trim();
+    (!name.is_empty()).then(|| name.replace(['"', ' '], ""))
 }
 
 /// `message` without its backquoted parts (the offending value).

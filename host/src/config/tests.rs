@@ -38,8 +38,8 @@ fn unknown_key_names_file_line_and_key() {
     let src = GOOD.replace("webhook_auth = ", "webhok_auth = ");
     let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
     assert_eq!(err.line, Some(7));
-    assert_eq!(err.key, "webhok_auth");
-    assert!(err.to_string().starts_with("sb.toml:7: webhok_auth: unknown field"), "{err}");
+    assert_eq!(err.key, "tenants.acme.webhok_auth");
+    assert!(err.to_string().starts_with("sb.toml:7: tenants.acme.webhok_auth: unknown field"), "{err}");
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn protections_cannot_be_configured_away() {
     // A secret mistyped as a number is named by its key, its value never printed.
     let typed = GOOD.replace("webhook_secret = \"env:SECRET\"", "webhook_secret = 98127346519823");
     let e = err(&typed);
-    assert!(e.starts_with("sb.toml:8: webhook_secret: invalid type"), "{e}");
+    assert!(e.starts_with("sb.toml:8: tenants.acme.webhook_secret: invalid type"), "{e}");
     assert!(!e.contains("98127346519823"), "{e}");
     // The signature window is capped; the dedupe window covers it and the retries.
     let window = GOOD.replace("public_url", "signature_tolerance_secs = 3600\npublic_url");
@@ -253,4 +253,13 @@ fn manifest_limits_and_hosts() {
     assert_eq!((err.key.as_str(), err.line), ("limits.timeout_ms", Some(2)));
     let err = Manifest::parse(Path::new("p.toml"), "events = [\"recieved\"]\n").unwrap_err();
     assert!(err.message.contains("unknown variant `recieved`"), "{err}");
+}
+
+#[test]
+fn unknown_build_keys_are_refused_with_file_line_and_key() {
+    let src = "events = [\"received\"]\n[build]\ncommand = \"sh build.sh\"\nrequires = [\"wasm-tools@1\"]\ncomand = \"x\"\n";
+    let err = Manifest::parse(std::path::Path::new("p.toml"), src).unwrap_err().to_string();
+    assert!(err.starts_with("p.toml:5: build.comand: unknown field `comand`"), "{err}");
+    let ok = src.replace("comand = \"x\"\n", "");
+    assert!(Manifest::parse(std::path::Path::new("p.toml"), &ok).is_ok());
 }

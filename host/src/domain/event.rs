@@ -45,6 +45,13 @@ impl EventKind {
         }
     }
 
+    /// A kind by any of its names: `opt-out`, `optout` or `sms.optout`.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name || k.seed_name() == name || k.as_str().replace('-', "") == name)
+    }
+
     /// The seed-format event name (`sms.received`, …).
     pub fn seed_name(self) -> &'static str {
         match self {

@@ -3,6 +3,8 @@
 
 pub mod event;
 pub mod phone;
+pub mod text;
 
 pub use event::{Direction, Event, EventKind, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS};
 pub use phone::{Country, PhoneError, PhoneNumber, normalize_e164, parse_country};
+pub use text::escape_controls;

@@ -14,6 +14,7 @@ use crate::domain;
 use crate::domain::{Event, normalize_e164};
 use crate::engine::bindings::switchboard::plugin::{config, http, kv, log, sms, types};
 use crate::engine::effects::{Effects, OutgoingSms};
+use crate::engine::stdio::Capture;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::tenant::Tenant;
 use crate::storage::Db;
@@ -92,6 +93,8 @@ pub struct PluginCtx {
     http_calls: u32,
     log_bytes: usize,
     log_truncated: bool,
+    stdout: Capture,
+    stderr: Capture,
 }
 
 impl std::fmt::Debug for PluginCtx {
@@ -105,13 +108,17 @@ impl std::fmt::Debug for PluginCtx {
 
 impl PluginCtx {
     /// Fresh state for one invocation. WASI gets no preopens, environment,
-    /// arguments or network: only clocks, random and empty stdio.
+    /// arguments or network (every socket call is refused): only clocks,
+    /// random, an empty stdin, and stdout/stderr captured for the plugin's log.
     pub fn new(inv: Invocation) -> PluginCtx {
         let limits = inv.manifest.limits;
+        let (stdout, stderr) = (Capture::new(limits.log_bytes), Capture::new(limits.log_bytes));
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
             .build();
         PluginCtx {
             wasi,
@@ -128,6 +135,76 @@ impl PluginCtx {
             http_calls: 0,
             log_bytes: 0,
             log_truncated: false,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Writes what the guest printed so far to the plugin's log (stdout at
+    /// info, stderr at error, within the log cap) and returns the end of
+    /// stderr, which explains a trap.
+    pub fn drain_output(&mut self) -> Option<String> {
+        let (out, out_dropped) = self.stdout.take();
+        let (err, err_dropped) = self.stderr.take();
+        for line in &out {
+            self.write_log(log::Level::Info, line);
+        }
+        for line in &err {
+            self.write_log(log::Level::Error, line);
+        }
+        if out_dropped + err_dropped > 0 {
+            let cap = self.limits.log_bytes;
+            self.write_log(
+                log::Level::Warn,
+                &format!("[{} bytes of output dropped: over {cap} bytes for this event]", out_dropped + err_dropped),
+            );
+        }
+        crate::engine::stdio::tail(&err, crate::engine::stdio::FAILURE_TAIL)
+    }
+
+    /// Logs (warn) a host call the host refused, with who made it and why.
+    fn refused(&self, call: &'static str, reason: &str) {
+        let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
+        let reason = crate::domain::escape_controls(reason);
+        tracing::warn!(%tenant, %plugin, %event, call, %reason, "host call refused");
+    }
+
+    /// [`Self::refused`] for `sms.send`, giving back the plugin's error.
+    fn sms_refused(&self, reason: &str, error: sms::SmsError) -> sms::SmsError {
+        self.refused("sms.send", reason);
+        error
+    }
+
+    /// One line of the plugin's log: counted against its cap, shown to the
+    /// effects, and written with control characters escaped so plugin text
+    /// cannot forge log lines.
+    fn write_log(&mut self, level: log::Level, message: &str) {
+        if self.log_truncated {
+            return;
+        }
+        self.log_bytes += message.len();
+        let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
+        if self.log_bytes > self.limits.log_bytes {
+            self.log_truncated = true;
+            let cap = self.limits.log_bytes;
+            tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {cap} bytes for this event]");
+            return;
+        }
+        let name = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.inv.effects.logged(name, message);
+        let message = crate::domain::escape_controls(message);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Info => tracing::info!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "plugin", %tenant, %plugin, %event, "{message}"),
+            log::Level::Error => tracing::error!(target: "plugin", %tenant, %plugin, %event, "{message}"),
         }
     }
 
@@ -213,27 +290,33 @@ impl sms::Host for PluginCtx {
             .ok()
             .filter(|f| tenant.config.numbers.contains(f))
         else {
-            return Ok(Err(sms::SmsError::NotTenantNumber(message.from)));
+            let reason = format!("`{}` is not one of the tenant's numbers", message.from);
+            return Ok(Err(self.sms_refused(&reason, sms::SmsError::NotTenantNumber(message.from))));
         };
         let to = match normalize_e164(&message.to, country) {
             Ok(to) => to,
-            Err(e) => return Ok(Err(sms::SmsError::InvalidRequest(format!("`{}` {e}", message.to)))),
+            Err(e) => {
+                let reason = format!("`{}` {e}", message.to);
+                return Ok(Err(self.sms_refused(&reason, sms::SmsError::InvalidRequest(reason.clone()))));
+            }
         };
         match self.inv.db.is_opted_out(&tenant.config.id, &to).await {
             Ok(false) => {}
             Ok(true) => {
-                tracing::info!(tenant = %tenant.config.id, plugin = %self.inv.plugin, %to, "refused SMS to an opted-out number");
-                return Ok(Err(sms::SmsError::OptedOut(to)));
+                let reason = format!("{to} has opted out");
+                return Ok(Err(self.sms_refused(&reason, sms::SmsError::OptedOut(to))));
             }
             Err(e) => return Ok(Err(sms::SmsError::Unavailable(format!("cannot check opt-out state: {e}")))),
         }
-        if message.body.trim().is_empty() && message.media_urls.is_empty() {
-            return Ok(Err(sms::SmsError::InvalidRequest("empty body".into())));
-        }
-        if message.body.chars().count() > MAX_SMS_BODY {
-            return Ok(Err(sms::SmsError::InvalidRequest(format!(
-                "body is over {MAX_SMS_BODY} characters"
-            ))));
+        let invalid = if message.body.trim().is_empty() && message.media_urls.is_empty() {
+            Some("empty body".to_string())
+        } else if message.body.chars().count() > MAX_SMS_BODY {
+            Some(format!("body is over {MAX_SMS_BODY} characters"))
+        } else {
+            None
+        };
+        if let Some(reason) = invalid {
+            return Ok(Err(self.sms_refused(&reason, sms::SmsError::InvalidRequest(reason.clone()))));
         }
         let sms = OutgoingSms {
             from: &from,
@@ -279,7 +362,11 @@ impl http::Host for PluginCtx {
         }
         self.http_calls += 1;
         let (deadline, max_body) = (self.deadline, self.limits.http_response_bytes);
-        Ok(self.inv.effects.http_send(req, deadline, max_body).await)
+        let result = self.inv.effects.http_send(req, deadline, max_body).await;
+        if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
+            self.refused("http.send", reason);
+        }
+        Ok(result)
     }
 }
 
@@ -345,32 +432,7 @@ impl config::Host for PluginCtx {
 
 impl log::Host for PluginCtx {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        if self.log_truncated {
-            return Ok(());
-        }
-        self.log_bytes += message.len();
-        let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
-        if self.log_bytes > self.limits.log_bytes {
-            self.log_truncated = true;
-            let cap = self.limits.log_bytes;
-            tracing::warn!(target: "plugin", %tenant, %plugin, %event, "[log truncated: over {cap} bytes for this event]");
-            return Ok(());
-        }
-        let name = match level {
-            log::Level::Trace => "trace",
-            log::Level::Debug => "debug",
-            log::Level::Info => "info",
-            log::Level::Warn => "warn",
-            log::Level::Error => "error",
-        };
-        self.inv.effects.logged(name, &message);
-        match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", %tenant, %plugin, %event, "{message}"),
-            log::Level::Info => tracing::info!(target: "plugin", %tenant, %plugin, %event, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", %tenant, %plugin, %event, "{message}"),
-            log::Level::Error => tracing::error!(target: "plugin", %tenant, %plugin, %event, "{message}"),
-        }
+        self.write_log(level, &message);
         Ok(())
     }
 }

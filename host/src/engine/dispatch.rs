@@ -67,6 +67,19 @@ pub enum InvokeError {
     NotLoaded(String),
 }
 
+impl InvokeError {
+    /// A trap or a failed instantiation says little by itself: the end of
+    /// what the guest wrote to stderr (a traceback, a panic message) is
+    /// added to it.
+    fn explained_by(self, stderr: Option<String>) -> InvokeError {
+        match (self, stderr) {
+            (InvokeError::Trap(m), Some(err)) => InvokeError::Trap(format!("{m}; stderr:\n{err}")),
+            (InvokeError::Instantiate(m), Some(err)) => InvokeError::Instantiate(format!("{m}; stderr:\n{err}")),
+            (e, _) => e,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct DeadlineExceeded;
 
@@ -197,15 +210,20 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
     let call = async move {
         let _running = running;
         let run = async {
-            let instance = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| classify(&e, &store, timeout, stack))?;
-            match instance.call_handle_event(&mut store, &input).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
-                Err(e) => Err(classify(&e, &store, timeout, stack)),
+            let result = async {
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| classify(&e, &store, timeout, stack))?;
+                match instance.call_handle_event(&mut store, &input).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
+                    Err(e) => Err(classify(&e, &store, timeout, stack)),
+                }
             }
+            .await;
+            let stderr = store.data_mut().drain_output();
+            result.map_err(|e| e.explained_by(stderr))
         };
         // Elapsed: a host call (HTTP, JustCall) was still waiting at the deadline.
         tokio::time::timeout_at(deadline, run)

@@ -81,20 +81,26 @@ pub enum Refusal {
     NoHost(String),
 }
 
+/// Whether `url`'s origin is in `allowed`: the part of [`check`] that needs
+/// no DNS (all `plugin test` applies, as it sends nothing).
+pub fn listed(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), Refusal> {
+    if allowed.iter().any(|h| h.matches(url)) {
+        return Ok(());
+    }
+    Err(Refusal::NotAllowed(format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )))
+}
+
 /// Whether a plugin may send a request to `url`: its origin must be in
 /// `allowed`, and a host name must resolve only to public addresses. An IP
 /// address in the URL passes only by being listed exactly (wildcards name
 /// domains, never addresses).
 pub async fn check(url: &reqwest::Url, allowed: &[AllowedHost]) -> Result<(), Refusal> {
-    let origin = format!(
-        "{}://{}:{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    );
-    if !allowed.iter().any(|h| h.matches(url)) {
-        return Err(Refusal::NotAllowed(origin));
-    }
+    listed(url, allowed)?;
     match url.host() {
         Some(url::Host::Ipv4(_)) | Some(url::Host::Ipv6(_)) => Ok(()),
         Some(url::Host::Domain(domain)) => {

@@ -14,6 +14,7 @@ pub mod lanes;
 pub mod plugins;
 pub mod runtime;
 pub mod state;
+pub mod stdio;
 pub mod tenant;
 pub mod verify;
 pub mod watch;

@@ -48,9 +48,6 @@ pub enum LoadError {
     /// It imports something the host does not provide.
     #[error("imports what Switchboard does not provide: {0:#}")]
     Imports(wasmtime::Error),
-    /// It imports an interface the host refuses to provide.
-    #[error("imports {0}, which Switchboard does not provide to plugins (no sockets: use the `http` interface)")]
-    Refused(String),
     /// It does not export the `switchboard:plugin/plugin` world.
     #[error("does not implement world switchboard:plugin/plugin@0.1.0: {0:#}")]
     WrongWorld(wasmtime::Error),
@@ -298,9 +295,6 @@ impl Runtime {
         check_header(bytes)?;
         let set = self.set_for(stack)?;
         let component = self.component(&set, bytes, hash)?;
-        if let Some(refused) = refused_import(&set.engine, &component) {
-            return Err(LoadError::Refused(refused));
-        }
         let instance_pre = set.linker.instantiate_pre(&component).map_err(LoadError::Imports)?;
         let pre = PluginPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
         let ticker = set.ticker.as_ref().expect("a live engine set has its ticker").handle();
@@ -333,17 +327,6 @@ fn compile_bounded(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError
         Ok(result) => result.map_err(LoadError::Compile),
         Err(_) => Err(LoadError::CompileTimeout(MAX_COMPILE_TIME.as_secs())),
     }
-}
-
-/// Interfaces no plugin may import, even though WASI defines them.
-pub const REFUSED_IMPORTS: &[&str] = &["wasi:sockets/"];
-
-fn refused_import(engine: &Engine, component: &Component) -> Option<String> {
-    component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .find(|name| REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)))
 }
 
 /// Classifies a file by its header: garbage, a core module, too large, or

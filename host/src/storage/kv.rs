@@ -47,6 +47,28 @@ impl Db {
         .await
     }
 
+    /// Up to `limit` entries with a prefix, in key order, starting after
+    /// `after` (for paging): what operators and `plugin test` show.
+    pub async fn kv_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        let (t, p, pre, after) = (tenant.to_string(), plugin.to_string(), prefix.to_string(), after.map(str::to_string));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key, value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND substr(key, 1, length(?3)) = ?3
+                 AND (?4 IS NULL OR key > ?4) ORDER BY key LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(params![t, p, pre, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Writes (`Some`) or deletes (`None`) one KV value.
     pub async fn kv_put(&self, tenant: &str, plugin: &str, key: &str, value: Option<Vec<u8>>) -> Result<(), DbError> {
         let (t, p, k) = (tenant.to_string(), plugin.to_string(), key.to_string());

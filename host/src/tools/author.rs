@@ -47,16 +47,16 @@ pub fn classify_import(name: &str) -> ImportVerdict {
     if interface.starts_with("switchboard:plugin/") {
         return ImportVerdict::Provided;
     }
-    if crate::engine::runtime::REFUSED_IMPORTS.iter().any(|p| name.starts_with(p)) {
-        return ImportVerdict::Error("refused: plugins get no sockets; use switchboard:plugin/http".into());
-    }
     match interface {
         i if i.starts_with("wasi:filesystem/") => {
             ImportVerdict::Warning("linked, but no directory is preopened: file access fails at run time".into())
         }
         "wasi:cli/environment" => ImportVerdict::Warning("linked, but the environment and arguments are empty".into()),
         "wasi:cli/stdin" => ImportVerdict::Warning("linked; stdin is empty".into()),
-        "wasi:cli/stdout" | "wasi:cli/stderr" => ImportVerdict::Warning("linked; output is discarded (use switchboard:plugin/log)".into()),
+        "wasi:cli/stdout" | "wasi:cli/stderr" => ImportVerdict::Provided,
+        i if i.starts_with("wasi:sockets/") => ImportVerdict::Warning(
+            "linked, but every socket call is refused at run time: plugins get no network (use switchboard:plugin/http)".into(),
+        ),
         i if i.starts_with("wasi:cli/") || i.starts_with("wasi:io/") || i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => {
             ImportVerdict::Provided
         }
@@ -67,10 +67,26 @@ pub fn classify_import(name: &str) -> ImportVerdict {
     }
 }
 
+/// Where author tools keep compiled code between runs, so a second `plugin
+/// test` of an unchanged component skips compilation: `SWITCHBOARD_CACHE`,
+/// else the user's cache folder (`~/.cache/switchboard/compiled` on Linux).
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("SWITCHBOARD_CACHE") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => dirs::cache_dir().map(|d| d.join("switchboard").join("compiled")),
+    }
+}
+
 fn runtime() -> anyhow::Result<Runtime> {
-    Runtime::new(RuntimeOptions {
-        max_instances: 4,
-        cache_dir: None,
+    // Room for one instance of a large component (componentize-py's hold
+    // dozens of core instances) with the same pool shape as the server's.
+    let opts = |cache_dir| RuntimeOptions {
+        max_instances: 16,
+        cache_dir,
+    };
+    Runtime::new(opts(cache_dir())).or_else(|e| {
+        tracing::warn!(error = %e, "compiled-code cache unavailable; compiling without it");
+        Runtime::new(opts(None))
     })
 }
 
@@ -111,22 +127,75 @@ pub struct TestRun {
     pub result: Result<(), InvokeError>,
     /// Wall time, ms.
     pub elapsed_ms: f64,
+    /// The plugin's KV after the run (at most [`KV_SHOWN`] entries).
+    pub kv: Vec<(String, Vec<u8>)>,
 }
 
-/// Runs a plugin once on one webhook payload (seed or v2.1 JSON), with the
-/// manifest beside it (or `manifest`), `config` overrides, and its side
-/// effects recorded instead of made.
-pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, config: &[(String, String)]) -> anyhow::Result<TestRun> {
-    let payload = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
-    let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{}: {e}", event_file.display());
+/// The most KV entries a test run shows.
+pub const KV_SHOWN: u32 = 100;
+
+/// What `plugin test` runs.
+#[derive(Debug, Clone, Default)]
+pub struct TestInput {
+    /// The component.
+    pub wasm: PathBuf,
+    /// A webhook payload file (seed or v2.1 JSON), or an event kind
+    /// (`received`, `sent`, …) for the built-in sample of that kind.
+    pub event: String,
+    /// The manifest (default: beside the `.wasm`, if there is one).
+    pub manifest: Option<PathBuf>,
+    /// `[config]` overrides.
+    pub config: Vec<(String, String)>,
+    /// KV the plugin finds when it starts.
+    pub kv: Vec<(String, String)>,
+}
+
+/// Reads `--kv-file`: a JSON object of string values (anything else is
+/// stored as its JSON text).
+pub fn read_kv_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON object of keys and values", path.display()))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect())
+}
+
+/// The payload an `--event` names and what to call it in errors.
+fn event_payload(event: &str) -> anyhow::Result<(String, String)> {
+    let path = Path::new(event);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok((text, path.display().to_string()));
+    }
+    match crate::domain::EventKind::from_name(event) {
+        Some(kind) => Ok((crate::tools::send::Sample::payload(kind), format!("the `{event}` sample"))),
+        None => bail!(
+            "reading {event}: no such file, and not an event kind ({})",
+            crate::domain::EventKind::ALL.map(|k| k.as_str()).join(", ")
+        ),
+    }
+}
+
+/// Runs a plugin once on one event, with its manifest, `config` overrides
+/// and pre-filled KV, its side effects checked as live and recorded instead
+/// of made.
+pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
+    let (wasm, manifest, config) = (input.wasm.as_path(), input.manifest.as_deref(), &input.config);
+    let (payload, source) = event_payload(&input.event)?;
+    let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{source}: {e}");
     let decoded = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
-        crate::intake::wire::Body::Ping => bail!("{}: a setup ping, not an event", event_file.display()),
+        crate::intake::wire::Body::Ping => bail!("{source}: a setup ping, not an event"),
         crate::intake::wire::Body::Payload(p) => p,
     };
     let mut event = match crate::intake::wire::parse(&decoded, None).map_err(wire_error)? {
         crate::intake::wire::Parsed::Event(i) => i.event,
         crate::intake::wire::Parsed::Ignored { type_name, reason } => {
-            bail!("{}: `{type_name}` is not dispatched: {reason}", event_file.display())
+            bail!("{source}: `{type_name}` is not dispatched: {reason}")
         }
     };
     event.tenant = "plugin-test".into();
@@ -175,6 +244,9 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         limits: Default::default(),
         justcall_rate_per_minute: u32::MAX,
     };
+    for (key, value) in &input.kv {
+        db.kv_put(&tenant.id, &name, key, Some(value.clone().into_bytes())).await?;
+    }
     let log = CallLog::default();
     let inv = Invocation {
         tenant: Arc::new(Tenant {
@@ -183,18 +255,20 @@ pub async fn test_run(wasm: &Path, event_file: &Path, manifest: Option<&Path>, c
         }),
         plugin: Arc::from(name.as_str()),
         manifest: plugin.manifest.clone(),
-        db,
+        db: db.clone(),
         event_id: Arc::from(event.event_id.as_str()),
-        effects: Box::new(Recording::new(log.clone())),
+        effects: Box::new(Recording::new(log.clone(), plugin.manifest.allowed_hosts.clone())),
     };
     let started = Instant::now();
     let result = crate::engine::dispatch::invoke(&plugin, inv, &event, None).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let kv = db.kv_entries("plugin-test", &name, "", None, KV_SHOWN).await?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(TestRun {
         calls: log.calls(),
         result,
         elapsed_ms,
+        kv,
     })
 }
 
@@ -210,7 +284,8 @@ mod tests {
             classify_import("wasi:filesystem/preopens@0.2.6"),
             ImportVerdict::Warning(_)
         ));
-        assert!(matches!(classify_import("wasi:sockets/tcp@0.2.6"), ImportVerdict::Error(_)));
+        assert!(matches!(classify_import("wasi:sockets/tcp@0.2.6"), ImportVerdict::Warning(_)));
+        assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportVerdict::Provided);
         assert!(matches!(
             classify_import("wasi:http/outgoing-handler@0.2.6"),
             ImportVerdict::Error(_)

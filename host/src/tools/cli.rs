@@ -127,6 +127,24 @@ enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// A plugin's KV entries, in key order.
+    Kv {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only keys after this one (the previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 impl AdminCommand {
@@ -150,6 +168,19 @@ impl AdminCommand {
             AdminCommand::Verifications { tenant, state, limit } => client
                 .get(format!("{base}/admin/tenants/{}/verifications", seg(tenant)))
                 .query(&[("state", state.clone()), ("limit", limit.to_string())]),
+            AdminCommand::Kv {
+                tenant,
+                plugin,
+                prefix,
+                after,
+                limit,
+            } => {
+                let mut q = vec![("prefix", prefix.clone()), ("limit", limit.to_string())];
+                if let Some(a) = after {
+                    q.push(("after", a.clone()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/plugins/{}/kv", seg(tenant), seg(plugin))).query(&q)
+            }
         }
     }
 }
@@ -165,15 +196,19 @@ struct SendArgs {
     /// Event kind.
     #[arg(long, default_value = "received", value_parser = parse_kind)]
     kind: EventKind,
-    /// Sender, E.164.
-    #[arg(long, default_value = "+15125551234")]
-    from: String,
-    /// Recipient, E.164 (for inbound kinds, the tenant's number).
-    #[arg(long, default_value = "+15125550100")]
-    to: String,
-    /// Message text.
-    #[arg(long, default_value = "CONFIRM")]
-    body: String,
+    /// Sender, E.164 (default: the customer for received, opt-out and
+    /// opt-in; the tenant's line for sent, delivered and failed).
+    #[arg(long)]
+    from: Option<String>,
+    /// Recipient, E.164 (default: the other of the two).
+    #[arg(long)]
+    to: Option<String>,
+    /// Message text (default: a sample for the kind, CONFIRM for received).
+    #[arg(long)]
+    body: Option<String>,
+    /// Print the event JSON instead of posting it.
+    #[arg(long)]
+    print: bool,
     /// Wire format.
     #[arg(long, value_enum, default_value = "seed")]
     format: WireFormat,
@@ -190,13 +225,14 @@ struct SendArgs {
 
 impl From<SendArgs> for SendRequest {
     fn from(a: SendArgs) -> SendRequest {
+        let sample = crate::tools::send::Sample::of(a.kind);
         SendRequest {
             url: a.url,
             tenant: a.tenant,
             kind: a.kind,
-            from: a.from,
-            to: a.to,
-            body: a.body,
+            from: a.from.unwrap_or(sample.from),
+            to: a.to.unwrap_or(sample.to),
+            body: a.body.unwrap_or(sample.body),
             format: a.format,
             sign: a.secret.map(|s| (a.auth, s)),
             webhook_url: a.webhook_url,
@@ -236,15 +272,22 @@ enum PluginCommand {
     Test {
         /// The `.wasm` file.
         file: PathBuf,
-        /// A webhook payload (seed or v2.1 JSON), e.g. a fixture.
-        #[arg(long)]
-        event: PathBuf,
+        /// A webhook payload file (seed or v2.1 JSON), or an event kind for
+        /// its built-in sample: received, sent, delivered, failed, optout, optin.
+        #[arg(long, default_value = "received")]
+        event: String,
         /// The manifest (default: FILE with a .toml extension, if present).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// A `[config]` value, overriding the manifest's; repeatable.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
         config: Vec<(String, String)>,
+        /// A KV entry the plugin finds when it starts; repeatable.
+        #[arg(long = "kv", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        kv: Vec<(String, String)>,
+        /// A JSON object of KV entries the plugin finds when it starts.
+        #[arg(long = "kv-file", value_name = "FILE")]
+        kv_file: Option<PathBuf>,
     },
 }
 
@@ -265,10 +308,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_kind(s: &str) -> Result<EventKind, String> {
-    EventKind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == s || k.seed_name() == s)
-        .ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
+    EventKind::from_name(s).ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
 }
 
 /// Sets up logging from `RUST_LOG` (default: `info`, or `warn` for the
@@ -303,7 +343,8 @@ pub fn main(cli: Cli) -> ExitCode {
         } | Command::Admin(_)
             | Command::Send(_)
     );
-    let _log = init_tracing(if quiet { "warn" } else { "info" }, cli.log_format);
+    // Output-first commands print the plugin's log lines themselves.
+    let _log = init_tracing(if quiet { "warn,plugin=off" } else { "info" }, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -351,6 +392,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dev { listen, data_dir } => {
             crate::tools::dev::run(listen, data_dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send(args) if args.print => {
+            let req = SendRequest::from(args);
+            let webhook_url = req.webhook_url.clone().unwrap_or_else(|| req.target());
+            let (payload, _) = crate::tools::send::build_payload(&req, &webhook_url);
+            println!("{}", serde_json::to_string_pretty(&payload)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
@@ -422,11 +470,31 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     event,
                     manifest,
                     config,
+                    kv,
+                    kv_file,
                 },
         } => {
-            let run = crate::tools::author::test_run(&file, &event, manifest.as_deref(), &config).await?;
+            let mut prefill = match &kv_file {
+                Some(path) => crate::tools::author::read_kv_file(path)?,
+                None => vec![],
+            };
+            prefill.extend(kv);
+            let input = crate::tools::author::TestInput {
+                wasm: file,
+                event,
+                manifest,
+                config,
+                kv: prefill,
+            };
+            let run = crate::tools::author::test_run(&input).await?;
             for call in &run.calls {
                 println!("{call}");
+            }
+            if !run.kv.is_empty() {
+                println!("kv after the run:");
+                for (key, value) in &run.kv {
+                    println!("  {key} = {:?}", String::from_utf8_lossy(value));
+                }
             }
             match run.result {
                 Ok(()) => {

@@ -271,8 +271,11 @@ fn required_tools(doc: &toml::Table) -> Vec<String> {
 /// `SWITCHBOARD_WIT` set; returns `<dir>/target/<folder name>.wasm`.
 pub fn build_one(dir: &Path, tools: Option<&GuestWorkspace>, quiet: bool) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("plugin.toml");
-    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?)
-        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    // The whole manifest is checked before anything is built: a misspelt
+    // key is named with its line now, not when the server loads it.
+    crate::config::Manifest::parse(&manifest, &text)?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     let Some(command) = doc.get("build").and_then(|b| b.get("command")).and_then(|c| c.as_str()) else {
         bail!("{}: no [build] command", manifest.display());
     };

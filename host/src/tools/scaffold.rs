@@ -137,7 +137,9 @@ fn readme(name: &str, lang: Lang) -> String {
          ```sh\n\
          switchboard plugin build .          # writes target/{name}.wasm and prints its size\n\
          switchboard plugin check target/{name}.wasm\n\
-         switchboard plugin test target/{name}.wasm --manifest plugin.toml --event sms.received.json\n\
+         # one event, side effects checked and recorded, not made; events/ holds a\n\
+         # sample of each kind (or name one: --event sent); --kv KEY=VALUE pre-fills KV\n\
+         switchboard plugin test target/{name}.wasm --manifest plugin.toml --event events/received.json\n\
          # deploy: hot-reloaded by a running server\n\
          cp plugin.toml <plugins_dir>/<tenant>/{name}.toml && cp target/{name}.wasm <plugins_dir>/<tenant>/\n\
          ```\n"
@@ -201,16 +203,18 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
                 manifest(
                     name,
                     lang,
-                    &format!("componentize-py -d \"$SWITCHBOARD_WIT\" -w plugin componentize app --stub-wasi -o \"$OUT_DIR/{name}.wasm\""),
+                    &format!("componentize-py -d \"$SWITCHBOARD_WIT\" -w plugin componentize app -o \"$OUT_DIR/{name}.wasm\""),
                 ),
             ),
             (".gitignore", "/target\n__pycache__/\n".into()),
         ],
     };
+    let samples = crate::domain::EventKind::ALL.map(|k| (format!("events/{}.json", k.as_str()), crate::tools::send::Sample::payload(k)));
     for (rel, text) in files
         .iter()
-        .map(|(r, t)| (*r, t.clone()))
-        .chain([("README.md", readme(name, lang))])
+        .map(|(r, t)| (r.to_string(), t.clone()))
+        .chain([("README.md".to_string(), readme(name, lang))])
+        .chain(samples)
     {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {

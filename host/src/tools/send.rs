@@ -1,5 +1,6 @@
 //! `switchboard send`: builds a valid SMS webhook in either wire format, signs
-//! it as asked, posts it, and reports the status and reason.
+//! it as asked, posts it, and reports the status and reason; and the sample
+//! event of each kind that `plugin test --event KIND` and `plugin new` use.
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
@@ -61,6 +62,75 @@ pub struct SendResponse {
     pub body: String,
 }
 
+/// The customer in samples and `send`'s defaults.
+pub const SAMPLE_CONTACT: &str = "+15125551234";
+/// The tenant's line in samples and `send`'s defaults (the demo tenant's).
+pub const SAMPLE_LINE: &str = "+15125550100";
+
+/// A plausible event of one kind: from and to the right way round (the
+/// customer writes `received`, opt-out and opt-in; the tenant's line sends
+/// `sent`, whose status comes back as delivered or failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Sender.
+    pub from: String,
+    /// Recipient.
+    pub to: String,
+    /// Text.
+    pub body: String,
+}
+
+impl Sample {
+    /// The sample of `kind`.
+    pub fn of(kind: EventKind) -> Sample {
+        let (from, to) = if is_inbound(kind) {
+            (SAMPLE_CONTACT, SAMPLE_LINE)
+        } else {
+            (SAMPLE_LINE, SAMPLE_CONTACT)
+        };
+        let body = match kind {
+            EventKind::Received => "CONFIRM",
+            EventKind::Sent | EventKind::Delivered | EventKind::Failed => "Your cleaning is booked for Tuesday at 10:00. Reply CONFIRM to confirm.",
+            EventKind::OptOut => "STOP",
+            EventKind::OptIn => "START",
+        };
+        Sample {
+            from: from.into(),
+            to: to.into(),
+            body: body.into(),
+        }
+    }
+
+    /// The sample as a seed-format webhook payload, pretty-printed.
+    pub fn payload(kind: EventKind) -> String {
+        let s = Sample::of(kind);
+        let req = SendRequest {
+            url: "http://127.0.0.1:8080".into(),
+            tenant: "demo".into(),
+            kind,
+            from: s.from,
+            to: s.to,
+            body: s.body,
+            format: WireFormat::Seed,
+            sign: None,
+            webhook_url: None,
+        };
+        let (payload, _) = build_payload(&req, &req.target());
+        serde_json::to_string_pretty(&payload).expect("a JSON value prints")
+    }
+}
+
+fn is_inbound(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Received | EventKind::OptOut | EventKind::OptIn)
+}
+
+impl SendRequest {
+    /// Where the webhook is posted: `{url}/webhooks/{tenant}`.
+    pub fn target(&self) -> String {
+        format!("{}/webhooks/{}", self.url.trim_end_matches('/'), self.tenant)
+    }
+}
+
 fn digits(n: &str) -> String {
     n.trim_start_matches('+').to_string()
 }
@@ -69,7 +139,7 @@ fn digits(n: &str) -> String {
 pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
     let now = Utc::now();
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let inbound = matches!(req.kind, EventKind::Received | EventKind::OptOut | EventKind::OptIn);
+    let inbound = is_inbound(req.kind);
     let line = if inbound { &req.to } else { &req.from };
     let contact = if inbound { &req.from } else { &req.to };
     match req.format {
@@ -119,8 +189,7 @@ pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
 
 /// Builds, signs and posts the webhook.
 pub async fn send(req: &SendRequest) -> anyhow::Result<SendResponse> {
-    let base = req.url.trim_end_matches('/');
-    let target = format!("{base}/webhooks/{}", req.tenant);
+    let target = req.target();
     let webhook_url = req.webhook_url.clone().unwrap_or_else(|| target.clone());
     let (payload, type_name) = build_payload(req, &webhook_url);
     let body = serde_json::to_vec(&payload)?;

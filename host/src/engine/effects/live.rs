@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::journal::Journal;
-use super::{Effects, OutgoingSms};
+use super::{Effects, OutgoingSms, Parsed, parse};
 use crate::config::{AllowedHost, Manifest};
 use crate::engine::bindings::switchboard::plugin::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
@@ -93,30 +93,11 @@ async fn perform(
     deadline: Instant,
     max_body: usize,
 ) -> Result<http::Response, http::HttpError> {
-    let mut url = match reqwest::Url::parse(&req.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-        Ok(u) => {
-            return Err(http::HttpError::InvalidRequest(format!(
-                "scheme `{}` is not http or https",
-                u.scheme()
-            )));
-        }
-        Err(e) => return Err(http::HttpError::InvalidRequest(format!("bad URL: {e}"))),
-    };
-    let mut method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return Err(http::HttpError::InvalidRequest(format!("bad method `{}`", req.method))),
-    };
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (k, v) in &req.headers {
-        let (Ok(name), Ok(value)) = (
-            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
-            reqwest::header::HeaderValue::from_str(v),
-        ) else {
-            return Err(http::HttpError::InvalidRequest(format!("bad header `{k}`")));
-        };
-        headers.append(name, value);
-    }
+    let Parsed {
+        mut url,
+        mut method,
+        headers,
+    } = parse(&req)?;
     let mut body = Some(req.body);
     // Follow redirects by hand, so every hop passes the same checks.
     let mut hops = 0;

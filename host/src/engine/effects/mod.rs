@@ -33,6 +33,47 @@ pub struct OutgoingSms<'a> {
     pub media: &'a [String],
 }
 
+/// A plugin's HTTP request, read: what every implementation checks the
+/// same way before doing anything with it.
+#[derive(Debug)]
+pub struct Parsed {
+    /// An http or https URL.
+    pub url: reqwest::Url,
+    /// A valid method.
+    pub method: reqwest::Method,
+    /// Valid headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// Reads a plugin's request: an http(s) URL, a method, headers; each
+/// mistake is an `invalid-request` naming the part.
+pub fn parse(req: &http::Request) -> Result<Parsed, http::HttpError> {
+    let url = match reqwest::Url::parse(&req.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(u) => {
+            return Err(http::HttpError::InvalidRequest(format!(
+                "scheme `{}` is not http or https",
+                u.scheme()
+            )));
+        }
+        Err(e) => return Err(http::HttpError::InvalidRequest(format!("bad URL: {e}"))),
+    };
+    let Ok(method) = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) else {
+        return Err(http::HttpError::InvalidRequest(format!("bad method `{}`", req.method)));
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in &req.headers {
+        let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+            reqwest::header::HeaderValue::from_str(v),
+        ) else {
+            return Err(http::HttpError::InvalidRequest(format!("bad header `{k}`")));
+        };
+        headers.append(name, value);
+    }
+    Ok(Parsed { url, method, headers })
+}
+
 /// What a plugin's calls do to the world. One value serves one invocation, so
 /// an implementation may number its side effects.
 #[async_trait::async_trait]

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Effects, OutgoingSms};
+use super::{Effects, OutgoingSms, parse};
+use crate::config::AllowedHost;
 use crate::engine::bindings::switchboard::plugin::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::sync::lock;
@@ -27,7 +28,8 @@ pub enum HostCall {
         /// What was asked.
         what: String,
     },
-    /// `http.send`, not sent; answered 200 with an empty body.
+    /// `http.send`, not sent: answered 200 with an empty body, or refused
+    /// as the live path would refuse it.
     Http {
         /// Method.
         method: String,
@@ -35,6 +37,9 @@ pub enum HostCall {
         url: String,
         /// Body as text (lossy).
         body: String,
+        /// Why it was refused, if it was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
     },
     /// `kv.set` (applied to a scratch store).
     KvSet {
@@ -62,7 +67,18 @@ impl std::fmt::Display for HostCall {
         match self {
             HostCall::SmsSend { from, to, body } => write!(f, "sms.send     from {from} to {to}: {body:?}"),
             HostCall::SmsRead { what } => write!(f, "sms.read     {what} (answered: nothing)"),
-            HostCall::Http { method, url, body } => write!(f, "http.send    {method} {url} {body:?} (answered: 200, empty)"),
+            HostCall::Http {
+                method,
+                url,
+                body,
+                refused: None,
+            } => write!(f, "http.send    {method} {url} {body:?} (answered: 200, empty)"),
+            HostCall::Http {
+                method,
+                url,
+                refused: Some(reason),
+                ..
+            } => write!(f, "http.send    {method} {url} refused: {reason}"),
             HostCall::KvSet { key, value } => write!(f, "kv.set       {key} = {value:?}"),
             HostCall::KvDelete { key } => write!(f, "kv.delete    {key}"),
             HostCall::Log { level, message } => write!(f, "log.{level:<8}{message}"),
@@ -87,17 +103,19 @@ impl CallLog {
 }
 
 /// Records every call in its log and answers locally: an SMS is "sent" with
-/// id `dry-run-N`, reads find nothing, and HTTP answers 200 with an empty body.
+/// id `dry-run-N`, reads find nothing, and HTTP to an allowed host answers
+/// 200 with an empty body (to any other, the live path's refusal).
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
     log: CallLog,
+    allowed: Vec<AllowedHost>,
     sent: u32,
 }
 
 impl Recording {
-    /// Records into `log`.
-    pub fn new(log: CallLog) -> Recording {
-        Recording { log, sent: 0 }
+    /// Records into `log`; HTTP may reach the `allowed` hosts.
+    pub fn new(log: CallLog, allowed: Vec<AllowedHost>) -> Recording {
+        Recording { log, allowed, sent: 0 }
     }
 }
 
@@ -128,12 +146,20 @@ impl Effects for Recording {
     }
 
     async fn http_send(&mut self, req: http::Request, _deadline: Instant, _max_body: usize) -> Result<http::Response, http::HttpError> {
+        let verdict = parse(&req).and_then(|p| {
+            crate::engine::egress::listed(&p.url, &self.allowed).map_err(|r| http::HttpError::NotAllowed(r.to_string()))
+        });
+        let refused = verdict.as_ref().err().map(|e| match e {
+            http::HttpError::NotAllowed(r) | http::HttpError::InvalidRequest(r) => r.clone(),
+            other => format!("{other:?}"),
+        });
         self.log.push(HostCall::Http {
             method: req.method.to_ascii_uppercase(),
             url: req.url,
             body: String::from_utf8_lossy(&req.body).into_owned(),
+            refused,
         });
-        Ok(http::Response {
+        verdict.map(|_| http::Response {
             status: 200,
             headers: vec![],
             body: vec![],
