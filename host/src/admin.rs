@@ -141,7 +141,9 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
     for (name, r) in rejections {
         let h = health.remove(&name).unwrap_or_default();
         let summary = format!("not serving: rejected: {}", r.error);
-        out.push(json!({ "name": name, "status": status(false, h.paused), "summary": summary, "hash": null, "rejected": r, "delivery": h }));
+        out.push(
+            json!({ "name": name, "status": status(false, h.paused), "summary": summary, "hash": null, "rejected": r, "delivery": h }),
+        );
     }
     // Plugins no longer deployed that still have paused or held deliveries.
     for (name, h) in health.into_iter().filter(|(_, h)| h.paused || h.held > 0) {
@@ -271,7 +273,10 @@ async fn kv(
     known_tenant(&state, &tenant)?;
     let prefix = q.prefix.unwrap_or_default();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = state.db.kv_entries(&tenant, &plugin, &prefix, q.after.as_deref(), limit + 1).await?;
+    let entries = state
+        .db
+        .kv_entries(&tenant, &plugin, &prefix, q.after.as_deref(), limit + 1)
+        .await?;
     let more = entries.len() > limit as usize;
     let shown: Vec<Value> = entries
         .iter()
@@ -281,6 +286,10 @@ async fn kv(
             Err(_) => json!({ "key": key, "value_base64": base64::engine::general_purpose::STANDARD.encode(value), "bytes": value.len() }),
         })
         .collect();
-    let next = more.then(|| shown.last().and_then(|e| e["key"].as_str()).map(str::to_string)).flatten();
-    Ok(Json(json!({ "tenant": tenant, "plugin": plugin, "prefix": prefix, "entries": shown, "next": next })))
+    let next = more
+        .then(|| shown.last().and_then(|e| e["key"].as_str()).map(str::to_string))
+        .flatten();
+    Ok(Json(
+        json!({ "tenant": tenant, "plugin": plugin, "prefix": prefix, "entries": shown, "next": next }),
+    ))
 }

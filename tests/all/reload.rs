@@ -127,8 +127,14 @@ async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
         })
         .await
         .unwrap();
-        assert_eq!(p["status"], "rejected");
+        // Still serving v1, and it says so, with why the newer file was refused.
+        assert_eq!(p["status"], "active");
         assert_eq!(p["hash"], v1.as_str(), "{what}: v1 still serving");
+        let summary = p["summary"].as_str().unwrap();
+        assert!(
+            summary.starts_with(&format!("serving {}, newer version rejected: ", &v1[..12])) && summary.contains(reason),
+            "{what}: {summary}"
+        );
         let error = p["rejected"]["error"].as_str().unwrap();
         assert!(error.contains(reason), "{what}: {error}");
         assert!(error.contains("confirm.wasm"), "{what}: the reason names the file: {error}");
@@ -138,10 +144,13 @@ async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
 
     // A bad manifest is rejected with file, line and key; v1 keeps serving.
     write_then_rename(&dir.join("confirm.wasm"), &std::fs::read(guest("appointment-confirm")).unwrap());
-    wait_admin(&host, "acme", "confirm", "recovery", |p| p.is_some_and(|p| p["status"] == "active")).await;
+    wait_admin(&host, "acme", "confirm", "recovery", |p| {
+        p.is_some_and(|p| p["status"] == "active" && p["rejected"].is_null())
+    })
+    .await;
     write_then_rename(&dir.join("confirm.toml"), b"events = [\"received\"]\ntimeout = 5\n");
     let p = wait_admin(&host, "acme", "confirm", "bad manifest", |p| {
-        p.is_some_and(|p| p["status"] == "rejected")
+        p.is_some_and(|p| p["rejected"].is_object())
     })
     .await
     .unwrap();
@@ -189,7 +198,10 @@ async fn a_slow_copy_in_place_is_loaded_only_once_complete() {
         f.flush().unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let p = host.admin_plugin("acme", "answer").await.unwrap();
-        assert_eq!(p["status"], "active", "a half-written file must not even be tried: {p}");
+        assert!(
+            p["status"] == "active" && p["rejected"].is_null(),
+            "a half-written file must not even be tried: {p}"
+        );
     }
     drop(f);
     let v2_hash = switchboard::engine::runtime::Runtime::content_hash(&v2);

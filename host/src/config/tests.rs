@@ -39,7 +39,10 @@ fn unknown_key_names_file_line_and_key() {
     let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
     assert_eq!(err.line, Some(7));
     assert_eq!(err.key, "tenants.acme.webhok_auth");
-    assert!(err.to_string().starts_with("sb.toml:7: tenants.acme.webhok_auth: unknown field"), "{err}");
+    assert!(
+        err.to_string().starts_with("sb.toml:7: tenants.acme.webhok_auth: unknown field"),
+        "{err}"
+    );
 }
 
 #[test]

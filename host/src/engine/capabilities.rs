@@ -14,8 +14,8 @@ use crate::domain;
 use crate::domain::{Event, normalize_e164};
 use crate::engine::bindings::switchboard::plugin::{config, http, kv, log, sms, types};
 use crate::engine::effects::{Effects, OutgoingSms};
-use crate::engine::stdio::Capture;
 use crate::engine::justcall::{ApiMessage, JustCallError};
+use crate::engine::stdio::Capture;
 use crate::engine::tenant::Tenant;
 use crate::storage::Db;
 
@@ -95,6 +95,8 @@ pub struct PluginCtx {
     log_truncated: bool,
     stdout: Capture,
     stderr: Capture,
+    /// The last lines of stderr, for a failure's reason.
+    stderr_tail: Vec<String>,
 }
 
 impl std::fmt::Debug for PluginCtx {
@@ -137,13 +139,14 @@ impl PluginCtx {
             log_truncated: false,
             stdout,
             stderr,
+            stderr_tail: Vec::new(),
         }
     }
 
-    /// Writes what the guest printed so far to the plugin's log (stdout at
-    /// info, stderr at error, within the log cap) and returns the end of
-    /// stderr, which explains a trap.
-    pub fn drain_output(&mut self) -> Option<String> {
+    /// Writes what the guest printed since the last host call to the
+    /// plugin's log (stdout at info, stderr at error, within the log cap),
+    /// so printed lines keep their place among its other calls.
+    fn flush_stdio(&mut self) {
         let (out, out_dropped) = self.stdout.take();
         let (err, err_dropped) = self.stderr.take();
         for line in &out {
@@ -154,12 +157,24 @@ impl PluginCtx {
         }
         if out_dropped + err_dropped > 0 {
             let cap = self.limits.log_bytes;
+            let dropped = out_dropped + err_dropped;
             self.write_log(
                 log::Level::Warn,
-                &format!("[{} bytes of output dropped: over {cap} bytes for this event]", out_dropped + err_dropped),
+                &format!("[{dropped} bytes of output dropped: over {cap} bytes for this event]"),
             );
         }
-        crate::engine::stdio::tail(&err, crate::engine::stdio::FAILURE_TAIL)
+        self.stderr_tail.extend(err);
+        let mut kept: usize = self.stderr_tail.iter().map(String::len).sum();
+        while kept > crate::engine::stdio::FAILURE_TAIL && self.stderr_tail.len() > 1 {
+            kept -= self.stderr_tail.remove(0).len();
+        }
+    }
+
+    /// Flushes the guest's output at the end of the invocation and returns
+    /// the end of its stderr, which explains a trap.
+    pub fn drain_output(&mut self) -> Option<String> {
+        self.flush_stdio();
+        crate::engine::stdio::tail(&std::mem::take(&mut self.stderr_tail), crate::engine::stdio::FAILURE_TAIL)
     }
 
     /// Logs (warn) a host call the host refused, with who made it and why.
@@ -278,6 +293,7 @@ fn wit_message(m: ApiMessage) -> sms::Message {
 
 impl sms::Host for PluginCtx {
     async fn send(&mut self, message: sms::OutgoingSms) -> wasmtime::Result<Result<String, sms::SmsError>> {
+        self.flush_stdio();
         // Every attempt counts, refused or not, so a loop of refused sends
         // still ends at the quota.
         if self.sms_sent >= self.limits.sms_per_event {
@@ -355,6 +371,7 @@ impl sms::Host for PluginCtx {
 
 impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        self.flush_stdio();
         // Every request counts, refused or not, so a loop of refused
         // requests still ends at the quota.
         if self.http_calls >= self.limits.http_per_event {
@@ -381,6 +398,7 @@ impl kv::Host for PluginCtx {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::KvError>> {
+        self.flush_stdio();
         if key.len() > MAX_KV_KEY {
             return Ok(Err(kv::KvError::QuotaExceeded(format!("key is over {MAX_KV_KEY} bytes"))));
         }
@@ -409,6 +427,7 @@ impl kv::Host for PluginCtx {
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
+        self.flush_stdio();
         self.inv.effects.kv_written(&key, None);
         let t = &self.inv.tenant.config.id;
         Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage))
@@ -432,6 +451,7 @@ impl config::Host for PluginCtx {
 
 impl log::Host for PluginCtx {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        self.flush_stdio();
         self.write_log(level, &message);
         Ok(())
     }

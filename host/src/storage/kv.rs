@@ -57,7 +57,12 @@ impl Db {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-        let (t, p, pre, after) = (tenant.to_string(), plugin.to_string(), prefix.to_string(), after.map(str::to_string));
+        let (t, p, pre, after) = (
+            tenant.to_string(),
+            plugin.to_string(),
+            prefix.to_string(),
+            after.map(str::to_string),
+        );
         self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT key, value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND substr(key, 1, length(?3)) = ?3

@@ -179,7 +179,9 @@ impl AdminCommand {
                 if let Some(a) = after {
                     q.push(("after", a.clone()));
                 }
-                client.get(format!("{base}/admin/tenants/{}/plugins/{}/kv", seg(tenant), seg(plugin))).query(&q)
+                client
+                    .get(format!("{base}/admin/tenants/{}/plugins/{}/kv", seg(tenant), seg(plugin)))
+                    .query(&q)
             }
         }
     }
@@ -343,8 +345,10 @@ pub fn main(cli: Cli) -> ExitCode {
         } | Command::Admin(_)
             | Command::Send(_)
     );
-    // Output-first commands print the plugin's log lines themselves.
-    let _log = init_tracing(if quiet { "warn,plugin=off" } else { "info" }, cli.log_format);
+    // Output-first commands print the plugin's log lines and refused calls
+    // themselves.
+    let quiet_filter = "warn,plugin=off,switchboard::engine::capabilities=error";
+    let _log = init_tracing(if quiet { quiet_filter } else { "info" }, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

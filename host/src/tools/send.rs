@@ -90,7 +90,9 @@ impl Sample {
         };
         let body = match kind {
             EventKind::Received => "CONFIRM",
-            EventKind::Sent | EventKind::Delivered | EventKind::Failed => "Your cleaning is booked for Tuesday at 10:00. Reply CONFIRM to confirm.",
+            EventKind::Sent | EventKind::Delivered | EventKind::Failed => {
+                "Your cleaning is booked for Tuesday at 10:00. Reply CONFIRM to confirm."
+            }
             EventKind::OptOut => "STOP",
             EventKind::OptIn => "START",
         };

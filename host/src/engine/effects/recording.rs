@@ -146,9 +146,8 @@ impl Effects for Recording {
     }
 
     async fn http_send(&mut self, req: http::Request, _deadline: Instant, _max_body: usize) -> Result<http::Response, http::HttpError> {
-        let verdict = parse(&req).and_then(|p| {
-            crate::engine::egress::listed(&p.url, &self.allowed).map_err(|r| http::HttpError::NotAllowed(r.to_string()))
-        });
+        let verdict = parse(&req)
+            .and_then(|p| crate::engine::egress::listed(&p.url, &self.allowed).map_err(|r| http::HttpError::NotAllowed(r.to_string())));
         let refused = verdict.as_ref().err().map(|e| match e {
             http::HttpError::NotAllowed(r) | http::HttpError::InvalidRequest(r) => r.clone(),
             other => format!("{other:?}"),
