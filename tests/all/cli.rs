@@ -103,6 +103,7 @@ justcall_api_secret = "env:ACME_JC_SECRET"
         format: WireFormat::V21,
         sign: Some((SignWith::JustCallV1, "hook-secret-of-the-cli-test".into())),
         webhook_url: Some("https://hooks.example.com/webhooks/acme".into()),
+        message_id: None,
     };
     let resp = switchboard::tools::send::send(&req).await.unwrap();
     assert_eq!(resp.status, 202, "{}", resp.body);
@@ -261,6 +262,7 @@ async fn send_command_builds_valid_events_for_each_kind_and_format() {
                 format,
                 sign: Some((auth, secret.into())),
                 webhook_url: None,
+                message_id: None,
             };
             let resp = switchboard::tools::send::send(&req).await.unwrap();
             assert_eq!(resp.status, 202, "{tenant} {format:?} {kind:?}: {}", resp.body);

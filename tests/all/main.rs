@@ -7,6 +7,7 @@ mod cli;
 mod conventions;
 mod crash;
 mod delivery;
+mod dev;
 mod front_door;
 mod harness;
 mod hostile;

@@ -99,7 +99,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// Runs Switchboard on `listeners` until `shutdown` resolves, then stops
 /// accepting, lets running deliveries finish, and returns.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    run_with_routes(config, listeners, Router::new(), shutdown).await
+    run_with_routes(config, listeners, Router::new(), || {}, shutdown).await
 }
 
 /// [`run`], also serving `extra_routes` on the public listener beside
@@ -109,6 +109,7 @@ pub async fn run_with_routes(
     config: Config,
     listeners: Listeners,
     extra_routes: Router,
+    on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -225,6 +226,9 @@ pub async fn run_with_routes(
         shutdown.await;
         trigger.cancel();
     });
+    // Plugins are loaded and deliveries resumed: from here on, connections
+    // are answered.
+    on_ready();
     let public = listener::serve(listeners.public, router, config.front_door, tls, stop.clone().cancelled_owned());
     let admin = async {
         if let Some(l) = listeners.admin {

@@ -57,6 +57,10 @@ enum Command {
         /// Where to keep the database and deployed plugins.
         #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = ".switchboard")]
         data_dir: PathBuf,
+        /// Do not post `sms.sent` and delivered webhooks back after each
+        /// SMS the simulator sends (JustCall does).
+        #[arg(long)]
+        no_status_webhooks: bool,
     },
     /// Build a test SMS webhook, sign it, and post it to a running Switchboard.
     Send(SendArgs),
@@ -238,6 +242,7 @@ impl From<SendArgs> for SendRequest {
             format: a.format,
             sign: a.secret.map(|s| (a.auth, s)),
             webhook_url: a.webhook_url,
+            message_id: None,
         }
     }
 }
@@ -394,8 +399,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             crate::server::run(cfg, listeners, crate::server::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { listen, data_dir } => {
-            crate::tools::dev::run(listen, data_dir).await?;
+        Command::Dev {
+            listen,
+            data_dir,
+            no_status_webhooks,
+        } => {
+            crate::tools::dev::run(listen, data_dir, !no_status_webhooks).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) if args.print => {

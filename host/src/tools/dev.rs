@@ -15,6 +15,8 @@ use crate::tools::guest_build::{BuiltPlugin, GuestWorkspace};
 pub const DEMO_TENANT: &str = "demo";
 /// The admin API's bearer token in dev mode.
 pub const DEV_ADMIN_TOKEN: &str = "dev-admin";
+/// How long after `sms.sent` the simulator reports an SMS delivered.
+pub const STATUS_DELAY: Duration = Duration::from_secs(1);
 /// The demo tenant's JustCall number.
 pub const DEMO_NUMBER: &str = "+15125550100";
 
@@ -172,7 +174,8 @@ fn watch_sources(ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Opt
 
 /// Builds the example plugins, deploys them to the demo tenant, prints how to
 /// try it, and serves until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -195,7 +198,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
     let names = deploy_examples(&built, &tenant_dir, &origin)?;
     let _source_watch = watch_sources(ws, tenant_dir.clone(), origin.clone());
-    println!(
+    let banner = format!(
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\
          JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\
@@ -205,17 +208,38 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
          curl -s -H 'Authorization: Bearer demo-key:demo-secret' {origin}/justcall/api/v2/texts/list\n",
         names.join(", ")
     );
-    let sim = crate::tools::simulator::Simulator::new(
+    let mut sim = crate::tools::simulator::Simulator::new(
         config
             .tenants
             .values()
             .map(|t| (t.justcall_api_key.clone(), t.justcall_api_secret.clone()))
             .collect(),
     );
+    if status_webhooks {
+        sim = sim.with_status_reports(crate::tools::send::StatusReports {
+            url: origin.clone(),
+            public_url: config.public_url.clone(),
+            tenants: config
+                .tenants
+                .values()
+                .map(|t| crate::tools::send::ReportTo {
+                    tenant: t.id.clone(),
+                    numbers: t.numbers.clone(),
+                    sign: None,
+                })
+                .collect(),
+            delivered_after: STATUS_DELAY,
+        });
+    }
     let routes = axum::Router::new().nest("/justcall", sim.router()).nest("/dev", sim.sink_router());
     let listeners = crate::server::Listeners {
         public: listener,
         admin: admin_listener,
     };
-    crate::server::run_with_routes(config, listeners, routes, crate::server::shutdown_signal()).await
+    // The banner appears once the port answers, not while plugins compile.
+    let ready = move || {
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "dev ready");
+        println!("{banner}");
+    };
+    crate::server::run_with_routes(config, listeners, routes, ready, crate::server::shutdown_signal()).await
 }

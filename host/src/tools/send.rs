@@ -51,6 +51,8 @@ pub struct SendRequest {
     /// The URL JustCall signs (defaults to `{url}/webhooks/{tenant}`); must
     /// match the server's `public_url`.
     pub webhook_url: Option<String>,
+    /// The JustCall message id the event is about (default: a fresh one).
+    pub message_id: Option<String>,
 }
 
 /// The server's answer.
@@ -116,6 +118,7 @@ impl Sample {
             format: WireFormat::Seed,
             sign: None,
             webhook_url: None,
+            message_id: None,
         };
         let (payload, _) = build_payload(&req, &req.target());
         serde_json::to_string_pretty(&payload).expect("a JSON value prints")
@@ -151,7 +154,7 @@ pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
                 "event": name,
                 "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
                 "data": {
-                    "message_id": format!("msg_{}", &id[id.len() - 12..]),
+                    "message_id": req.message_id.clone().unwrap_or_else(|| format!("msg_{}", &id[id.len() - 12..])),
                     "direction": if inbound { "inbound" } else { "outbound" },
                     "from": req.from, "to": req.to, "body": req.body, "media_urls": [],
                     "justcall_number": line, "contact_name": null, "agent_id": null,
@@ -167,6 +170,11 @@ pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
                 EventKind::Failed => ("sms.status_updated", "failed"),
                 EventKind::OptOut | EventKind::OptIn => ("jc.contact_status_updated", ""),
             };
+            let message_id = req
+                .message_id
+                .as_ref()
+                .and_then(|m| m.parse::<i64>().ok())
+                .unwrap_or_else(|| now.timestamp_millis());
             let data = if matches!(req.kind, EventKind::OptOut | EventKind::OptIn) {
                 let out = req.kind == EventKind::OptOut;
                 json!({
@@ -176,7 +184,7 @@ pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
                 })
             } else {
                 json!({
-                    "id": now.timestamp_millis(), "contact_number": digits(contact), "justcall_number": digits(line),
+                    "id": message_id, "contact_number": digits(contact), "justcall_number": digits(line),
                     "direction": if inbound { "Incoming" } else { "Outgoing" },
                     "sms_date": now.format("%Y-%m-%d").to_string(), "sms_time": now.format("%H:%M:%S").to_string(),
                     "sms_info": { "body": req.body, "is_mms": "false", "mms": [] },
@@ -221,4 +229,71 @@ pub async fn send(req: &SendRequest) -> anyhow::Result<SendResponse> {
         status: resp.status().as_u16(),
         body: resp.text().await?,
     })
+}
+
+/// A tenant the simulator reports to, as JustCall would: its webhook, its
+/// numbers, and how its webhooks are signed.
+#[derive(Debug, Clone)]
+pub struct ReportTo {
+    /// Tenant id.
+    pub tenant: String,
+    /// Its JustCall numbers: a send from one of them is reported to it.
+    pub numbers: Vec<String>,
+    /// The signing scheme and secret, if its webhooks are signed.
+    pub sign: Option<(SignWith, String)>,
+}
+
+/// What JustCall does after it sends an SMS: posts `sms.sent` to the
+/// tenant's webhook at once, then, after `delivered_after`, the delivered
+/// status, in the wire format of the API the send came through.
+#[derive(Debug, Clone)]
+pub struct StatusReports {
+    /// Switchboard's base URL.
+    pub url: String,
+    /// The server's `public_url`, which signatures cover.
+    pub public_url: String,
+    /// Who is reported to.
+    pub tenants: Vec<ReportTo>,
+    /// How long after `sms.sent` the delivered status follows.
+    pub delivered_after: std::time::Duration,
+}
+
+impl StatusReports {
+    /// Reports a sent SMS (message `id`, sent through the v2.1 API if
+    /// `v21`) to the tenant that owns `from`, in the background.
+    pub fn sent(&self, id: &str, from: &str, to: &str, body: &str, v21: bool) {
+        let same = |a: &str, b: &str| a.trim_start_matches('+') == b.trim_start_matches('+');
+        let Some(owner) = self.tenants.iter().find(|t| t.numbers.iter().any(|n| same(n, from))) else {
+            return;
+        };
+        let req = |kind| SendRequest {
+            url: self.url.clone(),
+            tenant: owner.tenant.clone(),
+            kind,
+            from: from.to_string(),
+            to: to.to_string(),
+            body: body.to_string(),
+            format: if v21 { WireFormat::V21 } else { WireFormat::Seed },
+            sign: owner.sign.clone(),
+            webhook_url: Some(format!("{}/webhooks/{}", self.public_url.trim_end_matches('/'), owner.tenant)),
+            message_id: Some(id.to_string()),
+        };
+        let (sent, delivered, wait) = (req(EventKind::Sent), req(EventKind::Delivered), self.delivered_after);
+        tokio::spawn(async move {
+            for (req, delay) in [(sent, std::time::Duration::ZERO), (delivered, wait)] {
+                tokio::time::sleep(delay).await;
+                match send(&req).await {
+                    Ok(r) if (200..300).contains(&r.status) => {
+                        tracing::info!(target: "justcall_simulator", kind = req.kind.as_str(), id = ?req.message_id, "status webhook posted")
+                    }
+                    Ok(r) => {
+                        tracing::warn!(target: "justcall_simulator", kind = req.kind.as_str(), status = r.status, body = %r.body, "status webhook refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "justcall_simulator", kind = req.kind.as_str(), error = %e, "status webhook not posted")
+                    }
+                }
+            }
+        });
+    }
 }

@@ -2,8 +2,9 @@
 //! (both dialects: send, list, get, with auth checks, messages received from
 //! contacts, and injectable faults: refusals, 5xx after sending, stalls, an
 //! outage) mounted at `/justcall`, and a request
-//! sink at `/dev/sink/{name}` that plays a CRM or booking system. The tests
-//! use the same simulator as their JustCall.
+//! sink at `/dev/sink/{name}` that plays a CRM or booking system. Like
+//! JustCall, it can post `sms.sent` and delivered statuses back to the
+//! sending tenant's webhook. The tests use the same simulator as their JustCall.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::Secret;
+use crate::tools::send::StatusReports;
 
 #[derive(Debug, Clone)]
 struct SimMessage {
@@ -143,6 +145,7 @@ struct SimState {
 pub struct Simulator {
     credentials: Arc<Vec<(Secret, Secret)>>,
     state: Arc<Mutex<SimState>>,
+    reports: Option<Arc<StatusReports>>,
 }
 
 #[derive(Deserialize)]
@@ -179,7 +182,15 @@ impl Simulator {
         Simulator {
             credentials: Arc::new(credentials),
             state: Arc::default(),
+            reports: None,
         }
+    }
+
+    /// Like JustCall, posts `sms.sent` and then the delivered status of
+    /// each SMS it sends back to the sending tenant's webhook.
+    pub fn with_status_reports(mut self, reports: StatusReports) -> Simulator {
+        self.reports = Some(Arc::new(reports));
+        self
     }
 
     /// The JustCall API routes, to be nested at `/justcall`.
@@ -252,7 +263,7 @@ impl Simulator {
 
     /// Sends a message unless a queued fault says otherwise; `Err` is the
     /// answer to give instead of the dialect's success.
-    async fn send(&self, from: String, to: String, body: String, media_urls: Vec<String>) -> Result<SimMessage, Response> {
+    async fn send(&self, from: String, to: String, body: String, media_urls: Vec<String>, v21: bool) -> Result<SimMessage, Response> {
         if let Some(resp) = self.down() {
             return Err(resp);
         }
@@ -276,6 +287,9 @@ impl Simulator {
             _ => {}
         }
         let m = self.store(true, from, to, body, media_urls);
+        if let Some(reports) = &self.reports {
+            reports.sent(&m.id.to_string(), &m.from, &m.to, &m.body, v21);
+        }
         let latency = crate::sync::lock(&self.state).latency;
         tokio::time::sleep(latency).await;
         match fault {
@@ -374,7 +388,7 @@ async fn seed_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let m = match sim.send(req.from, req.to, req.body, req.media_urls).await {
+    let m = match sim.send(req.from, req.to, req.body, req.media_urls, false).await {
         Ok(m) => m,
         Err(resp) => return resp,
     };
@@ -418,7 +432,7 @@ async fn v21_send(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes)
         .media_url
         .map(|m| m.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let m = match sim.send(req.justcall_number, req.contact_number, req.body, media).await {
+    let m = match sim.send(req.justcall_number, req.contact_number, req.body, media, true).await {
         Ok(m) => m,
         Err(resp) => return resp,
     };
