@@ -573,6 +573,7 @@ fn plugin_test_prints_the_side_effects_it_did_not_make() {
 
 #[tokio::test]
 async fn plugin_new_output_builds_and_runs_in_the_host_unedited() {
+    let _load = crate::harness::heavy().await;
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url)]).await;
     let work = tempfile::tempdir().unwrap();

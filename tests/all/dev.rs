@@ -14,38 +14,21 @@ use crate::process::{free_port, healthy};
 
 #[tokio::test]
 async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
+    let _load = crate::harness::heavy().await;
     let data = tempfile::tempdir().unwrap();
+    let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (dev, rx) = spawn_dev(&[], data.path(), port);
     let origin = format!("http://127.0.0.1:{port}");
-    let banner = format!("Switchboard dev is listening on {origin}");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    line_where(&rx, Duration::from_secs(600), |l| {
+        l == format!("Switchboard dev is listening on {origin}")
     });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("dev printed its banner");
-        if line == banner {
-            break;
-        }
-    }
     // Printed only once the port answers, not while plugins compile.
     assert!(healthy(port), "the banner came before the port answered");
 
-    let client = reqwest::Client::new();
+    // A fresh connection per request: the server closes idle keep-alive
+    // connections, and a reused one may be closed just as it is reused.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let confirm = json!({"event":"sms.received","timestamp":"2026-03-12T14:30:00Z","data":{"message_id":"msg_1","direction":"inbound",
         "from":"+15125551234","to":"+15125550100","body":"CONFIRM","media_urls":[],"justcall_number":"+15125550100",
         "contact_name":"Sarah Chen","agent_id":null}});
@@ -53,7 +36,7 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
     assert_eq!(resp.status(), 202);
 
     // The JavaScript example answers through the simulator.
-    let reply = wait(|| async {
+    let reply = wait("the reply", || async {
         let list: Value = client
             .get(format!("{origin}/justcall/api/v2/texts/list"))
             .bearer_auth("demo-key:demo-secret")
@@ -75,7 +58,7 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
 
     // The simulator reports it sent, then delivered, to the tenant's webhook:
     // analytics-pipeline streams both events, about that message, to the warehouse.
-    let streamed = wait(|| async {
+    let streamed = wait("sent and delivered in the warehouse", || async {
         let sink: Value = client
             .get(format!("{origin}/dev/sink/warehouse"))
             .send()
@@ -95,23 +78,222 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
     .await;
     assert_eq!(streamed, ["sent", "delivered"], "in order, once each");
 
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "dev stopped cleanly on SIGINT: {status}");
+    assert!(dev.stop(), "dev stopped cleanly on SIGINT");
 }
 
-/// Polls `check` until it gives a value (30 s at most).
-async fn wait<T, F, Fut>(check: F) -> T
+/// Polls `check` until it gives a value (two minutes at most).
+async fn wait<T, F, Fut>(what: &str, check: F) -> T
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running `dev`: stopped with SIGINT by [`Dev::stop`], killed if the test
+/// fails first, so no server outlives its test.
+struct Dev(std::process::Child);
+
+impl Dev {
+    /// Stops it as Ctrl-C would; whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        self.0.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `switchboard dev` with `args`, and gives its stdout line by line.
+fn spawn_dev(args: &[&str], data: &std::path::Path, port: u16) -> (Dev, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::File::create(data.join("dev.stderr"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Dev(child), rx)
+}
+
+/// Reads lines until each of `wanted` has matched one, in any order (within
+/// `limit`); returns the matching lines in the order of `wanted`.
+fn lines_where(rx: &std::sync::mpsc::Receiver<String>, limit: Duration, wanted: &[&dyn Fn(&str) -> bool]) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+    let mut seen = Vec::new();
+    while found.iter().any(Option::is_none) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => match wanted.iter().zip(found.iter_mut()).find(|(w, f)| f.is_none() && w(&line)) {
+                Some((_, slot)) => *slot = Some(line),
+                None => seen.push(line),
+            },
+            Err(_) => panic!("not every line came within {limit:?}; saw:\n{}", seen.join("\n")),
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
+/// Reads lines until one satisfies `wanted` (within `limit`); returns it.
+fn line_where(rx: &std::sync::mpsc::Receiver<String>, limit: Duration, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no such line within {limit:?}; saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
+    let _load = crate::harness::heavy().await;
+    let work = tempfile::tempdir().unwrap();
+    crate::harness::guest("noop"); // the pinned JS and Python tools are installed by the guest build
+    for (name, lang) in [("hello-js", "js"), ("hello-py", "python")] {
+        let out = Command::new(BIN)
+            .args(["plugin", "new", name, "--lang", lang, "--dir"])
+            .arg(work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let data = tempfile::tempdir().unwrap();
+    let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
+    let port = free_port();
+    let (js, py) = (work.path().join("hello-js"), work.path().join("hello-py"));
+    let (dev, rx) = spawn_dev(
+        // Statuses posted back would only add load; the other test covers them.
+        &[
+            "--no-status-webhooks",
+            "--plugin",
+            js.to_str().unwrap(),
+            "--plugin",
+            py.to_str().unwrap(),
+        ],
+        data.path(),
+        port,
+    );
+    let runs = line_where(&rx, Duration::from_secs(600), |l| l.starts_with("tenant `demo`"));
+    assert!(runs.contains("hello-js") && runs.contains("hello-py"), "{runs}");
+    line_where(&rx, Duration::from_secs(60), |l| l.starts_with("Try it:"));
+    assert!(healthy(port));
+
+    let origin = format!("http://127.0.0.1:{port}");
+    // A fresh connection per request: the server closes idle keep-alive
+    // connections, and a reused one may be closed just as it is reused.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let post = |body: &str, id: &str| {
+        let event = json!({"event":"sms.received","timestamp":"2026-03-12T14:30:00Z","data":{"message_id":id,"direction":"inbound",
+            "from":"+15125559876","to":"+15125550100","body":body,"media_urls":[],"justcall_number":"+15125550100",
+            "contact_name":null,"agent_id":null}});
+        let (client, url) = (client.clone(), format!("{origin}/webhooks/demo"));
+        async move { client.post(url).json(&event).send().await.unwrap().status().as_u16() }
+    };
+    // One line per invocation with its outcome, for the author's plugins only.
+    assert_eq!(post("hello", "m1").await, 202);
+    let ok = |name: &'static str| move |l: &str| l.contains(&format!(" {name} ok    event …")) && l.ends_with(" ms");
+    lines_where(&rx, Duration::from_secs(60), &[&ok("hello-js"), &ok("hello-py")]);
+
+    // Edit both sources: the new behaviour is served after the rebuild, with
+    // what they print and the message of what they throw.
+    let edit = |file: std::path::PathBuf, anchor: &str, insert: &str| {
+        let source = std::fs::read_to_string(&file).unwrap();
+        assert!(source.contains(anchor), "the starter changed: {}", file.display());
+        std::fs::write(&file, source.replace(anchor, &format!("{anchor}{insert}"))).unwrap();
+    };
+    let edited_at = chrono::Utc::now();
+    edit(
+        py.join("app.py"),
+        "    def handle_event(self, event: types.SmsEvent) -> None:\n",
+        "        print(f\"edited python saw {event.body}\")\n        if event.body == \"BOOM\":\n            raise ValueError(\"boom from python\")\n",
+    );
+    edit(
+        js.join("plugin.js"),
+        "export function handleEvent(event) {\n",
+        "  console.log(`edited js saw ${event.body}`);\n  if (event.body === 'BOOM') {\n    throw new Error('boom from js');\n  }\n",
+    );
+    let rebuilt = |name: &'static str| move |l: &str| l.ends_with(&format!(" {name} rebuilt; reloading"));
+    lines_where(&rx, Duration::from_secs(300), &[&rebuilt("hello-js"), &rebuilt("hello-py")]);
+    // Hot reload follows the rebuild once the new component has compiled;
+    // then the edits answer.
+    let admin = format!("http://127.0.0.1:{}/admin/tenants/demo/plugins", port + 1);
+    let reloaded = wait("both edits to be serving", || async {
+        let list: Value = client.get(&admin).bearer_auth("dev-admin").send().await.ok()?.json().await.ok()?;
+        let fresh = |name: &str| {
+            list["plugins"].as_array().into_iter().flatten().any(|p| {
+                p["name"] == name
+                    && p["rejected"].is_null()
+                    && p["loaded_at"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .is_some_and(|t| t > edited_at)
+            })
+        };
+        (fresh("hello-js") && fresh("hello-py")).then_some(())
+    });
+    reloaded.await;
+    assert_eq!(post("again", "again").await, 202);
+    let edited = |name: &'static str, what: &'static str| move |l: &str| l.contains(&format!(" {name} info  edited {what} saw again"));
+    lines_where(
+        &rx,
+        Duration::from_secs(60),
+        &[&edited("hello-js", "js"), &edited("hello-py", "python")],
+    );
+    assert_eq!(post("BOOM", "boom").await, 202);
+    // The traceback follows the Python line; the exception is its last line.
+    let fail = |name: &'static str| move |l: &str| l.contains(&format!(" {name} FAIL  event …"));
+    let traceback_end = |l: &str| l == "ValueError: boom from python";
+    let lines = lines_where(
+        &rx,
+        Duration::from_secs(60),
+        &[&fail("hello-js"), &fail("hello-py"), &traceback_end],
+    );
+    assert!(lines[0].ends_with("plugin error: boom from js"), "{}", lines[0]);
+    assert!(lines[1].contains("trap: "), "{}", lines[1]);
+
+    assert!(dev.stop(), "dev stopped cleanly on SIGINT");
+}
+
+/// Prints the tail of dev's stderr if the test fails, so CI shows why.
+struct ShowOnPanic(std::path::PathBuf);
+
+impl Drop for ShowOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let _ = std::fs::write(std::env::temp_dir().join("switchboard-dev-test.stderr"), &log);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "dev's stderr, last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }

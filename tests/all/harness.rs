@@ -294,6 +294,7 @@ impl TestHost {
         let config = Config {
             listen: addr,
             data_dir: dir.path().join("data"),
+            cache_dir: None,
             plugins_dir,
             public_url: url.clone(),
             tenants: configs,
@@ -476,6 +477,23 @@ impl Drop for TestHost {
             let _ = tx.send(());
         }
     }
+}
+
+/// Keeps tests that load the machine (compiling JavaScript and Python
+/// components, running `dev` cold) apart from tests whose plugins race
+/// deadlines of a second or less: heavy tests run alone ([`heavy`]);
+/// deadline-bound ones may run together ([`deadline_bound`]); the rest run
+/// freely.
+static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test that loads every core for a while.
+pub async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().await
+}
+
+/// Held by a test whose assertions depend on sub-second plugin deadlines.
+pub async fn deadline_bound() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().await
 }
 
 /// Writes a file the way deploy tools should: to a temp name, then renamed.

@@ -32,6 +32,7 @@ fn evil_event(id: &str) -> String {
 
 #[tokio::test]
 async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let crm = Recorder::start().await;
     let redirector = Recorder::start().await;
@@ -261,6 +262,7 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
 
 #[tokio::test]
 async fn tenant_limits_sit_beneath_the_manifest() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let mut tenant = TenantSpec::new("acme", &jc.url)
         .plugin(hostile("spammer", "[config]\nmode = \"sms-flood\"\n".into()))
@@ -292,6 +294,7 @@ async fn tenant_limits_sit_beneath_the_manifest() {
 
 #[tokio::test]
 async fn kv_is_bounded_per_tenant_and_plugin() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![
         TenantSpec::new("acme", &jc.url).plugin(hostile("hoarder", "[config]\nmode = \"kv-fill\"\n[limits]\nkv_keys = 3\n".into())),
@@ -361,6 +364,7 @@ async fn opt_out_holds_for_every_keyword_and_event_source() {
 
 #[tokio::test]
 async fn input_size_and_log_volume_are_bounded_per_plugin() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![
         TenantSpec::new("acme", &jc.url)
@@ -385,6 +389,7 @@ async fn input_size_and_log_volume_are_bounded_per_plugin() {
 
 #[tokio::test]
 async fn the_wasm_stack_is_set_per_plugin_within_host_bounds() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![
         TenantSpec::new("acme", &jc.url)
@@ -421,6 +426,7 @@ async fn the_wasm_stack_is_set_per_plugin_within_host_bounds() {
 
 #[tokio::test]
 async fn only_wasm_time_makes_a_plugin_a_long_runner() {
+    let _load = crate::harness::deadline_bound().await;
     // Five SMS sends that each wait 20 ms for JustCall: 100 ms of host calls,
     // microseconds of wasm. A loop: only wasm.
     let jc = FakeJustCall::start().await;

@@ -142,6 +142,7 @@ async fn crm_failures_and_disallowed_hosts_fail_the_delivery() {
 
 #[tokio::test]
 async fn trapping_and_looping_plugins_are_contained() {
+    let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let tenant = TenantSpec::new("acme", &jc.url)
         .plugin(confirm_plugin())

@@ -109,6 +109,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the database lives.
     pub data_dir: PathBuf,
+    /// Where compiled plugin code is cached (default: `data_dir/cache`);
+    /// `dev` shares the author tools' cache across data directories.
+    pub cache_dir: Option<PathBuf>,
     /// `<plugins_dir>/<tenant>/<name>.wasm` (+ `<name>.toml`).
     pub plugins_dir: PathBuf,
     /// How JustCall reaches us, without a trailing slash; the `webhook_url` in
@@ -254,6 +257,7 @@ impl Config {
             listen,
             admin_listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            cache_dir: None,
             plugins_dir: base.join(raw.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins.d"))),
             public_url,
             tenants,

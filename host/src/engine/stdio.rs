@@ -52,6 +52,9 @@ impl Capture {
     /// trailing partial line included) and how many bytes were dropped.
     pub fn take(&self) -> (Vec<String>, usize) {
         let mut c = lock(&self.inner);
+        if c.bytes.is_empty() && c.dropped == 0 {
+            return (Vec::new(), 0);
+        }
         let bytes = std::mem::take(&mut c.bytes);
         let dropped = std::mem::take(&mut c.dropped);
         let text = String::from_utf8_lossy(&bytes);

@@ -117,7 +117,7 @@ pub async fn run_with_routes(
     let tls = config.tls.clone().map(tls::acceptor).transpose()?;
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.max_concurrent_invocations,
-        cache_dir: Some(config.data_dir.join("cache")),
+        cache_dir: Some(config.cache_dir.clone().unwrap_or_else(|| config.data_dir.join("cache"))),
     })?);
     let db = Db::open(&config.data_dir, config.delivery.clone())
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;

@@ -61,6 +61,11 @@ enum Command {
         /// SMS the simulator sends (JustCall does).
         #[arg(long)]
         no_status_webhooks: bool,
+        /// Your plugin folder (with a plugin.toml and its [build] command):
+        /// built, deployed to the demo tenant, rebuilt and reloaded on save,
+        /// its log and outcomes shown on stdout. Repeatable.
+        #[arg(long = "plugin", value_name = "DIR")]
+        plugins: Vec<PathBuf>,
     },
     /// Build a test SMS webhook, sign it, and post it to a running Switchboard.
     Send(SendArgs),
@@ -325,19 +330,30 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 /// returned guard alive until exit, when it flushes.
 pub fn init_tracing(default: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},wasmtime=warn,cranelift_codegen=warn")));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder
+    let server_log = tracing_subscriber::fmt::layer().with_writer(writer);
+    let server_log = match format {
+        LogFormat::Text => server_log.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => server_log
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .try_init(),
+            .boxed(),
     };
+    // `dev --plugin`'s readable stream of the author's plugins, on stdout.
+    let author = tracing_subscriber::filter::Targets::new()
+        .with_target("plugin", tracing::Level::TRACE)
+        .with_target("switchboard::engine::dispatch", tracing::Level::INFO);
+    let _ = tracing_subscriber::registry()
+        .with(server_log.with_filter(filter))
+        .with(crate::tools::author_log::AuthorLog.with_filter(author))
+        .try_init();
     guard
 }
 
@@ -353,7 +369,14 @@ pub fn main(cli: Cli) -> ExitCode {
     // Output-first commands print the plugin's log lines and refused calls
     // themselves.
     let quiet_filter = "warn,plugin=off,switchboard::engine::capabilities=error";
-    let _log = init_tracing(if quiet { quiet_filter } else { "info" }, cli.log_format);
+    // With `dev --plugin`, stdout is the author's stream; the server says less.
+    let authoring = matches!(&cli.command, Command::Dev { plugins, .. } if !plugins.is_empty());
+    let default = match (quiet, authoring) {
+        (true, _) => quiet_filter,
+        (false, true) => "warn,switchboard::tools=info",
+        (false, false) => "info",
+    };
+    let _log = init_tracing(default, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -403,8 +426,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             data_dir,
             no_status_webhooks,
+            plugins,
         } => {
-            crate::tools::dev::run(listen, data_dir, !no_status_webhooks).await?;
+            crate::tools::dev::run(listen, data_dir, !no_status_webhooks, plugins).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) if args.print => {

@@ -40,6 +40,9 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
     Ok(Config {
         listen,
         data_dir: data_dir.to_path_buf(),
+        // Shared with `plugin test`, so a fresh data dir compiles nothing
+        // that was compiled before.
+        cache_dir: crate::tools::author::cache_dir(),
         plugins_dir: data_dir.join("plugins.d"),
         public_url: origin.to_string(),
         tenants: BTreeMap::from([(DEMO_TENANT.to_string(), demo)]),
@@ -57,31 +60,30 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
 
 /// Deploys a built plugin into a tenant folder as `<name>.wasm` + `<name>.toml`.
 /// The manifest is the package's `plugin.toml` with its `[dev]` table applied:
-/// `dev.config` values (with `{origin}` replaced) are merged into `[config]`,
-/// and `origin` is added to `allowed_hosts`, so examples talk to dev services.
+/// `dev.config` values are merged into `[config]`, `{origin}` in any
+/// `[config]` value becomes the dev server's origin, and `origin` is added to
+/// `allowed_hosts`, so every plugin can talk to the dev services.
 pub fn deploy_for_dev(plugin: &BuiltPlugin, tenant_dir: &Path, origin: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(tenant_dir)?;
     let mut manifest: toml::Table = match &plugin.manifest {
         Some(p) => toml::from_str(&std::fs::read_to_string(p)?).with_context(|| format!("parsing {}", p.display()))?,
         None => toml::Table::new(),
     };
-    if let Some(toml::Value::Table(dev)) = manifest.remove("dev") {
-        if let Some(toml::Value::Table(extra)) = dev.get("config") {
-            let config = manifest.entry("config").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(config) = config {
-                for (k, v) in extra {
-                    let v = match v {
-                        toml::Value::String(s) => toml::Value::String(s.replace("{origin}", origin)),
-                        other => other.clone(),
-                    };
-                    config.insert(k.clone(), v);
-                }
+    let dev = manifest.remove("dev");
+    let config = manifest.entry("config").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(config) = config {
+        if let Some(toml::Value::Table(extra)) = dev.as_ref().and_then(|d| d.get("config")) {
+            config.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (_, v) in config.iter_mut() {
+            if let toml::Value::String(s) = v {
+                *s = s.replace("{origin}", origin);
             }
         }
-        let hosts = manifest.entry("allowed_hosts").or_insert_with(|| toml::Value::Array(Vec::new()));
-        if let toml::Value::Array(hosts) = hosts {
-            hosts.push(toml::Value::String(origin.to_string()));
-        }
+    }
+    let hosts = manifest.entry("allowed_hosts").or_insert_with(|| toml::Value::Array(Vec::new()));
+    if let toml::Value::Array(hosts) = hosts {
+        hosts.push(toml::Value::String(origin.to_string()));
     }
     manifest.remove("build");
     let wasm = tenant_dir.join(format!("{}.wasm", plugin.name));
@@ -172,9 +174,91 @@ fn watch_sources(ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Opt
     Some(debouncer)
 }
 
-/// Builds the example plugins, deploys them to the demo tenant, prints how to
-/// try it, and serves until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool) -> anyhow::Result<()> {
+/// Builds an author's plugin folder (`dev --plugin DIR`) and deploys it to
+/// the demo tenant; returns its name.
+fn build_and_deploy(dir: &Path, ws: &GuestWorkspace, tenant_dir: &Path, origin: &str) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
+    let wasm = crate::tools::guest_build::build_one(dir, Some(ws), true)?;
+    let name = wasm
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("a built plugin has a file name")?;
+    let built = BuiltPlugin {
+        name: name.clone(),
+        source_dir: dir.to_path_buf(),
+        wasm,
+        manifest: Some(dir.join("plugin.toml")),
+        build_command: None,
+        requires: Vec::new(),
+    };
+    deploy_for_dev(&built, tenant_dir, origin)?;
+    tracing::info!(plugin = %name, ms = started.elapsed().as_millis() as u64, "built and deployed");
+    Ok(name)
+}
+
+/// Like `spin watch`, for the author's own plugin folders: each saved change
+/// rebuilds that plugin and redeploys it, which hot reload picks up. A
+/// failed build is shown and the previous version keeps serving.
+fn watch_author_plugins(dirs: Vec<PathBuf>, ws: GuestWorkspace, tenant_dir: PathBuf, origin: String) -> Option<impl Drop> {
+    use notify::{EventKind, RecursiveMode};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let roots = dirs.clone();
+    let handler = move |result: notify_debouncer_full::DebounceEventResult| {
+        let Ok(events) = result else { return };
+        for e in events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)))
+        {
+            for p in &e.paths {
+                let generated = p
+                    .components()
+                    .any(|c| matches!(c.as_os_str().to_str(), Some("target" | "node_modules" | ".venv" | "__pycache__")));
+                if let Some(root) = roots.iter().find(|r| p.starts_with(r)).filter(|_| !generated) {
+                    let _ = tx.send(root.clone());
+                }
+            }
+        }
+    };
+    let mut debouncer = match notify_debouncer_full::new_debouncer(Duration::from_millis(300), None, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch your plugin folders; edits need a restart");
+            return None;
+        }
+    };
+    for dir in &dirs {
+        if let Err(e) = debouncer.watch(dir, RecursiveMode::Recursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch your plugin folder");
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut changed = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                if !changed.contains(&more) {
+                    changed.push(more);
+                }
+            }
+            for dir in changed {
+                let (ws, tenant_dir, origin) = (ws.clone(), tenant_dir.clone(), origin.clone());
+                let shown = dir.display().to_string();
+                match tokio::task::spawn_blocking(move || build_and_deploy(&dir, &ws, &tenant_dir, &origin)).await {
+                    Ok(Ok(name)) => println!("{} {name} rebuilt; reloading", chrono::Local::now().format("%H:%M:%S")),
+                    Ok(Err(e)) => println!(
+                        "{} {shown}: build failed; the previous version keeps serving:\n{e:#}",
+                        chrono::Local::now().format("%H:%M:%S")
+                    ),
+                    Err(e) => tracing::error!(error = %e, "rebuild panicked"),
+                }
+            }
+        }
+    });
+    Some(debouncer)
+}
+
+/// Builds the example plugins (and the author's, `plugins`), deploys them
+/// to the demo tenant, prints how to try it, and serves until SIGINT/SIGTERM.
+pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool, plugins: Vec<PathBuf>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -196,8 +280,20 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool) -
         None => addr.to_string(),
     };
     let tenant_dir = config.plugins_dir.join(DEMO_TENANT);
-    let names = deploy_examples(&built, &tenant_dir, &origin)?;
-    let _source_watch = watch_sources(ws, tenant_dir.clone(), origin.clone());
+    let mut names = deploy_examples(&built, &tenant_dir, &origin)?;
+    let mut authored = Vec::new();
+    for dir in &plugins {
+        let dir = dir.canonicalize().with_context(|| format!("--plugin {}", dir.display()))?;
+        let (ws, tenant_dir, origin, shown) = (ws.clone(), tenant_dir.clone(), origin.clone(), dir.display().to_string());
+        let build = tokio::task::spawn_blocking(move || build_and_deploy(&dir, &ws, &tenant_dir, &origin).map(|n| (n, dir)));
+        let (name, dir) = build.await?.with_context(|| format!("building your plugin {shown}"))?;
+        crate::tools::author_log::watch(&name);
+        names.retain(|n| *n != name);
+        names.push(name);
+        authored.push(dir);
+    }
+    let _source_watch = watch_sources(ws.clone(), tenant_dir.clone(), origin.clone());
+    let _author_watch = (!authored.is_empty()).then(|| watch_author_plugins(authored, ws, tenant_dir.clone(), origin.clone()));
     let banner = format!(
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\

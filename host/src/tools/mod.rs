@@ -3,6 +3,7 @@
 //! Nothing below this layer imports it.
 
 pub mod author;
+pub mod author_log;
 pub mod cli;
 pub mod dev;
 pub mod guest_build;
