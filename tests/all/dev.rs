@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-use crate::process::{free_port, healthy};
+use crate::process::{free_port_and_next, healthy};
 
 #[tokio::test]
 async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
     let _load = crate::harness::heavy().await;
     let data = tempfile::tempdir().unwrap();
     let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
-    let port = free_port();
+    let port = free_port_and_next();
     let (dev, rx) = spawn_dev(&[], data.path(), port);
     let origin = format!("http://127.0.0.1:{port}");
     line_where(&rx, Duration::from_secs(600), |l| {
@@ -186,7 +186,7 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     }
     let data = tempfile::tempdir().unwrap();
     let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
-    let port = free_port();
+    let port = free_port_and_next();
     let (js, py) = (work.path().join("hello-js"), work.path().join("hello-py"));
     let (dev, rx) = spawn_dev(
         // Statuses posted back would only add load; the other test covers them.

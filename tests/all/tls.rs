@@ -37,6 +37,8 @@ fn config(dir: &Path, port: u16) -> std::path::PathBuf {
         &path,
         format!(
             r#"listen = "127.0.0.1:{port}"
+# An ephemeral admin port: listen + 1 may belong to another test's server.
+admin_listen = "127.0.0.1:0"
 public_url = "https://{HOST}:{port}"
 tls_cert = "cert.pem"
 tls_key = "key.pem"

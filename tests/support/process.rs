@@ -13,6 +13,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A loopback port free right now whose next port is free too: for `dev`,
+/// whose admin API listens on the port after its own.
+pub fn free_port_and_next() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// `bin serve --config <config> --listen 127.0.0.1:<port>`, with the admin
 /// API on `admin_port` (an ephemeral port if `None`), quiet (errors only,
 /// stdout and stderr discarded); adjust before [`Process::spawn`].
