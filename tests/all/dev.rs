@@ -37,15 +37,12 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
 
     // The JavaScript example answers through the simulator.
     let reply = wait("the reply", || async {
-        let list: Value = client
-            .get(format!("{origin}/justcall/api/v2/texts/list"))
-            .bearer_auth("demo-key:demo-secret")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let list = get_json(
+            &client,
+            &format!("{origin}/justcall/api/v2/texts/list"),
+            Some("demo-key:demo-secret"),
+        )
+        .await?;
         list["data"]
             .as_array()?
             .iter()
@@ -59,14 +56,7 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
     // The simulator reports it sent, then delivered, to the tenant's webhook:
     // analytics-pipeline streams both events, about that message, to the warehouse.
     let streamed = wait("sent and delivered in the warehouse", || async {
-        let sink: Value = client
-            .get(format!("{origin}/dev/sink/warehouse"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let sink = get_json(&client, &format!("{origin}/dev/sink/warehouse"), None).await?;
         let about: Vec<String> = sink["data"]
             .as_array()?
             .iter()
@@ -245,7 +235,7 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     // then the edits answer.
     let admin = format!("http://127.0.0.1:{}/admin/tenants/demo/plugins", port + 1);
     let reloaded = wait("both edits to be serving", || async {
-        let list: Value = client.get(&admin).bearer_auth("dev-admin").send().await.ok()?.json().await.ok()?;
+        let list = get_json(&client, &admin, Some("dev-admin")).await?;
         let fresh = |name: &str| {
             list["plugins"].as_array().into_iter().flatten().any(|p| {
                 p["name"] == name
@@ -296,4 +286,14 @@ impl Drop for ShowOnPanic {
             );
         }
     }
+}
+
+/// `GET url` (with a bearer token) as JSON; `None` if anything fails, for
+/// polling.
+async fn get_json(client: &reqwest::Client, url: &str, bearer: Option<&str>) -> Option<Value> {
+    let mut req = client.get(url);
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.ok()?.json().await.ok()
 }
