@@ -11,29 +11,21 @@ without one, `default_team` (if set) takes the lead. The plugin then
 3. records the assignment in KV, so the same contact is not routed again
    within `reroute_window_secs` (default one day).
 
+The POST uses the standard library's urllib.request, which the switchboard
+helper module (plugin-sdk/python) sends through the host's http interface.
 A failed POST or SMS raises, so the host retries the delivery; the host's
 journal makes sure a retry neither posts nor texts twice.
 """
 
 import json
 import re
+import urllib.error
+import urllib.request
 from datetime import datetime
 
 import wit_world
-from componentize_py_types import Err
-from wit_world.imports import config, http, kv, log, sms, types
-
-
-def fail(message: str) -> Err:
-    return Err(types.PluginError(message=message))
-
-
-def describe(e: Err) -> str:
-    """`NotAllowed: host not in allowed_hosts` for a WIT error variant."""
-    variant = e.value
-    name = type(variant).__name__.split("_", 1)[-1]
-    detail = getattr(variant, "value", None)
-    return name if detail is None else f"{name}: {detail}"
+from switchboard import config, fail, kv, log, sms
+from wit_world.imports import types
 
 
 def event_time(event: types.SmsEvent) -> float:
@@ -57,16 +49,15 @@ class WitWorld(wit_world.WitWorld):
         key = f"lead/{contact}"
         now = event_time(event)
         window = float(config.get("reroute_window_secs") or 86400)
-        previous = kv.get(key)
-        if previous is not None:
-            routed = json.loads(previous)
+        routed = kv.get_json(key)
+        if routed is not None:
             if now - routed["at"] < window:
-                log.log(log.Level.INFO, f"{contact} was routed to {routed['team']} recently; not routing again")
+                log.info(f"{contact} was routed to {routed['team']} recently; not routing again")
                 return
 
         team = pick_team(event.body)
         if team is None:
-            log.log(log.Level.INFO, f"no rule matches a message from {contact}; not routed")
+            log.info(f"no rule matches a message from {contact}; not routed")
             return
         url = config.get(f"{team}_url")
         if not url:
@@ -81,31 +72,18 @@ class WitWorld(wit_world.WitWorld):
             "tenant": event.tenant,
             "received_at": event.occurred_at,
         }
+        request = urllib.request.Request(
+            url, data=json.dumps(lead).encode(), headers={"content-type": "application/json"}, method="POST"
+        )
         try:
-            resp = http.send(
-                http.Request(
-                    method="POST",
-                    url=url,
-                    headers=[("content-type", "application/json")],
-                    body=json.dumps(lead).encode(),
-                )
-            )
-        except Err as e:
-            raise fail(f"cannot reach the {team} CRM: {describe(e)}")
-        if not 200 <= resp.status < 300:
-            raise fail(f"the {team} CRM answered {resp.status}")
+            with urllib.request.urlopen(request):
+                pass
+        except urllib.error.HTTPError as e:
+            raise fail(f"the {team} CRM answered {e.code}")
+        except urllib.error.URLError as e:
+            raise fail(f"cannot reach the {team} CRM: {e.reason}")
 
-        try:
-            sms.send(
-                sms.OutgoingSms(
-                    from_=event.justcall_number,
-                    to=contact,
-                    body=f"Thanks, our {team} team will reply shortly",
-                    media_urls=[],
-                )
-            )
-        except Err as e:
-            raise fail(f"cannot text {contact}: {describe(e)}")
-
-        kv.set(key, json.dumps({"team": team, "at": now}).encode())
-        log.log(log.Level.INFO, f"routed {contact} to {team}")
+        # A failed send raises: "sms.send: opted-out: +1...".
+        sms.reply(event, f"Thanks, our {team} team will reply shortly")
+        kv.set_json(key, {"team": team, "at": now})
+        log.info(f"routed {contact} to {team}")

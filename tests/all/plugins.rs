@@ -241,16 +241,24 @@ async fn pending_deliveries_survive_a_restart() {
 async fn appointment_confirm_in_javascript_books_and_replies() {
     let jc = Recorder::start().await;
     let booking = Recorder::start().await;
-    let js = PluginSpec::new(
-        "appointment-confirm-js",
-        "appointment-confirm-js",
-        format!(
-            "events = [\"received\"]\nallowed_hosts = [\"{b}\"]\n[config]\nbooking_url = \"{b}/confirmations\"\n\
-             [limits]\nmemory_mb = 128\ntimeout_ms = 5000\n",
-            b = booking.url
-        ),
-    );
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(js)]).await;
+    let js = |booking_url: &str| {
+        PluginSpec::new(
+            "appointment-confirm-js",
+            "appointment-confirm-js",
+            format!(
+                "events = [\"received\"]\nallowed_hosts = [\"{b}\"]\n[config]\nbooking_url = \"{booking_url}\"\n\
+                 [limits]\nmemory_mb = 128\ntimeout_ms = 5000\n",
+                b = booking.url
+            ),
+        )
+    };
+    // globex's booking system is not in its allowed_hosts (a loopback
+    // address, so nothing leaves the machine even if it were reached).
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url).plugin(js(&format!("{}/confirmations", booking.url))),
+        TenantSpec::new("globex", &jc.url).plugin(js("http://127.0.0.1:9/confirmations")),
+    ])
+    .await;
     let confirm = fixture("seed-format/sms.received-confirm.json");
     let (status, resp) = host.post("acme", confirm.replace("CONFIRM", "  confirm "), &[]).await;
     assert_eq!(status, 202);
@@ -285,6 +293,19 @@ async fn appointment_confirm_in_javascript_books_and_replies() {
         ("retrying", Some("plugin error: booking system answered 503"))
     );
     assert_eq!(jc.requests().len(), 1);
+
+    // fetch() to a host that is not allowed rejects, the plugin catches it,
+    // and its own message is the reason; nothing is sent anywhere.
+    let (status, resp) = host.post("globex", confirm.replace(CONFIRM_ID, "m3"), &[]).await;
+    assert_eq!(status, 202, "{resp}");
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d[0].1, "retrying");
+    assert_eq!(
+        d[0].2.as_deref(),
+        Some("plugin error: cannot reach the booking system: TypeError: NetworkError when attempting to fetch resource")
+    );
+    assert_eq!(jc.requests().len(), 1, "no text without a booking");
 }
 
 fn inbound(from: &str, message_id: &str, at: &str, body: &str) -> String {
@@ -299,17 +320,20 @@ fn inbound(from: &str, message_id: &str, at: &str, body: &str) -> String {
 async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_window() {
     let jc = Recorder::start().await;
     let crm = Recorder::start().await;
-    let manifest = format!(
-        "events = [\"received\"]\nallowed_hosts = [\"{crm}\"]\n[config]\nteams = \"sales,support\"\n\
-         sales_keywords = \"price|quote\"\nsales_url = \"{crm}/sales\"\nsupport_keywords = \"broken|help\"\n\
-         support_url = \"{crm}/support\"\nreroute_window_secs = \"3600\"\n[limits]\ntimeout_ms = 5000\nmemory_mb = 128\n",
-        crm = crm.url
-    );
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
-        "lead-router",
-        "lead-router",
-        manifest,
-    ))])
+    let router = |sales: &str| {
+        let manifest = format!(
+            "events = [\"received\"]\nallowed_hosts = [\"{crm}\"]\n[config]\nteams = \"sales,support\"\n\
+             sales_keywords = \"price|quote\"\nsales_url = \"{sales}\"\nsupport_keywords = \"broken|help\"\n\
+             support_url = \"{crm}/support\"\nreroute_window_secs = \"3600\"\n[limits]\ntimeout_ms = 5000\nmemory_mb = 128\n",
+            crm = crm.url
+        );
+        PluginSpec::new("lead-router", "lead-router", manifest)
+    };
+    // globex's sales CRM is not in its allowed_hosts.
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url).plugin(router(&format!("{}/sales", crm.url))),
+        TenantSpec::new("globex", &jc.url).plugin(router("http://127.0.0.1:9/sales")),
+    ])
     .await;
     let sarah = "+15125551234";
     let bob = "+15125559876";
@@ -364,6 +388,17 @@ async fn lead_router_in_python_assigns_texts_and_does_not_reroute_within_the_win
     let d = host.deliveries(resp["event_id"].as_str().unwrap());
     assert_eq!(d[0].1, "retrying");
     assert_eq!(d[0].2.as_deref(), Some("plugin error: the sales CRM answered 500"));
+
+    // urllib to a host that is not allowed raises URLError, which the plugin
+    // catches; its message says why.
+    let (_, resp) = host.post("globex", inbound(bob, "m7", "2026-03-12T18:00:00Z", "price?"), &[]).await;
+    host.idle().await;
+    let d = host.deliveries(resp["event_id"].as_str().unwrap());
+    assert_eq!(d[0].1, "retrying");
+    assert_eq!(
+        d[0].2.as_deref(),
+        Some("plugin error: cannot reach the sales CRM: http.send: not-allowed: http://127.0.0.1:9 is not in allowed_hosts")
+    );
 }
 
 #[tokio::test]

@@ -94,7 +94,7 @@ impl Invoker {
             manifest: self.manifest.clone(),
             db: self.db.clone(),
             event_id: self.event_id.clone(),
-            effects: Box::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
+            effects: std::sync::Arc::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{Limits, Manifest};
 use crate::domain;
@@ -17,6 +18,7 @@ use crate::engine::effects::{Effects, OutgoingSms};
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::stdio::Capture;
 use crate::engine::tenant::Tenant;
+use crate::engine::wasi_http::{HttpGate, OverQuota};
 use crate::storage::Db;
 
 /// Largest KV key, bytes.
@@ -53,7 +55,7 @@ pub struct Invocation {
     pub event_id: Arc<str>,
     /// What the plugin's calls do: [`crate::engine::effects::Live`] or
     /// [`crate::engine::effects::Recording`].
-    pub effects: Box<dyn Effects>,
+    pub effects: Arc<dyn Effects>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -82,7 +84,10 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// The store data of one plugin instance, which lives for one event.
 pub struct PluginCtx {
     wasi: WasiCtx,
+    wasi_http: WasiHttpCtx,
     table: ResourceTable,
+    /// Outbound HTTP, for both HTTP interfaces.
+    http: HttpGate,
     /// Memory accounting.
     pub limiter: Limiter,
     inv: Invocation,
@@ -90,7 +95,6 @@ pub struct PluginCtx {
     /// When the invocation must end.
     pub deadline: Instant,
     sms_sent: u32,
-    http_calls: u32,
     log_bytes: usize,
     log_truncated: bool,
     stdout: Capture,
@@ -122,19 +126,27 @@ impl PluginCtx {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build();
+        let deadline = Instant::now() + limits.timeout;
+        let http = HttpGate::new(
+            inv.effects.clone(),
+            &limits,
+            deadline,
+            (&inv.tenant.config.id, &inv.plugin, &inv.event_id),
+        );
         PluginCtx {
             wasi,
+            wasi_http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            http,
             limiter: Limiter {
                 memory_bytes: limits.memory_bytes,
                 table_elements: limits.table_elements,
                 memory_denied: false,
             },
-            deadline: Instant::now() + limits.timeout,
+            deadline,
             inv,
             limits,
             sms_sent: 0,
-            http_calls: 0,
             log_bytes: 0,
             log_truncated: false,
             stdout,
@@ -226,6 +238,16 @@ impl PluginCtx {
     /// The memory cap, in MiB.
     pub fn limiter_cap_mib(&self) -> usize {
         self.limiter.memory_bytes >> 20
+    }
+}
+
+impl WasiHttpView for PluginCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.http,
+            table: &mut self.table,
+            ctx: &mut self.wasi_http,
+        }
     }
 }
 
@@ -372,18 +394,10 @@ impl sms::Host for PluginCtx {
 impl http::Host for PluginCtx {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         self.flush_stdio();
-        // Every request counts, refused or not, so a loop of refused
-        // requests still ends at the quota.
-        if self.http_calls >= self.limits.http_per_event {
-            return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(self.limits.http_per_event)));
+        if let Err(OverQuota(n)) = self.http.count() {
+            return Err(wasmtime::Error::new(LimitBreach::HttpPerEvent(n)));
         }
-        self.http_calls += 1;
-        let (deadline, max_body) = (self.deadline, self.limits.http_response_bytes);
-        let result = self.inv.effects.http_send(req, deadline, max_body).await;
-        if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
-            self.refused("http.send", reason);
-        }
-        Ok(result)
+        Ok(self.http.send("http.send", req).await)
     }
 }
 

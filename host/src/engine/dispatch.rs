@@ -500,7 +500,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 manifest: plugin.manifest.clone(),
                 db: ctx.db.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
-                effects: Box::new(effects),
+                effects: Arc::new(effects),
             };
             // Every line logged while the plugin runs (its own log lines, host
             // calls) carries these as fields; `--log-format json` writes them.

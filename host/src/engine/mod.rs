@@ -17,4 +17,5 @@ pub mod state;
 pub mod stdio;
 pub mod tenant;
 pub mod verify;
+pub mod wasi_http;
 pub mod watch;

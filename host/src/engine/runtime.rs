@@ -143,6 +143,7 @@ impl EngineSet {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
         let disk = match &opts.cache_dir {

@@ -60,8 +60,10 @@ pub fn classify_import(name: &str) -> ImportVerdict {
         i if i.starts_with("wasi:cli/") || i.starts_with("wasi:io/") || i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => {
             ImportVerdict::Provided
         }
+        // fetch(): the same allow-list, quota and journal as switchboard:plugin/http.
+        "wasi:http/outgoing-handler" | "wasi:http/types" => ImportVerdict::Provided,
         i if i.starts_with("wasi:http/") => ImportVerdict::Error(
-            "not provided: use switchboard:plugin/http (componentize-js: `-d http fetch-event`; componentize-py: `--stub-wasi`)".into(),
+            "not provided: plugins make requests (wasi:http/outgoing-handler) but serve none (componentize-js: `-d fetch-event`)".into(),
         ),
         _ => ImportVerdict::Error("unknown interface: Switchboard does not provide it".into()),
     }
@@ -257,7 +259,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
         manifest: plugin.manifest.clone(),
         db: db.clone(),
         event_id: Arc::from(event.event_id.as_str()),
-        effects: Box::new(Recording::new(log.clone(), plugin.manifest.allowed_hosts.clone())),
+        effects: std::sync::Arc::new(Recording::new(log.clone(), plugin.manifest.allowed_hosts.clone())),
     };
     let started = Instant::now();
     let result = crate::engine::dispatch::invoke(&plugin, inv, &event, None).await;
@@ -286,8 +288,9 @@ mod tests {
         ));
         assert!(matches!(classify_import("wasi:sockets/tcp@0.2.6"), ImportVerdict::Warning(_)));
         assert_eq!(classify_import("wasi:cli/stderr@0.2.6"), ImportVerdict::Provided);
+        assert_eq!(classify_import("wasi:http/outgoing-handler@0.2.6"), ImportVerdict::Provided);
         assert!(matches!(
-            classify_import("wasi:http/outgoing-handler@0.2.6"),
+            classify_import("wasi:http/incoming-handler@0.2.6"),
             ImportVerdict::Error(_)
         ));
         assert!(matches!(classify_import("acme:evil/thing"), ImportVerdict::Error(_)));

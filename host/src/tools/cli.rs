@@ -368,7 +368,7 @@ pub fn main(cli: Cli) -> ExitCode {
     );
     // Output-first commands print the plugin's log lines and refused calls
     // themselves.
-    let quiet_filter = "warn,plugin=off,switchboard::engine::capabilities=error";
+    let quiet_filter = "warn,plugin=off,switchboard::engine::capabilities=error,switchboard::engine::wasi_http=error";
     // With `dev --plugin`, stdout is the author's stream; the server says less.
     let authoring = matches!(&cli.command, Command::Dev { plugins, .. } if !plugins.is_empty());
     let default = match (quiet, authoring) {

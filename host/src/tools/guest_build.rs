@@ -219,10 +219,11 @@ impl GuestWorkspace {
                 return scripted.iter().map(|p| (p.name.clone(), anyhow::anyhow!("{message}"))).collect();
             }
         };
-        let wit = self.root.join("../wit");
+        // The examples import the helper modules in plugin-sdk/.
+        let (wit, sdk) = (self.root.join("../wit"), self.root.join("../plugin-sdk"));
         let mut failures = Vec::new();
         for p in scripted {
-            if up_to_date(&p.wasm, &[&p.source_dir, &wit]) {
+            if up_to_date(&p.wasm, &[&p.source_dir, &wit, &sdk]) {
                 continue;
             }
             let result = (|| -> anyhow::Result<()> {

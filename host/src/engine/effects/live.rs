@@ -4,6 +4,7 @@
 //! one, and an unknown SMS outcome is reconciled before any resend.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use super::journal::Journal;
@@ -24,7 +25,7 @@ pub struct Live {
     manifest: Arc<Manifest>,
     journal: Option<Journal>,
     /// Side effects so far: the next one's journal sequence number.
-    seq: u32,
+    seq: AtomicU32,
 }
 
 impl Live {
@@ -39,19 +40,18 @@ impl Live {
             http,
             manifest,
             journal,
-            seq: 0,
+            seq: AtomicU32::new(0),
         }
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq += 1;
-        self.seq - 1
+    fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
     }
 }
 
 #[async_trait::async_trait]
 impl Effects for Live {
-    async fn sms_send(&mut self, sms: OutgoingSms<'_>, deadline: Instant) -> Result<String, JustCallError> {
+    async fn sms_send(&self, sms: OutgoingSms<'_>, deadline: Instant) -> Result<String, JustCallError> {
         let seq = self.next_seq();
         let justcall = &self.tenant.justcall;
         match &self.journal {
@@ -60,15 +60,15 @@ impl Effects for Live {
         }
     }
 
-    async fn sms_get(&mut self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError> {
+    async fn sms_get(&self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError> {
         self.tenant.justcall.get(id, deadline).await
     }
 
-    async fn sms_list(&mut self, page: u32, per_page: u32, deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError> {
+    async fn sms_list(&self, page: u32, per_page: u32, deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError> {
         self.tenant.justcall.list(page, per_page, deadline).await
     }
 
-    async fn http_send(&mut self, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError> {
+    async fn http_send(&self, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError> {
         // Reads are made again on a retry; anything else is a side effect.
         let read_only = matches!(req.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
         let seq = (!read_only && self.journal.is_some()).then(|| self.next_seq());

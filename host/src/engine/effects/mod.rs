@@ -75,24 +75,25 @@ pub fn parse(req: &http::Request) -> Result<Parsed, http::HttpError> {
 }
 
 /// What a plugin's calls do to the world. One value serves one invocation, so
-/// an implementation may number its side effects.
+/// an implementation may number its side effects. Methods take `&self`: a
+/// `wasi:http` request runs as a task beside the guest and shares the value.
 #[async_trait::async_trait]
 pub trait Effects: Send + Sync + std::fmt::Debug {
     /// Sends an SMS; the JustCall message id.
-    async fn sms_send(&mut self, sms: OutgoingSms<'_>, deadline: Instant) -> Result<String, JustCallError>;
+    async fn sms_send(&self, sms: OutgoingSms<'_>, deadline: Instant) -> Result<String, JustCallError>;
 
     /// Reads one message from JustCall.
-    async fn sms_get(&mut self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError>;
+    async fn sms_get(&self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError>;
 
     /// Lists messages from JustCall, newest first.
-    async fn sms_list(&mut self, page: u32, per_page: u32, deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError>;
+    async fn sms_list(&self, page: u32, per_page: u32, deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError>;
 
     /// Makes an HTTP request; a response body over `max_body` bytes is an error.
-    async fn http_send(&mut self, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError>;
+    async fn http_send(&self, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError>;
 
     /// Observes a KV write (`None`: a delete), which `capabilities` applies.
-    fn kv_written(&mut self, _key: &str, _value: Option<&[u8]>) {}
+    fn kv_written(&self, _key: &str, _value: Option<&[u8]>) {}
 
     /// Observes a log line the plugin wrote (within its cap).
-    fn logged(&mut self, _level: &'static str, _message: &str) {}
+    fn logged(&self, _level: &'static str, _message: &str) {}
 }

@@ -1,6 +1,7 @@
 //! [`Recording`]: the effects of `plugin test`. Every call is recorded in a
 //! [`CallLog`] and answered locally; nothing reaches JustCall or the network.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -109,43 +110,46 @@ impl CallLog {
 pub struct Recording {
     log: CallLog,
     allowed: Vec<AllowedHost>,
-    sent: u32,
+    sent: Arc<AtomicU32>,
 }
 
 impl Recording {
     /// Records into `log`; HTTP may reach the `allowed` hosts.
     pub fn new(log: CallLog, allowed: Vec<AllowedHost>) -> Recording {
-        Recording { log, allowed, sent: 0 }
+        Recording {
+            log,
+            allowed,
+            sent: Arc::default(),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Effects for Recording {
-    async fn sms_send(&mut self, sms: OutgoingSms<'_>, _deadline: Instant) -> Result<String, JustCallError> {
+    async fn sms_send(&self, sms: OutgoingSms<'_>, _deadline: Instant) -> Result<String, JustCallError> {
         self.log.push(HostCall::SmsSend {
             from: sms.from.to_string(),
             to: sms.to.to_string(),
             body: sms.body.to_string(),
         });
-        self.sent += 1;
-        Ok(format!("dry-run-{}", self.sent - 1))
+        Ok(format!("dry-run-{}", self.sent.fetch_add(1, Ordering::Relaxed)))
     }
 
-    async fn sms_get(&mut self, id: &str, _deadline: Instant) -> Result<ApiMessage, JustCallError> {
+    async fn sms_get(&self, id: &str, _deadline: Instant) -> Result<ApiMessage, JustCallError> {
         self.log.push(HostCall::SmsRead {
             what: format!("get-message {id}"),
         });
         Err(JustCallError::NotFound)
     }
 
-    async fn sms_list(&mut self, page: u32, per_page: u32, _deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError> {
+    async fn sms_list(&self, page: u32, per_page: u32, _deadline: Instant) -> Result<Vec<ApiMessage>, JustCallError> {
         self.log.push(HostCall::SmsRead {
             what: format!("list-messages page {page}, {per_page} per page"),
         });
         Ok(vec![])
     }
 
-    async fn http_send(&mut self, req: http::Request, _deadline: Instant, _max_body: usize) -> Result<http::Response, http::HttpError> {
+    async fn http_send(&self, req: http::Request, _deadline: Instant, _max_body: usize) -> Result<http::Response, http::HttpError> {
         let verdict = parse(&req)
             .and_then(|p| crate::engine::egress::listed(&p.url, &self.allowed).map_err(|r| http::HttpError::NotAllowed(r.to_string())));
         let refused = verdict.as_ref().err().map(|e| match e {
@@ -165,7 +169,7 @@ impl Effects for Recording {
         })
     }
 
-    fn kv_written(&mut self, key: &str, value: Option<&[u8]>) {
+    fn kv_written(&self, key: &str, value: Option<&[u8]>) {
         self.log.push(match value {
             Some(v) => HostCall::KvSet {
                 key: key.to_string(),
@@ -175,7 +179,7 @@ impl Effects for Recording {
         });
     }
 
-    fn logged(&mut self, level: &'static str, message: &str) {
+    fn logged(&self, level: &'static str, message: &str) {
         self.log.push(HostCall::Log {
             level: level.to_string(),
             message: message.to_string(),

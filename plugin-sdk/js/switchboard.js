@@ -1,0 +1,128 @@
+// switchboard.js: thin helpers over the bindings componentize-js generates
+// from wit/plugin.wit. The WIT stays the contract; this only makes it
+// pleasant: KV as strings and JSON, errors with readable messages, and
+// sms.reply(event, text). Import it beside your plugin.js:
+//
+//   import { sms, kv, config, log, PluginError } from './switchboard.js';
+//
+// Every host call that fails throws a HostError whose message names the call,
+// the WIT error case and its text ("sms.send: opted-out: +15125550100"); its
+// `tag` and `detail` hold the same for code that branches. A PluginError (or
+// any Error) thrown from handleEvent fails the delivery with its message.
+//
+// Standard fetch() works too: it goes through the same allow-list, quota and
+// journal as http.send, and a refused request rejects with a TypeError.
+import * as witSms from 'switchboard:plugin/sms@0.1.0';
+import * as witHttp from 'switchboard:plugin/http@0.1.0';
+import * as witKv from 'switchboard:plugin/kv@0.1.0';
+import * as witConfig from 'switchboard:plugin/config@0.1.0';
+import * as witLog from 'switchboard:plugin/log@0.1.0';
+
+/** A failed host call: `call` is its name, `tag` the WIT error case. */
+export class HostError extends Error {
+  constructor(call, error) {
+    const payload = error?.payload ?? error;
+    const tag = payload && typeof payload === 'object' && 'tag' in payload ? payload.tag : undefined;
+    const detail = tag === undefined ? payload : payload.val;
+    const text = detail === undefined ? '' : typeof detail === 'object' ? JSON.stringify(detail) : String(detail);
+    super(`${call}: ${tag ?? 'error'}${text ? `: ${text}` : ''}`);
+    this.name = 'HostError';
+    this.call = call;
+    this.tag = tag;
+    this.detail = detail;
+  }
+}
+
+/** Thrown from handleEvent: the delivery fails with this message. */
+export class PluginError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'PluginError';
+  }
+}
+
+function host(call, f) {
+  try {
+    return f();
+  } catch (e) {
+    throw new HostError(call, e);
+  }
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export const sms = {
+  /** Sends `body` from one of the tenant's numbers; JustCall's message id. */
+  send(from, to, body, mediaUrls = []) {
+    return host('sms.send', () => witSms.send({ from, to, body, mediaUrls }));
+  },
+  /** Answers the sender of `event` from the number they wrote to. */
+  reply(event, body) {
+    return sms.send(event.justcallNumber, event.from, body);
+  },
+  getMessage(id) {
+    return host('sms.get-message', () => witSms.getMessage(id));
+  },
+  listMessages(page = 1, perPage = 20) {
+    return host('sms.list-messages', () => witSms.listMessages(page, perPage));
+  },
+};
+
+export const http = {
+  /** Switchboard's own request: {status, headers, body: Uint8Array}. */
+  send(method, url, { headers = [], body = new Uint8Array() } = {}) {
+    const bytes = typeof body === 'string' ? encoder.encode(body) : body;
+    return host('http.send', () => witHttp.send({ method, url, headers, body: bytes }));
+  },
+};
+
+export const kv = {
+  /** The value as text, or undefined. */
+  get(key) {
+    const v = host('kv.get', () => witKv.get(key));
+    return v === undefined ? undefined : decoder.decode(v);
+  },
+  set(key, value) {
+    host('kv.set', () => witKv.set(key, encoder.encode(String(value))));
+  },
+  /** The value parsed as JSON, or undefined. */
+  getJson(key) {
+    const v = kv.get(key);
+    return v === undefined ? undefined : JSON.parse(v);
+  },
+  setJson(key, value) {
+    kv.set(key, JSON.stringify(value));
+  },
+  delete(key) {
+    host('kv.delete', () => witKv.delete(key));
+  },
+  /** Keys starting with `prefix`, in order. */
+  keys(prefix = '') {
+    return host('kv.list-keys', () => witKv.listKeys(prefix));
+  },
+};
+
+export const config = {
+  get(key) {
+    return witConfig.get(key);
+  },
+  /** The value, or a PluginError naming the missing key. */
+  require(key) {
+    const v = witConfig.get(key);
+    if (v === undefined) {
+      throw new PluginError(`config has no \`${key}\``);
+    }
+    return v;
+  },
+  all() {
+    return Object.fromEntries(witConfig.getAll());
+  },
+};
+
+export const log = {
+  debug: (message) => witLog.log('debug', String(message)),
+  info: (message) => witLog.log('info', String(message)),
+  warn: (message) => witLog.log('warn', String(message)),
+  error: (message) => witLog.log('error', String(message)),
+};
