@@ -18,8 +18,14 @@ import * as witKv from 'switchboard:plugin/kv@0.1.0';
 import * as witConfig from 'switchboard:plugin/config@0.1.0';
 import * as witLog from 'switchboard:plugin/log@0.1.0';
 
+/** @typedef {import('switchboard:plugin/types@0.1.0').SmsEvent} SmsEvent */
+
 /** A failed host call: `call` is its name, `tag` the WIT error case. */
 export class HostError extends Error {
+  /**
+   * @param {string} call
+   * @param {any} error what the generated binding threw
+   */
   constructor(call, error) {
     const payload = error?.payload ?? error;
     const tag = payload && typeof payload === 'object' && 'tag' in payload ? payload.tag : undefined;
@@ -35,12 +41,19 @@ export class HostError extends Error {
 
 /** Thrown from handleEvent: the delivery fails with this message. */
 export class PluginError extends Error {
+  /** @param {string} message */
   constructor(message) {
     super(message);
     this.name = 'PluginError';
   }
 }
 
+/**
+ * @template T
+ * @param {string} call
+ * @param {() => T} f
+ * @returns {T}
+ */
 function host(call, f) {
   try {
     return f();
@@ -53,14 +66,27 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 export const sms = {
-  /** Sends `body` from one of the tenant's numbers; JustCall's message id. */
+  /**
+   * Sends `body` from one of the tenant's numbers; JustCall's message id.
+   * @param {string} from
+   * @param {string} to
+   * @param {string} body
+   * @param {string[]} [mediaUrls]
+   * @returns {string}
+   */
   send(from, to, body, mediaUrls = []) {
     return host('sms.send', () => witSms.send({ from, to, body, mediaUrls }));
   },
-  /** Answers the sender of `event` from the number they wrote to. */
+  /**
+   * Answers the sender of `event` from the number they wrote to.
+   * @param {SmsEvent} event
+   * @param {string} body
+   * @returns {string}
+   */
   reply(event, body) {
     return sms.send(event.justcallNumber, event.from, body);
   },
+  /** @param {string} id */
   getMessage(id) {
     return host('sms.get-message', () => witSms.getMessage(id));
   },
@@ -70,7 +96,12 @@ export const sms = {
 };
 
 export const http = {
-  /** Switchboard's own request: {status, headers, body: Uint8Array}. */
+  /**
+   * Switchboard's own request: {status, headers, body: Uint8Array}.
+   * @param {string} method
+   * @param {string} url
+   * @param {{headers?: [string, string][], body?: string | Uint8Array}} [options]
+   */
   send(method, url, { headers = [], body = new Uint8Array() } = {}) {
     const bytes = typeof body === 'string' ? encoder.encode(body) : body;
     return host('http.send', () => witHttp.send({ method, url, headers, body: bytes }));
@@ -78,36 +109,65 @@ export const http = {
 };
 
 export const kv = {
-  /** The value as text, or undefined. */
+  /**
+   * The value as text, or undefined.
+   * @param {string} key
+   * @returns {string | undefined}
+   */
   get(key) {
     const v = host('kv.get', () => witKv.get(key));
     return v === undefined ? undefined : decoder.decode(v);
   },
+  /**
+   * @param {string} key
+   * @param {string} value
+   */
   set(key, value) {
     host('kv.set', () => witKv.set(key, encoder.encode(String(value))));
   },
-  /** The value parsed as JSON, or undefined. */
+  /**
+   * The value parsed as JSON, or undefined.
+   * @param {string} key
+   * @returns {any}
+   */
   getJson(key) {
     const v = kv.get(key);
     return v === undefined ? undefined : JSON.parse(v);
   },
+  /**
+   * @param {string} key
+   * @param {any} value
+   */
   setJson(key, value) {
     kv.set(key, JSON.stringify(value));
   },
+  /** @param {string} key */
   delete(key) {
     host('kv.delete', () => witKv.delete(key));
   },
-  /** Keys starting with `prefix`, in order. */
+  /**
+   * Keys starting with `prefix`, in order.
+   * @param {string} [prefix]
+   * @returns {string[]}
+   */
   keys(prefix = '') {
     return host('kv.list-keys', () => witKv.listKeys(prefix));
   },
 };
 
 export const config = {
+  /**
+   * @param {string} key
+   * @returns {string | undefined}
+   */
   get(key) {
     return witConfig.get(key);
   },
-  /** The value, or a PluginError naming the missing key. */
+  /**
+   * The value, or a PluginError naming the missing key.
+   * @param {string} key
+   * @returns {string}
+   */
   require(key) {
     const v = witConfig.get(key);
     if (v === undefined) {
@@ -115,14 +175,21 @@ export const config = {
     }
     return v;
   },
+  /** @returns {Record<string, string>} */
   all() {
     return Object.fromEntries(witConfig.getAll());
   },
 };
 
+/** @typedef {(message: unknown) => void} LogFn */
+
 export const log = {
+  /** @type {LogFn} */
   debug: (message) => witLog.log('debug', String(message)),
+  /** @type {LogFn} */
   info: (message) => witLog.log('info', String(message)),
+  /** @type {LogFn} */
   warn: (message) => witLog.log('warn', String(message)),
+  /** @type {LogFn} */
   error: (message) => witLog.log('error', String(message)),
 };

@@ -590,6 +590,26 @@ async fn plugin_new_output_builds_and_runs_in_the_host_unedited() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let dir = work.path().join(name);
         assert!(dir.join("README.md").is_file() && dir.join("plugin.toml").is_file());
+        if lang == "js" {
+            // The starter type-checks against the declarations jco wrote
+            // from wit/, and a misspelt field of the event does not.
+            let tsc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/node_modules/.bin/tsc");
+            let check = || {
+                std::process::Command::new(&tsc)
+                    .args(["-p", "jsconfig.json"])
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap()
+            };
+            let out = check();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+            let source = std::fs::read_to_string(dir.join("plugin.js")).unwrap();
+            std::fs::write(dir.join("plugin.js"), source.replace("${event.from}", "${event.fromm}")).unwrap();
+            let out = check();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("Property 'fromm' does not exist on type 'SmsEvent'"), "{said}");
+            std::fs::write(dir.join("plugin.js"), source).unwrap();
+        }
         let out = tokio::process::Command::new(BIN)
             .args(["plugin", "build"])
             .arg(&dir)
@@ -671,7 +691,7 @@ async fn plugin_new_output_builds_and_runs_in_the_host_unedited() {
         (
             "hello-js",
             "plugin.js",
-            "export function handleEvent(event) {\n",
+            "export async function handleEvent(event) {\n",
             "  console.log(`got ${event.body} at ${Date.now() > 0}`);\n  if (event.body === 'BOOM') {\n    throw new Error('boom from js');\n  }\n",
             "boom from js",
         ),
@@ -709,36 +729,5 @@ async fn plugin_new_output_builds_and_runs_in_the_host_unedited() {
         let out = test(&boom);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(reason), "{name}: {stderr}");
-
-        // The live path says the same in the delivery's reason.
-        crate::harness::write_then_rename(
-            &host.plugin_dir("acme").join(format!("{name}.wasm")),
-            &std::fs::read(&wasm).unwrap(),
-        );
-        let hash = switchboard::engine::runtime::Runtime::content_hash(&std::fs::read(&wasm).unwrap());
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while host.admin_plugin("acme", name).await.is_none_or(|p| p["hash"] != hash.as_str()) {
-            assert!(std::time::Instant::now() < deadline, "{name}: the edit never loaded");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let (status, resp) = host
-            .post(
-                "acme",
-                std::fs::read_to_string(&boom).unwrap().replace("sb_m001", &format!("sb_{name}")),
-                &[],
-            )
-            .await;
-        assert_eq!(status, 202, "{resp}");
-        let event = resp["event_id"].as_str().unwrap().to_string();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let failed = host.deliveries(&event).into_iter().find(|(p, _, e)| p == name && e.is_some());
-            if let Some((_, _, Some(error))) = failed {
-                assert!(error.contains(reason), "{name}: {error}");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{name}: no failure recorded");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -166,7 +166,7 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     let _load = crate::harness::heavy().await;
     let work = tempfile::tempdir().unwrap();
     crate::harness::guest("noop"); // the pinned JS and Python tools are installed by the guest build
-    for (name, lang) in [("hello-js", "js"), ("hello-py", "python")] {
+    for (name, lang) in [("hello-js", "js"), ("hello-py", "python"), ("hello-rs", "rust")] {
         let out = Command::new(BIN)
             .args(["plugin", "new", name, "--lang", lang, "--dir"])
             .arg(work.path())
@@ -174,24 +174,32 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // C has no starter: an author starts from the example, renamed.
+    let c = work.path().join("hello-c");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/analytics-pipeline");
+    std::fs::create_dir(&c).unwrap();
+    for file in ["build.sh", "plugin.c", "plugin.toml"] {
+        let text = std::fs::read_to_string(example.join(file)).unwrap();
+        std::fs::write(c.join(file), text.replace("analytics-pipeline", "hello-c")).unwrap();
+    }
     let data = tempfile::tempdir().unwrap();
     let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
     let port = free_port_and_next();
-    let (js, py) = (work.path().join("hello-js"), work.path().join("hello-py"));
-    let (dev, rx) = spawn_dev(
-        // Statuses posted back would only add load; the other test covers them.
-        &[
-            "--no-status-webhooks",
-            "--plugin",
-            js.to_str().unwrap(),
-            "--plugin",
-            py.to_str().unwrap(),
-        ],
-        data.path(),
-        port,
+    let (js, py, rs) = (
+        work.path().join("hello-js"),
+        work.path().join("hello-py"),
+        work.path().join("hello-rs"),
     );
+    let mut args = vec!["--no-status-webhooks"];
+    for dir in [&js, &py, &rs, &c] {
+        args.extend(["--plugin", dir.to_str().unwrap()]);
+    }
+    // Statuses posted back would only add load; the other test covers them.
+    let (dev, rx) = spawn_dev(&args, data.path(), port);
     let runs = line_where(&rx, Duration::from_secs(600), |l| l.starts_with("tenant `demo`"));
-    assert!(runs.contains("hello-js") && runs.contains("hello-py"), "{runs}");
+    for name in ["hello-js", "hello-py", "hello-rs", "hello-c"] {
+        assert!(runs.contains(name), "{runs}");
+    }
     line_where(&rx, Duration::from_secs(60), |l| l.starts_with("Try it:"));
     assert!(healthy(port));
 
@@ -209,32 +217,70 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     // One line per invocation with its outcome, for the author's plugins only.
     assert_eq!(post("hello", "m1").await, 202);
     let ok = |name: &'static str| move |l: &str| l.contains(&format!(" {name} ok    event …")) && l.ends_with(" ms");
-    lines_where(&rx, Duration::from_secs(60), &[&ok("hello-js"), &ok("hello-py")]);
+    lines_where(
+        &rx,
+        Duration::from_secs(60),
+        &[&ok("hello-js"), &ok("hello-py"), &ok("hello-rs"), &ok("hello-c")],
+    );
 
-    // Edit both sources: the new behaviour is served after the rebuild, with
-    // what they print and the message of what they throw.
+    // Edit every source: the new behaviour is served after the rebuild, with
+    // what they print, what fetch()/urllib get from the dev sink (allowed in
+    // dev) and from a host that is not allowed (a catchable error), and the
+    // message of what they throw.
     let edit = |file: std::path::PathBuf, anchor: &str, insert: &str| {
         let source = std::fs::read_to_string(&file).unwrap();
         assert!(source.contains(anchor), "the starter changed: {}", file.display());
         std::fs::write(&file, source.replace(anchor, &format!("{anchor}{insert}"))).unwrap();
     };
     let edited_at = chrono::Utc::now();
+    for (dir, name) in [(&js, "hello-js"), (&py, "hello-py")] {
+        let manifest = dir.join("plugin.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text}\n[dev.config]\nsink = \"{{origin}}/dev/sink/{name}\"\n")).unwrap();
+    }
     edit(
         py.join("app.py"),
         "    def handle_event(self, event: types.SmsEvent) -> None:\n",
-        "        print(f\"edited python saw {event.body}\")\n        if event.body == \"BOOM\":\n            raise ValueError(\"boom from python\")\n",
+        "        import urllib.error, urllib.request\n\
+         \x20       print(f\"edited python saw {event.body}\")\n\
+         \x20       if event.body == \"BOOM\":\n\
+         \x20           raise ValueError(\"boom from python\")\n\
+         \x20       with urllib.request.urlopen(urllib.request.Request(config.require(\"sink\"), data=b\"hi\", method=\"POST\")) as r:\n\
+         \x20           print(f\"sink answered {r.status}\")\n\
+         \x20       try:\n\
+         \x20           urllib.request.urlopen(\"http://127.0.0.1:9/x\")\n\
+         \x20       except urllib.error.URLError as e:\n\
+         \x20           print(f\"refused: {e.reason}\")\n",
     );
     edit(
         js.join("plugin.js"),
-        "export function handleEvent(event) {\n",
-        "  console.log(`edited js saw ${event.body}`);\n  if (event.body === 'BOOM') {\n    throw new Error('boom from js');\n  }\n",
+        "export async function handleEvent(event) {\n",
+        "  console.log(`edited js saw ${event.body}`);\n\
+         \x20 if (event.body === 'BOOM') {\n    throw new Error('boom from js');\n  }\n\
+         \x20 const sink = await fetch(config.require('sink'), { method: 'POST', body: 'hi' });\n\
+         \x20 console.log(`sink answered ${sink.status}`);\n\
+         \x20 try {\n    await fetch('http://127.0.0.1:9/x');\n  } catch (e) {\n    console.log(`refused: ${e}`);\n  }\n",
     );
+    edit(
+        rs.join("src/lib.rs"),
+        "    fn handle_event(event: SmsEvent) -> Result<(), PluginError> {\n",
+        "        println!(\"edited rust saw {}\", event.body);\n\
+         \x20       if event.body == \"BOOM\" {\n            return Err(PluginError::new(\"boom from rust\"));\n        }\n",
+    );
+    edit(
+        c.join("plugin.c"),
+        "bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_t *err) {\n",
+        "  printf(\"edited c saw %.*s\\n\", (int)event->body.len, (const char *)event->body.ptr);\n\
+         \x20 if (event->body.len == 4 && memcmp(event->body.ptr, \"BOOM\", 4) == 0) return fail(err, \"boom from c\");\n",
+    );
+    let names = ["hello-js", "hello-py", "hello-rs", "hello-c"];
     let rebuilt = |name: &'static str| move |l: &str| l.ends_with(&format!(" {name} rebuilt; reloading"));
-    lines_where(&rx, Duration::from_secs(300), &[&rebuilt("hello-js"), &rebuilt("hello-py")]);
+    let (r0, r1, r2, r3) = (rebuilt(names[0]), rebuilt(names[1]), rebuilt(names[2]), rebuilt(names[3]));
+    lines_where(&rx, Duration::from_secs(600), &[&r0, &r1, &r2, &r3]);
     // Hot reload follows the rebuild once the new component has compiled;
     // then the edits answer.
     let admin = format!("http://127.0.0.1:{}/admin/tenants/demo/plugins", port + 1);
-    let reloaded = wait("both edits to be serving", || async {
+    let reloaded = wait("every edit to be serving", || async {
         let list = get_json(&client, &admin, Some("dev-admin")).await?;
         let fresh = |name: &str| {
             list["plugins"].as_array().into_iter().flatten().any(|p| {
@@ -246,15 +292,27 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
                         .is_some_and(|t| t > edited_at)
             })
         };
-        (fresh("hello-js") && fresh("hello-py")).then_some(())
+        names.iter().all(|n| fresh(n)).then_some(())
     });
     reloaded.await;
     assert_eq!(post("again", "again").await, 202);
-    let edited = |name: &'static str, what: &'static str| move |l: &str| l.contains(&format!(" {name} info  edited {what} saw again"));
+    let says = |name: &'static str, what: &'static str| move |l: &str| l.contains(&format!(" {name} info  {what}"));
     lines_where(
         &rx,
         Duration::from_secs(60),
-        &[&edited("hello-js", "js"), &edited("hello-py", "python")],
+        &[
+            &says("hello-js", "edited js saw again"),
+            &says("hello-py", "edited python saw again"),
+            &says("hello-rs", "edited rust saw again"),
+            &says("hello-c", "edited c saw again"),
+            &says("hello-js", "sink answered 200"),
+            &says("hello-py", "sink answered 200"),
+            &says("hello-js", "refused: TypeError: NetworkError when attempting to fetch resource"),
+            &says(
+                "hello-py",
+                "refused: http.send: not-allowed: http://127.0.0.1:9 is not in allowed_hosts",
+            ),
+        ],
     );
     assert_eq!(post("BOOM", "boom").await, 202);
     // The traceback follows the Python line; the exception is its last line.
@@ -263,10 +321,18 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     let lines = lines_where(
         &rx,
         Duration::from_secs(60),
-        &[&fail("hello-js"), &fail("hello-py"), &traceback_end],
+        &[
+            &fail("hello-js"),
+            &fail("hello-py"),
+            &fail("hello-rs"),
+            &fail("hello-c"),
+            &traceback_end,
+        ],
     );
     assert!(lines[0].ends_with("plugin error: boom from js"), "{}", lines[0]);
     assert!(lines[1].contains("trap: "), "{}", lines[1]);
+    assert!(lines[2].ends_with("plugin error: boom from rust"), "{}", lines[2]);
+    assert!(lines[3].ends_with("plugin error: boom from c"), "{}", lines[3]);
 
     assert!(dev.stop(), "dev stopped cleanly on SIGINT");
 }

@@ -3,12 +3,13 @@
 //!
 //! ```sh
 //! cargo bench --bench suite              # all
-//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | storage
+//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | storage | author
 //! ```
 //!
 //! The server under test is the real release binary on loopback over a real
 //! data dir; load comes from this binary re-run as a separate client process.
 
+mod author;
 mod common;
 mod dispatch;
 mod ingest;
@@ -52,6 +53,14 @@ async fn main() {
     if wants("neighbour") {
         report.extend(neighbour::run(&guests).await);
     }
+    if wants("author") {
+        let g = guests.clone();
+        report.extend(
+            tokio::task::spawn_blocking(move || author::run(&g))
+                .await
+                .expect("author benchmark"),
+        );
+    }
     if wants("storage") {
         report.extend(storage::run().await);
     }
@@ -68,7 +77,7 @@ fn print_table(report: &Map<String, Value>) {
     let targets = json!({
         "dispatch_us_p50": "<= 20", "dispatch_ratio": "<= 1.2", "ingest_eps": ">= 5000", "ack_ms_p99": "<= 5",
         "full_path_eps": ">= 2000", "reload_ms": "<= 250", "reload_cached_ms": "<= 20", "rss_mb_1000x4": "<= 300",
-        "neighbour_p99_ratio": "<= 1.1",
+        "neighbour_p99_ratio": "<= 1.1", "plugin_test_warm_ms_js": "< 1000", "plugin_test_warm_ms_python": "< 1000",
     });
     println!("\n{:<28} {:>14}  target", "figure", "value");
     for (k, v) in report {

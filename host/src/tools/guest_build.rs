@@ -316,6 +316,13 @@ impl GuestWorkspace {
         self.pip_install(quiet)
     }
 
+    /// A pinned npm tool (`jco`, `tsc`), installing the npm tools first if
+    /// they are not current.
+    pub fn js_tool(&self, name: &str, quiet: bool) -> anyhow::Result<PathBuf> {
+        self.npm_ci(quiet)?;
+        Ok(self.root.join("node_modules/.bin").join(name))
+    }
+
     /// Gives a build command the pinned tools (`path`), the `wit/` folder
     /// and the preview1 adapter.
     fn with_tools(&self, cmd: &mut Command, path: &std::ffi::OsStr, adapter: &Path) {

@@ -1,7 +1,8 @@
 //! `switchboard plugin new`: writes a working starter plugin in Rust,
-//! JavaScript or Python (source, manifest with its build command, README),
-//! built by `switchboard plugin build DIR` with the checkout's pinned tools
-//! and the one `wit/` folder.
+//! JavaScript or Python (source, manifest with its build command, README,
+//! sample events; for JS and Python the helper module, for JS TypeScript
+//! declarations of `wit/`), built by `switchboard plugin build DIR` with the
+//! checkout's pinned tools and the one `wit/` folder.
 
 use std::path::{Path, PathBuf};
 
@@ -75,66 +76,106 @@ export_plugin!(Component);
 "#;
 
 const JS_SOURCE: &str = r#"// NAME: replies to every message a customer sends with the `reply` from
-// config, from the number they wrote to. Imports are Switchboard's WIT
-// interfaces (see wit/plugin.wit); a thrown {message} is the plugin error.
-import { send } from 'switchboard:plugin/sms@0.1.0';
-import { get } from 'switchboard:plugin/config@0.1.0';
-import { log } from 'switchboard:plugin/log@0.1.0';
+// config, from the number they wrote to. switchboard.js (beside this file)
+// wraps the interfaces of Switchboard's WIT (types/ declares them for your
+// editor); fetch() works for the hosts in allowed_hosts. A thrown Error fails
+// the delivery with its message.
+import { sms, config, log } from './switchboard.js';
 
-export function handleEvent(event) {
+/** @param {import('switchboard:plugin/types@0.1.0').SmsEvent} event */
+export async function handleEvent(event) {
   if (event.kind !== 'received') {
     return;
   }
-  const reply = get('reply');
-  if (reply === undefined) {
-    throw { message: 'config has no `reply`' };
-  }
-  let id;
-  try {
-    id = send({ from: event.justcallNumber, to: event.from, body: reply, mediaUrls: [] });
-  } catch (e) {
-    throw { message: `cannot reply: ${JSON.stringify(e?.payload ?? e)}` };
-  }
-  log('info', `replied to ${event.from} (${id})`);
+  const id = sms.reply(event, config.require('reply'));
+  log.info(`replied to ${event.from} (${id})`);
+}
+"#;
+
+/// The JavaScript helper module a starter gets a copy of.
+const JS_HELPER: &str = include_str!("../../../plugin-sdk/js/switchboard.js");
+
+/// Lets editors type-check plugin.js against the declarations in types/.
+const JS_CONFIG: &str = r#"{
+  "compilerOptions": {
+    "checkJs": true,
+    "noEmit": true,
+    "target": "es2022",
+    "module": "es2022",
+    "moduleResolution": "bundler",
+    "lib": ["es2022", "dom"]
+  },
+  "include": ["*.js", "types/**/*.d.ts"]
 }
 "#;
 
 const PY_SOURCE: &str = r#""""NAME: replies to every message a customer sends with the `reply` from
-config, from the number they wrote to. Imports are Switchboard's WIT
-interfaces (see wit/plugin.wit); raising Err(PluginError) fails the delivery.
+config, from the number they wrote to. switchboard.py (beside this file)
+wraps the interfaces of Switchboard's WIT; print() goes to the plugin's log,
+and urllib.request reaches the hosts in allowed_hosts. An uncaught exception
+fails the delivery with its message (`raise fail("...")` for a plain one).
 """
 
 import wit_world
-from componentize_py_types import Err
-from wit_world.imports import config, log, sms, types
+from switchboard import config, log, sms
+from wit_world.imports import types
 
 
 class WitWorld(wit_world.WitWorld):
     def handle_event(self, event: types.SmsEvent) -> None:
         if event.kind != types.EventKind.RECEIVED:
             return
-        reply = config.get("reply")
-        if reply is None:
-            raise Err(types.PluginError(message="config has no `reply`"))
-        message = sms.OutgoingSms(from_=event.justcall_number, to=event.from_, body=reply, media_urls=[])
-        try:
-            message_id = sms.send(message)
-        except Err as e:
-            raise Err(types.PluginError(message=f"cannot reply: {e.value}"))
-        log.log(log.Level.INFO, f"replied to {event.from_} ({message_id})")
+        message_id = sms.reply(event, config.require("reply"))
+        log.info(f"replied to {event.from_} ({message_id})")
 "#;
 
+/// The Python helper module a starter gets a copy of.
+const PY_HELPER: &str = include_str!("../../../plugin-sdk/python/switchboard.py");
+
+/// Writes TypeScript declarations of `wit/` into `dir/types` with the pinned
+/// jco, so editors autocomplete the `switchboard:plugin/*` imports.
+fn write_types(dir: &Path) -> anyhow::Result<()> {
+    let ws = crate::tools::guest_build::GuestWorkspace::from_source_checkout().context("no Switchboard checkout found for jco and wit/")?;
+    let jco = ws.js_tool("jco", true)?;
+    let out = std::process::Command::new(&jco)
+        .arg("guest-types")
+        .arg(ws.wit_dir())
+        .args(["-n", "plugin", "-q", "-o"])
+        .arg(dir.join("types"))
+        .output()
+        .with_context(|| format!("running {}", jco.display()))?;
+    if !out.status.success() {
+        bail!("jco guest-types failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 fn readme(name: &str, lang: Lang) -> String {
-    let (what, edit) = match lang {
-        Lang::Rust => ("Rust, with the Switchboard SDK", "src/lib.rs"),
-        Lang::Js => ("JavaScript (componentize-js)", "plugin.js"),
-        Lang::Python => ("Python (componentize-py)", "app.py"),
+    let (what, edit, helper) = match lang {
+        Lang::Rust => ("Rust, with the Switchboard SDK", "src/lib.rs", ""),
+        Lang::Js => (
+            "JavaScript (componentize-js)",
+            "plugin.js",
+            "`switchboard.js` is a copy of Switchboard's thin helper module over the\n\
+             generated bindings; `types/` declares the WIT for your editor (`jsconfig.json`).\n\
+             `fetch()` reaches the hosts in `allowed_hosts`.\n\n",
+        ),
+        Lang::Python => (
+            "Python (componentize-py)",
+            "app.py",
+            "`switchboard.py` is a copy of Switchboard's thin helper module over the\n\
+             generated bindings; importing it makes `urllib.request` reach the hosts in\n\
+             `allowed_hosts`. `print()` goes to the plugin's log.\n\n",
+        ),
     };
     format!(
         "# {name}\n\nA Switchboard plugin in {what}. It answers every received SMS with the\n\
          `reply` from its config. Edit `{edit}`; the contract is `wit/plugin.wit` in the\n\
-         Switchboard checkout.\n\n\
+         Switchboard checkout.\n\n{helper}\
          ```sh\n\
+         # the edit loop: built, served on the demo tenant, rebuilt and reloaded on\n\
+         # save, with this plugin's log lines and outcomes on the terminal\n\
+         switchboard dev --plugin .\n\n\
          switchboard plugin build .          # writes target/{name}.wasm and prints its size\n\
          switchboard plugin check target/{name}.wasm\n\
          # one event, side effects checked and recorded, not made; events/ holds a\n\
@@ -184,20 +225,21 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
         }
         Lang::Js => vec![
             ("plugin.js", JS_SOURCE.replace("NAME", name)),
+            ("switchboard.js", JS_HELPER.to_string()),
+            ("jsconfig.json", JS_CONFIG.to_string()),
             (
                 "plugin.toml",
                 manifest(
                     name,
                     lang,
-                    &format!(
-                        "componentize-js plugin.js --wit \"$SWITCHBOARD_WIT\" -n plugin -d http fetch-event -o \"$OUT_DIR/{name}.wasm\""
-                    ),
+                    &format!("componentize-js plugin.js --wit \"$SWITCHBOARD_WIT\" -n plugin -d fetch-event -o \"$OUT_DIR/{name}.wasm\""),
                 ),
             ),
             (".gitignore", "/target\n".into()),
         ],
         Lang::Python => vec![
             ("app.py", PY_SOURCE.replace("NAME", name)),
+            ("switchboard.py", PY_HELPER.to_string()),
             (
                 "plugin.toml",
                 manifest(
@@ -221,6 +263,12 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if lang == Lang::Js {
+        // Editor support only: the plugin builds without it.
+        if let Err(e) = write_types(&dir) {
+            eprintln!("warning: no TypeScript declarations in {}/types: {e:#}", dir.display());
+        }
     }
     Ok(dir)
 }
