@@ -77,7 +77,16 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_up_to(what, Duration::from_secs(120), check).await
+}
+
+/// [`wait`] with its own limit.
+async fn wait_up_to<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
@@ -280,7 +289,8 @@ async fn dev_plugin_builds_watches_and_streams_the_authors_plugins() {
     // Hot reload follows the rebuild once the new component has compiled;
     // then the edits answer.
     let admin = format!("http://127.0.0.1:{}/admin/tenants/demo/plugins", port + 1);
-    let reloaded = wait("every edit to be serving", || async {
+    // Four components compile at once on two cores, beside other tests.
+    let reloaded = wait_up_to("every edit to be serving", Duration::from_secs(360), || async {
         let list = get_json(&client, &admin, Some("dev-admin")).await?;
         let fresh = |name: &str| {
             list["plugins"].as_array().into_iter().flatten().any(|p| {

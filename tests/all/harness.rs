@@ -295,6 +295,7 @@ impl TestHost {
             listen: addr,
             data_dir: dir.path().join("data"),
             cache_dir: None,
+            compile_limit: None,
             plugins_dir,
             public_url: url.clone(),
             tenants: configs,

@@ -177,6 +177,7 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
         Runtime::new(RuntimeOptions {
             max_instances: 16,
             cache_dir: None,
+            compile_limit: switchboard::engine::runtime::MAX_COMPILE_TIME,
         })
         .unwrap(),
     );

@@ -112,6 +112,9 @@ pub struct Config {
     /// Where compiled plugin code is cached (default: `data_dir/cache`);
     /// `dev` shares the author tools' cache across data directories.
     pub cache_dir: Option<PathBuf>,
+    /// The longest a component may take to compile (default: the server's
+    /// 60 s; `dev` allows an author's busy machine more).
+    pub compile_limit: Option<Duration>,
     /// `<plugins_dir>/<tenant>/<name>.wasm` (+ `<name>.toml`).
     pub plugins_dir: PathBuf,
     /// How JustCall reaches us, without a trailing slash; the `webhook_url` in
@@ -258,6 +261,7 @@ impl Config {
             admin_listen,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             cache_dir: None,
+            compile_limit: None,
             plugins_dir: base.join(raw.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins.d"))),
             public_url,
             tenants,

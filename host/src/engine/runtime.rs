@@ -22,8 +22,11 @@ use crate::engine::capabilities::PluginCtx;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The largest component accepted for compilation.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
-/// The longest a component may take to compile.
+/// The longest a component may take to compile, wall-clock, in the server.
 pub const MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
+/// The same for author tools (`dev`, `plugin test`): an author's machine is
+/// busy building while it compiles, so wall-clock time runs longer there.
+pub const AUTHOR_COMPILE_TIME: Duration = Duration::from_secs(300);
 /// Wasm stack of a plugin whose limits name none.
 pub const DEFAULT_WASM_STACK: usize = (crate::config::Limit::StackKb.spec().default as usize) << 10;
 
@@ -60,6 +63,8 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
     /// Folder for the on-disk compiled-code cache; `None` disables it.
     pub cache_dir: Option<PathBuf>,
+    /// The longest a component may take to compile.
+    pub compile_limit: Duration,
 }
 
 /// Counters of how components were obtained.
@@ -251,7 +256,7 @@ impl Runtime {
             }
             None => {
                 let started = Instant::now();
-                let c = compile_bounded(&set.engine, bytes)?;
+                let c = compile_bounded(&set.engine, bytes, self.opts.compile_limit)?;
                 self.count(0);
                 tracing::info!(hash = %&hash[..12], ms = started.elapsed().as_millis() as u64, "compiled component");
                 if let Some(d) = &set.disk
@@ -312,10 +317,10 @@ pub struct Prepared {
     pub ticker: TickerHandle,
 }
 
-/// Compiles on a separate thread and gives up after [`MAX_COMPILE_TIME`],
-/// so a compile bomb cannot stall a reload. (The abandoned thread finishes
-/// in the background; its result is dropped.)
-fn compile_bounded(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+/// Compiles on a separate thread and gives up after `limit`, so a compile
+/// bomb cannot stall a reload. (The abandoned thread finishes in the
+/// background; its result is dropped.)
+fn compile_bounded(engine: &Engine, bytes: &[u8], limit: Duration) -> Result<Component, LoadError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (engine, bytes) = (engine.clone(), bytes.to_vec());
     std::thread::Builder::new()
@@ -324,9 +329,9 @@ fn compile_bounded(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError
             let _ = tx.send(Component::new(&engine, &bytes));
         })
         .map_err(|e| LoadError::Compile(wasmtime::Error::msg(format!("cannot start a compile thread: {e}"))))?;
-    match rx.recv_timeout(MAX_COMPILE_TIME) {
+    match rx.recv_timeout(limit) {
         Ok(result) => result.map_err(LoadError::Compile),
-        Err(_) => Err(LoadError::CompileTimeout(MAX_COMPILE_TIME.as_secs())),
+        Err(_) => Err(LoadError::CompileTimeout(limit.as_secs())),
     }
 }
 
@@ -462,6 +467,7 @@ mod tests {
         let rt = Runtime::new(RuntimeOptions {
             max_instances: 4,
             cache_dir: None,
+            compile_limit: MAX_COMPILE_TIME,
         })
         .unwrap();
         let ticker = rt.default.ticker.as_ref().unwrap().handle();

@@ -118,6 +118,7 @@ pub async fn run_with_routes(
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.max_concurrent_invocations,
         cache_dir: Some(config.cache_dir.clone().unwrap_or_else(|| config.data_dir.join("cache"))),
+        compile_limit: config.compile_limit.unwrap_or(crate::engine::runtime::MAX_COMPILE_TIME),
     })?);
     let db = Db::open(&config.data_dir, config.delivery.clone())
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;

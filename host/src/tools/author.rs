@@ -85,6 +85,7 @@ fn runtime() -> anyhow::Result<Runtime> {
     let opts = |cache_dir| RuntimeOptions {
         max_instances: 16,
         cache_dir,
+        compile_limit: crate::engine::runtime::AUTHOR_COMPILE_TIME,
     };
     Runtime::new(opts(cache_dir())).or_else(|e| {
         tracing::warn!(error = %e, "compiled-code cache unavailable; compiling without it");

@@ -43,6 +43,8 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         // Shared with `plugin test`, so a fresh data dir compiles nothing
         // that was compiled before.
         cache_dir: crate::tools::author::cache_dir(),
+        // Compiles share the machine with the author's builds.
+        compile_limit: Some(crate::engine::runtime::AUTHOR_COMPILE_TIME),
         plugins_dir: data_dir.join("plugins.d"),
         public_url: origin.to_string(),
         tenants: BTreeMap::from([(DEMO_TENANT.to_string(), demo)]),
