@@ -191,9 +191,8 @@ impl PluginCtx {
 
     /// Logs (warn) a host call the host refused, with who made it and why.
     fn refused(&self, call: &'static str, reason: &str) {
-        let (tenant, plugin, event) = (&self.inv.tenant.config.id, &self.inv.plugin, &self.inv.event_id);
-        let reason = crate::domain::escape_controls(reason);
-        tracing::warn!(%tenant, %plugin, %event, call, %reason, "host call refused");
+        let who = (self.inv.tenant.config.id.as_str(), &*self.inv.plugin, &*self.inv.event_id);
+        crate::engine::wasi_http::log_refused(who, call, reason);
     }
 
     /// [`Self::refused`] for `sms.send`, giving back the plugin's error.

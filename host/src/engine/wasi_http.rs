@@ -80,12 +80,19 @@ impl HttpGate {
         async move {
             let result = effects.http_send(req, deadline, max_body).await;
             if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
-                let reason = crate::domain::escape_controls(reason);
-                tracing::warn!(%tenant, %plugin, %event, call, %reason, "host call refused");
+                log_refused((&tenant, &plugin, &event), call, reason);
             }
             result
         }
     }
+}
+
+/// Logs (warn) a host call the host refused: who made it (tenant, plugin,
+/// event), which call, and why. Every refusal, whichever interface, is
+/// logged here.
+pub fn log_refused((tenant, plugin, event): (&str, &str, &str), call: &'static str, reason: &str) {
+    let reason = crate::domain::escape_controls(reason);
+    tracing::warn!(%tenant, %plugin, %event, call, %reason, "host call refused");
 }
 
 impl WasiHttpHooks for HttpGate {
