@@ -123,10 +123,13 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
         let rejected = rejections.remove(&p.name);
         let h = health.remove(&p.name).unwrap_or_default();
         let short = &p.hash[..p.hash.len().min(12)];
-        let summary = match &rejected {
+        let mut summary = match &rejected {
             Some(r) => format!("serving {short}, newer version rejected: {}", r.error),
             None => format!("serving {short}"),
         };
+        if !p.manifest.limits_clamped.is_empty() {
+            summary.push_str(&format!("; limits cut to the tenant's: {}", p.manifest.limits_clamped.join("; ")));
+        }
         out.push(json!({
             "name": p.name,
             "status": status(true, h.paused),
@@ -135,6 +138,7 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
             "rejected": rejected,
+            "limits_clamped": p.manifest.limits_clamped,
             "delivery": h,
         }));
     }

@@ -151,13 +151,21 @@ class log:
         _log.log(_log.Level.ERROR, str(message))
 
 
+_HOST_SET_HEADERS = frozenset(
+    ["host", "content-length", "transfer-encoding", "connection", "keep-alive",
+     "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
+)
+
+
 class SwitchboardHandler(urllib.request.BaseHandler):
     """urllib's http and https, sent through the host's http interface."""
 
     handler_order = 100  # before urllib's own HTTP handlers
 
     def _open(self, req: urllib.request.Request) -> urllib.response.addinfourl:
-        headers = [(k, v) for k, v in req.header_items()]
+        # urllib adds Host, Content-Length and Connection itself; the host
+        # sets framing and connection headers, and refuses them from plugins.
+        headers = [(k, v) for k, v in req.header_items() if k.lower() not in _HOST_SET_HEADERS]
         data = req.data if isinstance(req.data, (bytes, bytearray)) else b""
         request = _http.Request(method=req.get_method(), url=req.full_url, headers=headers, body=bytes(data))
         try:

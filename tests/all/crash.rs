@@ -83,7 +83,7 @@ async fn every_acknowledged_event_texts_exactly_once_across_kill_9() {
             "data_dir = \"data\"\nplugins_dir = \"plugins.d\"\nretry_delays_ms = [100, 200, 400]\n\
              [tenants.acme]\nnumbers = [\"{NUMBER}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\n\
              justcall_base_url = \"{}\"\njustcall_api_key = \"{API_KEY}\"\njustcall_api_secret = \"{API_SECRET}\"\n\
-             justcall_rate_per_minute = 1000000\n",
+             justcall_rate_per_minute = 1000000\n[tenants.acme.limits]\nkv_keys = 100000\n",
             jc.url
         ),
     )

@@ -111,6 +111,7 @@ pub struct TenantSpec {
     pub justcall: String,
     pub plugins: Vec<PluginSpec>,
     pub limits: switchboard::config::LimitOverrides,
+    pub kv_total: switchboard::config::KvTotal,
     pub number: &'static str,
     pub rate_per_minute: u32,
     pub default_country: Option<switchboard::domain::Country>,
@@ -130,6 +131,7 @@ impl TenantSpec {
             justcall: justcall.to_string(),
             plugins: Vec::new(),
             limits: Default::default(),
+            kv_total: Default::default(),
             number: NUMBER,
             rate_per_minute: 100_000,
             default_country: None,
@@ -287,6 +289,7 @@ impl TestHost {
                     justcall_api_key: Secret::new(API_KEY),
                     justcall_api_secret: Secret::new(API_SECRET),
                     limits: t.limits,
+                    kv_total: t.kv_total,
                     justcall_rate_per_minute: t.rate_per_minute,
                 },
             );

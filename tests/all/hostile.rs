@@ -261,7 +261,7 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
 }
 
 #[tokio::test]
-async fn tenant_limits_sit_beneath_the_manifest() {
+async fn tenant_limits_are_ceilings_a_manifest_may_lower_but_not_raise() {
     let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
     let mut tenant = TenantSpec::new("acme", &jc.url)
@@ -269,8 +269,17 @@ async fn tenant_limits_sit_beneath_the_manifest() {
         .plugin(hostile(
             "chatty",
             "[config]\nmode = \"sms-flood\"\n[limits]\nsms_per_event = 3\n".into(),
+        ))
+        .plugin(hostile(
+            "modest",
+            "[config]\nmode = \"sms-flood\"\n[limits]\nsms_per_event = 1\n".into(),
+        ))
+        .plugin(hostile(
+            "greedy",
+            "[config]\nmode = \"grow\"\n[limits]\nmemory_mb = 512\ntimeout_ms = 5000\n".into(),
         ));
     tenant.limits.set(switchboard::config::Limit::SmsPerEvent, 2);
+    tenant.limits.set(switchboard::config::Limit::MemoryMb, 64);
     let host = TestHost::start(vec![tenant]).await;
     let (_, resp) = host.post("acme", fixture("seed-format/sms.received.json"), &[]).await;
     host.idle().await;
@@ -286,10 +295,30 @@ async fn tenant_limits_sit_beneath_the_manifest() {
     );
     assert_eq!(
         d["chatty"].as_deref(),
-        Some("sms quota exceeded (3 sends per event)"),
-        "the manifest's limit wins"
+        Some("sms quota exceeded (2 sends per event)"),
+        "cut to the tenant's"
     );
+    assert_eq!(
+        d["modest"].as_deref(),
+        Some("sms quota exceeded (1 sends per event)"),
+        "lowered by the manifest"
+    );
+    assert!(d["greedy"].as_deref().unwrap().starts_with("memory limit (64 MiB)"), "{d:?}");
     assert_eq!(jc.to("/texts/new").len(), 5);
+    // The admin status says which manifests asked for more.
+    let greedy = host.admin_plugin("acme", "greedy").await.unwrap();
+    assert_eq!(greedy["limits_clamped"][0], "memory_mb = 512 exceeds the tenant's 64; runs at 64");
+    assert!(
+        greedy["summary"]
+            .as_str()
+            .unwrap()
+            .contains("limits cut to the tenant's: memory_mb = 512"),
+        "{greedy}"
+    );
+    let chatty = host.admin_plugin("acme", "chatty").await.unwrap();
+    assert_eq!(chatty["limits_clamped"][0], "sms_per_event = 3 exceeds the tenant's 2; runs at 2");
+    let modest = host.admin_plugin("acme", "modest").await.unwrap();
+    assert_eq!(modest["limits_clamped"].as_array().map(Vec::len), Some(0));
 }
 
 #[tokio::test]

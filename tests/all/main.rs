@@ -10,6 +10,7 @@ mod delivery;
 mod dev;
 mod front_door;
 mod harness;
+mod host_calls;
 mod hostile;
 mod plugins;
 #[path = "../support/process.rs"]

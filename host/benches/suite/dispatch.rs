@@ -62,6 +62,7 @@ impl Invoker {
             numbers: vec!["+15125550100".into()],
             default_country: None,
             verify_events: false,
+            kv_total: Default::default(),
             webhook_auth: WebhookAuth::None,
             webhook_secret: None,
             justcall_api: ApiDialect::Seed,

@@ -38,6 +38,8 @@ pub enum Limit {
     TableElements,
     /// Wasm stack (rounded up to a power of two).
     StackKb,
+    /// `http.send` / `fetch()` request body bytes.
+    HttpRequestKb,
 }
 
 /// What a limit's value counts.
@@ -64,39 +66,55 @@ pub struct LimitSpec {
     pub default: u64,
     /// The smallest value allowed.
     pub min: u64,
+    /// The ceiling of a tenant whose operator sets none: a manifest may
+    /// ask up to it.
+    pub ceiling: u64,
     /// The host ceiling: no tenant or manifest may go above it.
     pub max: u64,
     /// What the value counts.
     pub unit: Unit,
 }
 
-const fn row(limit: Limit, key: &'static str, default: u64, min: u64, max: u64, unit: Unit) -> LimitSpec {
+const fn row(limit: Limit, key: &'static str, [default, min, ceiling, max]: [u64; 4], unit: Unit) -> LimitSpec {
     LimitSpec {
         limit,
         key,
         default,
         min,
+        ceiling,
         max,
         unit,
     }
 }
 
 /// Every limit: the one place keys, defaults, floors, ceilings and units
-/// are written. In [`Limit`] order.
-pub const LIMITS: [LimitSpec; 11] = [
-    row(Limit::TimeoutMs, "timeout_ms", 1_000, 1, 30_000, Unit::Milliseconds),
-    row(Limit::MemoryMb, "memory_mb", 64, 1, 512, Unit::Mebibytes),
-    row(Limit::SmsPerEvent, "sms_per_event", 5, 1, 100, Unit::Count),
-    row(Limit::HttpPerEvent, "http_per_event", 10, 1, 100, Unit::Count),
-    row(Limit::HttpResponseKb, "http_response_kb", 1 << 10, 1, 16 << 10, Unit::Kibibytes),
-    row(Limit::KvKeys, "kv_keys", 1_000, 1, 100_000, Unit::Count),
-    row(Limit::KvKb, "kv_kb", 1 << 10, 1, 64 << 10, Unit::Kibibytes),
-    row(Limit::LogKb, "log_kb", 64, 1, 1024, Unit::Kibibytes),
+/// are written, as `[default, min, tenant ceiling when unset, host max]`.
+/// In [`Limit`] order.
+pub const LIMITS: [LimitSpec; 12] = [
+    row(Limit::TimeoutMs, "timeout_ms", [1_000, 1, 10_000, 30_000], Unit::Milliseconds),
+    row(Limit::MemoryMb, "memory_mb", [64, 1, 128, 512], Unit::Mebibytes),
+    row(Limit::SmsPerEvent, "sms_per_event", [5, 1, 20, 100], Unit::Count),
+    row(Limit::HttpPerEvent, "http_per_event", [10, 1, 20, 100], Unit::Count),
+    row(
+        Limit::HttpResponseKb,
+        "http_response_kb",
+        [1 << 10, 1, 4 << 10, 16 << 10],
+        Unit::Kibibytes,
+    ),
+    row(Limit::KvKeys, "kv_keys", [1_000, 1, 10_000, 100_000], Unit::Count),
+    row(Limit::KvKb, "kv_kb", [1 << 10, 1, 4 << 10, 64 << 10], Unit::Kibibytes),
+    row(Limit::LogKb, "log_kb", [64, 1, 256, 1024], Unit::Kibibytes),
     // The webhook body cap: a bigger event cannot arrive.
-    row(Limit::EventKb, "event_kb", 256, 1, 256, Unit::Kibibytes),
+    row(Limit::EventKb, "event_kb", [256, 1, 256, 256], Unit::Kibibytes),
     // Also the pooling allocator's table size.
-    row(Limit::TableElements, "table_elements", 100_000, 1, 100_000, Unit::Count),
-    row(Limit::StackKb, "stack_kb", 512, 64, 1024, Unit::Kibibytes),
+    row(Limit::TableElements, "table_elements", [100_000, 1, 100_000, 100_000], Unit::Count),
+    row(Limit::StackKb, "stack_kb", [512, 64, 1024, 1024], Unit::Kibibytes),
+    row(
+        Limit::HttpRequestKb,
+        "http_request_kb",
+        [256, 1, 1 << 10, 16 << 10],
+        Unit::Kibibytes,
+    ),
 ];
 
 impl Limit {
@@ -169,6 +187,8 @@ pub struct Limits {
     pub http_per_event: u32,
     /// Largest HTTP response body a plugin may read.
     pub http_response_bytes: usize,
+    /// Largest HTTP request body a plugin may send.
+    pub http_request_bytes: usize,
     /// KV keys per (tenant, plugin).
     pub kv_keys: u64,
     /// KV bytes (keys + values) per (tenant, plugin).
@@ -202,6 +222,7 @@ impl Limits {
             sms_per_event: v(Limit::SmsPerEvent) as u32,
             http_per_event: v(Limit::HttpPerEvent) as u32,
             http_response_bytes: v(Limit::HttpResponseKb) as usize,
+            http_request_bytes: v(Limit::HttpRequestKb) as usize,
             kv_keys: v(Limit::KvKeys),
             kv_bytes: v(Limit::KvKb),
             log_bytes: v(Limit::LogKb) as usize,
@@ -213,9 +234,34 @@ impl Limits {
     }
 
     /// The effective limits: the manifest's value, else the tenant's, else
-    /// the table's default (all already within the table's ceilings).
+    /// the default, and never above the tenant's ceiling. Limits are a
+    /// hierarchy of ceilings: the host's (`max`) ≥ the tenant's (its value,
+    /// else the table's `ceiling`) ≥ the manifest's. A manifest may lower a
+    /// limit; a value above its tenant's is cut to it ([`Limits::clamped`]).
     pub fn resolve(tenant: &LimitOverrides, manifest: &LimitOverrides) -> Limits {
-        Limits::from_values(|l| manifest.get(l).or(tenant.get(l)).unwrap_or(l.spec().default))
+        Limits::from_values(|l| {
+            let asked = manifest.get(l).or(tenant.get(l)).unwrap_or(l.spec().default);
+            asked.min(Self::tenant_ceiling(tenant, l))
+        })
+    }
+
+    /// A tenant's ceiling for `limit`: its own value, else the table's.
+    fn tenant_ceiling(tenant: &LimitOverrides, limit: Limit) -> u64 {
+        tenant.get(limit).unwrap_or(limit.spec().ceiling)
+    }
+
+    /// The manifest values [`Limits::resolve`] cut to the tenant's ceiling,
+    /// one line each (`memory_mb = 512 exceeds the tenant's 64; runs at 64`),
+    /// for load warnings, `plugin check` and the admin status.
+    pub fn clamped(tenant: &LimitOverrides, manifest: &LimitOverrides) -> Vec<String> {
+        LIMITS
+            .iter()
+            .filter_map(|spec| {
+                let asked = manifest.get(spec.limit)?;
+                let ceiling = Self::tenant_ceiling(tenant, spec.limit);
+                (asked > ceiling).then(|| format!("{} = {asked} exceeds the tenant's {ceiling}; runs at {ceiling}", spec.key))
+            })
+            .collect()
     }
 
     /// The largest linear memory any plugin may have, bytes.
@@ -248,7 +294,11 @@ mod tests {
     fn the_table_is_in_limit_order_with_defaults_in_range() {
         for (i, spec) in LIMITS.iter().enumerate() {
             assert_eq!(spec.limit as usize, i, "{} is out of order", spec.key);
-            assert!(spec.min <= spec.default && spec.default <= spec.max, "{}", spec.key);
+            assert!(
+                spec.min <= spec.default && spec.default <= spec.ceiling && spec.ceiling <= spec.max,
+                "{}",
+                spec.key
+            );
             assert_eq!(Limit::from_key(spec.key), Some(spec.limit));
         }
         assert_eq!(Limit::from_key("timeout"), None);
@@ -267,15 +317,39 @@ mod tests {
     }
 
     #[test]
-    fn the_manifest_wins_over_the_tenant_and_stacks_round_up() {
+    fn tenant_limits_are_ceilings_a_manifest_may_only_lower_and_stacks_round_up() {
         let mut tenant = LimitOverrides::default();
         tenant.set(Limit::SmsPerEvent, 2);
         tenant.set(Limit::TimeoutMs, 300);
+        tenant.set(Limit::MemoryMb, 64);
         let mut manifest = LimitOverrides::default();
         manifest.set(Limit::TimeoutMs, 500);
+        manifest.set(Limit::MemoryMb, 512);
         manifest.set(Limit::StackKb, 200);
+        manifest.set(Limit::HttpPerEvent, 3);
         let l = Limits::resolve(&tenant, &manifest);
-        assert_eq!((l.timeout, l.sms_per_event), (Duration::from_millis(500), 2));
+        assert_eq!((l.timeout, l.sms_per_event), (Duration::from_millis(300), 2));
+        assert_eq!((l.memory_bytes, l.http_per_event), (64 << 20, 3));
         assert_eq!(l.wasm_stack_bytes, 256 << 10);
+        // A tenant that sets nothing has the table's ceiling: a manifest may
+        // ask above the default up to it, and is cut there.
+        let mut greedy = LimitOverrides::default();
+        greedy.set(Limit::KvKeys, 50_000);
+        greedy.set(Limit::MemoryMb, 128);
+        let unset = LimitOverrides::default();
+        let g = Limits::resolve(&unset, &greedy);
+        assert_eq!((g.kv_keys, g.memory_bytes), (10_000, 128 << 20));
+        assert_eq!(
+            Limits::clamped(&unset, &greedy),
+            ["kv_keys = 50000 exceeds the tenant's 10000; runs at 10000"]
+        );
+        assert_eq!(
+            Limits::clamped(&tenant, &manifest),
+            [
+                "timeout_ms = 500 exceeds the tenant's 300; runs at 300",
+                "memory_mb = 512 exceeds the tenant's 64; runs at 64",
+            ]
+        );
+        assert!(Limits::clamped(&tenant, &LimitOverrides::default()).is_empty());
     }
 }

@@ -92,13 +92,17 @@ pub struct Manifest {
     pub limits: Limits,
     /// The `[limits]` table as written.
     pub limit_overrides: LimitOverrides,
+    /// The values of `[limits]` that exceed the tenant's and were cut to it,
+    /// one line each (see [`Limits::clamped`]).
+    pub limits_clamped: Vec<String>,
 }
 
 impl Manifest {
-    /// Recomputes the effective limits with the tenant's overrides beneath
-    /// the manifest's.
+    /// Recomputes the effective limits under the tenant's: its values are
+    /// ceilings the manifest may lower but not raise.
     pub fn with_tenant_limits(mut self, tenant: &LimitOverrides) -> Manifest {
         self.limits = Limits::resolve(tenant, &self.limit_overrides);
+        self.limits_clamped = Limits::clamped(tenant, &self.limit_overrides);
         self
     }
 
@@ -149,9 +153,11 @@ impl Manifest {
             events: raw.events,
             allowed_hosts,
             config,
-            limits: Limits::resolve(&LimitOverrides::default(), &limit_overrides),
+            limits: Limits::default(),
             limit_overrides,
-        })
+            limits_clamped: Vec::new(),
+        }
+        .with_tenant_limits(&LimitOverrides::default()))
     }
 }
 

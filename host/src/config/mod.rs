@@ -19,7 +19,7 @@ pub use front_door::FrontDoor;
 
 pub use limits::*;
 pub use manifest::{AllowedHost, Manifest};
-pub use tenant::{ApiDialect, JustCallPlan, TenantConfig, WebhookAuth, valid_tenant_id};
+pub use tenant::{ApiDialect, JustCallPlan, KvTotal, TenantConfig, WebhookAuth, valid_tenant_id};
 
 use tenant::{RawTenant, resolve_tenant};
 

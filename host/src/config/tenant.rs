@@ -57,8 +57,11 @@ pub struct TenantConfig {
     pub justcall_api_key: Secret,
     /// JustCall API secret.
     pub justcall_api_secret: Secret,
-    /// Limits for this tenant's plugins, beneath each manifest's `[limits]`.
+    /// Limits for this tenant's plugins: each manifest's `[limits]` may lower
+    /// them, never raise them.
     pub limits: LimitOverrides,
+    /// The tenant's KV across all its plugins.
+    pub kv_total: KvTotal,
     /// JustCall API requests per minute Switchboard allows itself for this
     /// tenant (default: the plan's limit, Team's 30 if no plan is named).
     pub justcall_rate_per_minute: u32,
@@ -66,6 +69,26 @@ pub struct TenantConfig {
     /// plugins or changes opt-out state (default: on for `justcall-v1`,
     /// whose signature does not cover the payload).
     pub verify_events: bool,
+}
+
+/// A tenant's KV total across its plugins (each plugin also has its own
+/// `kv_keys`/`kv_kb`). KV of a plugin no longer loaded counts until it is
+/// removed, so new plugin names do not get fresh room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvTotal {
+    /// Keys (`kv_total_keys`, default 50,000).
+    pub keys: u64,
+    /// Bytes of keys and values (`kv_total_kb`, default 65,536 KiB).
+    pub bytes: u64,
+}
+
+impl Default for KvTotal {
+    fn default() -> Self {
+        KvTotal {
+            keys: 50_000,
+            bytes: 64 << 20,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,6 +106,8 @@ pub(super) struct RawTenant {
     justcall_rate_per_minute: Option<Spanned<u32>>,
     verify_events: Option<bool>,
     limits: Option<RawLimits>,
+    kv_total_keys: Option<Spanned<u64>>,
+    kv_total_kb: Option<Spanned<u64>>,
 }
 
 /// A JustCall plan, for its API rate limit.
@@ -218,6 +243,18 @@ pub(super) fn resolve_tenant(
         limits: match &t.limits {
             Some(l) => l.validate(path, src, &format!("tenants.{id}.limits"))?,
             None => LimitOverrides::default(),
+        },
+        kv_total: {
+            let at_least_one = |v: &Option<Spanned<u64>>, key: &str| match v {
+                Some(n) if *n.get_ref() == 0 => Err(ConfigError::new(path, src, Some(n.span()), k(key), "must be at least 1")),
+                Some(n) => Ok(Some(*n.get_ref())),
+                None => Ok(None),
+            };
+            let d = KvTotal::default();
+            KvTotal {
+                keys: at_least_one(&t.kv_total_keys, "kv_total_keys")?.unwrap_or(d.keys),
+                bytes: at_least_one(&t.kv_total_kb, "kv_total_kb")?.map_or(d.bytes, |kb| kb.saturating_mul(1 << 10)),
+            }
         },
         justcall_rate_per_minute: match &t.justcall_rate_per_minute {
             Some(r) if *r.get_ref() == 0 => {

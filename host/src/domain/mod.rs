@@ -7,4 +7,4 @@ pub mod text;
 
 pub use event::{Direction, Event, EventKind, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS};
 pub use phone::{Country, PhoneError, PhoneNumber, normalize_e164, parse_country};
-pub use text::escape_controls;
+pub use text::{MAX_RECORD, cap, escape_controls};

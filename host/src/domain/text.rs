@@ -21,9 +21,34 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The most bytes of plugin text kept in one record: a failure reason, a
+/// stored error, one log line.
+pub const MAX_RECORD: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary, with a marker
+/// saying how much was cut; borrowed when it fits.
+pub fn cap(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… [{} more bytes cut]", &s[..end], s.len() - end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary_with_a_marker() {
+        assert!(matches!(cap("short", 5), Cow::Borrowed("short")));
+        assert_eq!(cap("abcdef", 4), "abcd… [2 more bytes cut]");
+        // 'é' is two bytes: a cut inside it moves back before it.
+        assert_eq!(cap("aé", 2), "a… [2 more bytes cut]");
+    }
 
     #[test]
     fn control_characters_cannot_forge_lines() {

@@ -19,7 +19,7 @@ use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::stdio::Capture;
 use crate::engine::tenant::Tenant;
 use crate::engine::wasi_http::{HttpGate, OverQuota};
-use crate::storage::Db;
+use crate::storage::{Db, KvQuota};
 
 /// Largest KV key, bytes.
 pub const MAX_KV_KEY: usize = 512;
@@ -27,6 +27,8 @@ pub const MAX_KV_KEY: usize = 512;
 pub const MAX_KV_VALUE: usize = 64 << 10;
 /// Longest SMS body JustCall accepts.
 pub const MAX_SMS_BODY: usize = 1600;
+/// Most media URLs on one MMS.
+pub const MAX_MEDIA_URLS: usize = 10;
 
 /// A limit a plugin went over; it ends the invocation (a trap) and is
 /// recorded as the delivery's failure reason.
@@ -223,8 +225,9 @@ impl PluginCtx {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        self.inv.effects.logged(name, message);
-        let message = crate::domain::escape_controls(message);
+        let message = crate::domain::cap(message, crate::domain::MAX_RECORD);
+        self.inv.effects.logged(name, &message);
+        let message = crate::domain::escape_controls(&message);
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),
             log::Level::Debug => tracing::debug!(target: "plugin", %tenant, %plugin, %event, "{message}"),
@@ -297,6 +300,16 @@ fn sms_error(e: JustCallError) -> sms::SmsError {
         JustCallError::Unavailable(m) | JustCallError::Decode(m) => sms::SmsError::Unavailable(m),
         JustCallError::Unknown(m) => sms::SmsError::Unavailable(format!("outcome unknown ({m}); it is reconciled before any resend")),
         JustCallError::RateLimited(d) => sms::SmsError::RateLimited(d.as_millis().max(1) as u64),
+        JustCallError::Invalid(m) => sms::SmsError::InvalidRequest(m),
+    }
+}
+
+/// A failed read as the plugin sees it: a read changes nothing, so an
+/// unanswered one is just unavailable (never "outcome unknown").
+fn read_error(e: JustCallError) -> sms::SmsError {
+    match e {
+        JustCallError::Unknown(m) => sms::SmsError::Unavailable(format!("JustCall did not answer: {m}")),
+        e => sms_error(e),
     }
 }
 
@@ -349,8 +362,15 @@ impl sms::Host for PluginCtx {
             Some("empty body".to_string())
         } else if message.body.chars().count() > MAX_SMS_BODY {
             Some(format!("body is over {MAX_SMS_BODY} characters"))
+        } else if message.media_urls.len() > MAX_MEDIA_URLS {
+            Some(format!("{} media URLs; at most {MAX_MEDIA_URLS}", message.media_urls.len()))
         } else {
-            None
+            // JustCall fetches media: only public https URLs are passed on.
+            message.media_urls.iter().enumerate().find_map(|(i, url)| {
+                crate::engine::egress::public_https(url)
+                    .err()
+                    .map(|why| format!("media_urls[{i}]: {why}"))
+            })
         };
         if let Some(reason) = invalid {
             return Ok(Err(self.sms_refused(&reason, sms::SmsError::InvalidRequest(reason.clone()))));
@@ -374,8 +394,12 @@ impl sms::Host for PluginCtx {
     }
 
     async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
+        // Checked here too, so `plugin test` refuses what the server would.
+        if let Err(e) = crate::engine::justcall::check_message_id(&id) {
+            return Ok(Err(read_error(e)));
+        }
         let deadline = self.deadline;
-        Ok(self.inv.effects.sms_get(&id, deadline).await.map(wit_message).map_err(sms_error))
+        Ok(self.inv.effects.sms_get(&id, deadline).await.map(wit_message).map_err(read_error))
     }
 
     async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
@@ -386,7 +410,7 @@ impl sms::Host for PluginCtx {
             .sms_list(page, per_page, deadline)
             .await
             .map(|v| v.into_iter().map(wit_message).collect())
-            .map_err(sms_error))
+            .map_err(read_error))
     }
 }
 
@@ -415,28 +439,27 @@ impl kv::Host for PluginCtx {
         if key.len() > MAX_KV_KEY {
             return Ok(Err(kv::KvError::QuotaExceeded(format!("key is over {MAX_KV_KEY} bytes"))));
         }
+        if key.contains('\0') {
+            return Ok(Err(kv::KvError::QuotaExceeded("key contains NUL".into())));
+        }
         if value.len() > MAX_KV_VALUE {
             return Ok(Err(kv::KvError::QuotaExceeded(format!("value is over {MAX_KV_VALUE} bytes"))));
         }
-        let t = &self.inv.tenant.config.id;
-        let (keys, bytes) = match self.inv.db.kv_usage(t, &self.inv.plugin, &key).await {
-            Ok(u) => u,
-            Err(e) => return Ok(Err(kv_storage(e))),
+        let config = &self.inv.tenant.config;
+        let quota = KvQuota {
+            plugin_keys: self.limits.kv_keys,
+            plugin_bytes: self.limits.kv_bytes,
+            tenant_keys: config.kv_total.keys,
+            tenant_bytes: config.kv_total.bytes,
         };
-        if keys + 1 > self.limits.kv_keys {
-            return Ok(Err(kv::KvError::QuotaExceeded(format!(
-                "the store holds its maximum of {} keys",
-                self.limits.kv_keys
-            ))));
+        match self.inv.db.kv_set(&config.id, &self.inv.plugin, &key, value.clone(), quota).await {
+            Ok(Ok(())) => {
+                self.inv.effects.kv_written(&key, Some(&value));
+                Ok(Ok(()))
+            }
+            Ok(Err(refused)) => Ok(Err(kv::KvError::QuotaExceeded(refused.to_string()))),
+            Err(e) => Ok(Err(kv_storage(e))),
         }
-        if bytes + (key.len() + value.len()) as u64 > self.limits.kv_bytes {
-            return Ok(Err(kv::KvError::QuotaExceeded(format!(
-                "the store would exceed {} bytes",
-                self.limits.kv_bytes
-            ))));
-        }
-        self.inv.effects.kv_written(&key, Some(&value));
-        Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, Some(value)).await.map_err(kv_storage))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {

@@ -217,7 +217,9 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
                     .map_err(|e| classify(&e, &store, timeout, stack))?;
                 match instance.call_handle_event(&mut store, &input).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(InvokeError::Plugin(e.message)),
+                    Ok(Err(e)) => Err(InvokeError::Plugin(
+                        crate::domain::cap(&e.message, crate::domain::MAX_RECORD).into_owned(),
+                    )),
                     Err(e) => Err(classify(&e, &store, timeout, stack)),
                 }
             }
@@ -522,8 +524,8 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             DeliveryOutcome::Done
         }
         Err(e) => {
-            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %e, "delivery failed");
-            DeliveryOutcome::Failed(e.to_string())
+            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %crate::domain::escape_controls(&e.to_string()), "delivery failed");
+            DeliveryOutcome::Failed(crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned())
         }
     };
     match ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {

@@ -56,6 +56,30 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// The longest URL a plugin may hand the host to pass on (MMS media).
+pub const MAX_PASSED_URL: usize = 2048;
+
+/// Checks a URL the host passes on for someone else to fetch (JustCall
+/// fetches MMS media): at most [`MAX_PASSED_URL`] bytes, https, with a host
+/// name or a public address (no loopback, private or metadata literal, no
+/// `localhost`). Says what is wrong.
+pub fn public_https(url: &str) -> Result<(), String> {
+    if url.len() > MAX_PASSED_URL {
+        return Err(format!("URL is over {MAX_PASSED_URL} bytes"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("scheme `{}` is not https", parsed.scheme()));
+    }
+    match parsed.host() {
+        None => Err("URL has no host".into()),
+        Some(url::Host::Ipv4(ip)) => forbidden_v4(ip).map_or(Ok(()), |class| Err(format!("{ip} is a {class} address"))),
+        Some(url::Host::Ipv6(ip)) => forbidden_class(IpAddr::V6(ip)).map_or(Ok(()), |class| Err(format!("{ip} is a {class} address"))),
+        Some(url::Host::Domain(d)) if d == "localhost" || d.ends_with(".localhost") => Err(format!("{d} is loopback")),
+        Some(url::Host::Domain(_)) => Ok(()),
+    }
+}
+
 /// Why a plugin's request may not go out; the message is for the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

@@ -45,6 +45,24 @@ pub enum JustCallError {
     /// The answer could not be understood.
     #[error("unexpected answer from JustCall: {0}")]
     Decode(String),
+    /// The request was refused before it was made (a malformed id); JustCall
+    /// was not called.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Checks that `id` can name a JustCall message: 1 to 128 letters, digits,
+/// `-` or `_`. Checked before any URL is built, so an id like `..` cannot
+/// change the path the tenant's credentials are sent to.
+pub fn check_message_id(id: &str) -> Result<(), JustCallError> {
+    if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Ok(());
+    }
+    let shown = crate::domain::cap(id, 64);
+    Err(JustCallError::Invalid(format!(
+        "message id `{}` must be 1 to 128 letters, digits, '-' or '_'",
+        crate::domain::escape_controls(&shown)
+    )))
 }
 
 /// A message as JustCall reports it, in dialect-neutral form.
@@ -164,6 +182,8 @@ impl JustCallClient {
                     error: JustCallError::Unavailable(without_url(e)),
                 };
             }
+            // Refused while building: the request was never sent.
+            Err(e) if e.is_builder() => return Attempt::Fail(JustCallError::Invalid(without_url(e))),
             Err(e) => return Attempt::Fail(JustCallError::Unknown(without_url(e))),
         };
         let status = resp.status();
@@ -265,6 +285,7 @@ impl JustCallClient {
 
     /// Fetches one message.
     pub async fn get(&self, id: &str, deadline: Instant) -> Result<ApiMessage, JustCallError> {
+        check_message_id(id)?;
         let path = match self.dialect {
             ApiDialect::Seed => format!("/api/v2/texts/{}", urlencode(id)),
             ApiDialect::V21 => format!("/texts/{}", urlencode(id)),

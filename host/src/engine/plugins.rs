@@ -110,7 +110,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry; `tenant_limits` sit beneath each manifest's `[limits]`.
+    /// An empty registry; `tenant_limits` are the ceilings of each manifest's `[limits]`.
     pub fn new(runtime: Arc<Runtime>, tenant_limits: HashMap<String, crate::config::LimitOverrides>) -> Registry {
         Registry {
             runtime,
@@ -179,6 +179,9 @@ impl Registry {
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
+        for cut in &manifest.limits_clamped {
+            tracing::warn!(%tenant, plugin = %name, "manifest limit above the tenant's: {cut}");
+        }
         let Prepared { pre, ticker } = self
             .runtime
             .load_with_stack(bytes, &hash, manifest.limits.wasm_stack_bytes)

@@ -26,6 +26,7 @@ pub struct HttpGate {
     effects: Arc<dyn Effects>,
     deadline: Instant,
     max_body: usize,
+    max_request: usize,
     per_event: u32,
     calls: u32,
     tenant: String,
@@ -49,6 +50,7 @@ impl HttpGate {
             effects,
             deadline,
             max_body: limits.http_response_bytes,
+            max_request: limits.http_request_bytes,
             per_event: limits.http_per_event,
             calls: 0,
             tenant: who.0.to_string(),
@@ -77,14 +79,24 @@ impl HttpGate {
     ) -> impl Future<Output = Result<http::Response, http::HttpError>> + Send + 'static {
         let (effects, deadline, max_body) = (self.effects.clone(), self.deadline, self.max_body);
         let (tenant, plugin, event) = (self.tenant.clone(), self.plugin.clone(), self.event.clone());
+        let too_large = (req.body.len() > self.max_request)
+            .then(|| http::HttpError::InvalidRequest(request_too_large(req.body.len(), self.max_request)));
         async move {
-            let result = effects.http_send(req, deadline, max_body).await;
+            let result = match too_large {
+                Some(refused) => Err(refused),
+                None => effects.http_send(req, deadline, max_body).await,
+            };
             if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
                 log_refused((&tenant, &plugin, &event), call, reason);
             }
             result
         }
     }
+}
+
+/// Why a request body over `http_request_kb` is refused.
+fn request_too_large(len: usize, max: usize) -> String {
+    format!("request body is over {max} bytes ({len}; raise http_request_kb to send more)")
 }
 
 /// Logs (warn) a host call the host refused: who made it (tenant, plugin,
@@ -113,7 +125,7 @@ impl WasiHttpHooks for HttpGate {
             if let Some(OverQuota(n)) = over {
                 return Err(Error::InternalError(Some(format!("http quota exceeded ({n} requests per event)"))));
             }
-            let req = tokio::time::timeout_at(deadline.into(), read_request(request))
+            let req = tokio::time::timeout_at(deadline.into(), read_request(request, this.max_request))
                 .await
                 .map_err(|_| Error::HttpResponseTimeout)??;
             let resp = this.send("wasi:http", req).await.map_err(wasi_error)?;
@@ -124,17 +136,32 @@ impl WasiHttpHooks for HttpGate {
 }
 
 /// The guest's request as our `http` record: the whole body, read as the
-/// guest writes it.
-async fn read_request(request: hyper::Request<WasiBody>) -> Result<http::Request, Error> {
-    let (parts, body) = request.into_parts();
+/// guest writes it, up to `max_body` bytes (more is refused before it is
+/// all read). Framing headers a runtime adds (`content-length`) are
+/// dropped: the host frames the body it sends.
+async fn read_request(request: hyper::Request<WasiBody>, max_body: usize) -> Result<http::Request, Error> {
+    let (parts, mut body) = request.into_parts();
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
+        if crate::engine::effects::HOST_SET_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         let value = value
             .to_str()
             .map_err(|_| Error::InternalError(Some(format!("header `{name}` is not visible ASCII"))))?;
         headers.push((name.as_str().to_string(), value.to_string()));
     }
-    let body = body.collect().await?.to_bytes().to_vec();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if bytes.len() + data.len() > max_body {
+                let reason = request_too_large(bytes.len() + data.len(), max_body);
+                return Err(Error::InternalError(Some(format!("invalid request: {reason}"))));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let body = bytes;
     Ok(http::Request {
         method: parts.method.as_str().to_string(),
         url: parts.uri.to_string(),

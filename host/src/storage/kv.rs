@@ -1,21 +1,88 @@
 //! Plugin KV: small values in a (tenant, plugin) namespace, and its usage for
 //! quotas.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Db, DbError};
 
+/// The quotas a KV write must fit: the plugin's namespace and the tenant's
+/// total across all its plugins (including plugins no longer loaded, until
+/// their KV is removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Keys per (tenant, plugin).
+    pub plugin_keys: u64,
+    /// Bytes of keys and values per (tenant, plugin).
+    pub plugin_bytes: u64,
+    /// Keys per tenant.
+    pub tenant_keys: u64,
+    /// Bytes of keys and values per tenant.
+    pub tenant_bytes: u64,
+}
+
+/// Why a KV write was refused; the message is for the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvRefusal {
+    /// The plugin's namespace holds its maximum of keys.
+    #[error("the store holds its maximum of {0} keys")]
+    PluginKeys(u64),
+    /// The plugin's namespace would exceed its bytes.
+    #[error("the store would exceed {0} bytes")]
+    PluginBytes(u64),
+    /// The tenant's KV holds its maximum of keys.
+    #[error("the tenant's stores hold their maximum of {0} keys")]
+    TenantKeys(u64),
+    /// The tenant's KV would exceed its bytes.
+    #[error("the tenant's stores would exceed {0} bytes")]
+    TenantBytes(u64),
+}
+
+/// Keys and bytes (keys + values) of the rows `filter` selects, leaving out
+/// the one (plugin, key) about to be replaced.
+fn usage(conn: &Connection, tenant: &str, plugin: Option<&str>, except: (&str, &str)) -> Result<(u64, u64), DbError> {
+    Ok(conn.query_row(
+        "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv
+         WHERE tenant = ?1 AND (?2 IS NULL OR plugin = ?2) AND NOT (plugin = ?3 AND key = ?4)",
+        params![tenant, plugin, except.0, except.1],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )?)
+}
+
 impl Db {
-    /// How many keys, and how many bytes of keys and values, a (tenant,
-    /// plugin) namespace holds, not counting `except_key`.
-    pub async fn kv_usage(&self, tenant: &str, plugin: &str, except_key: &str) -> Result<(u64, u64), DbError> {
-        let (t, p, k) = (tenant.to_string(), plugin.to_string(), except_key.to_string());
-        self.read(move |conn| {
-            Ok(conn.query_row(
-                "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key != ?3",
-                params![t, p, k],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )?)
+    /// Writes one KV value if it fits `quota`: the check and the write are one
+    /// step on the writer thread, so concurrent writes cannot both pass a
+    /// check that only one of them fits.
+    pub async fn kv_set(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        key: &str,
+        value: Vec<u8>,
+        quota: KvQuota,
+    ) -> Result<Result<(), KvRefusal>, DbError> {
+        let (t, p, k) = (tenant.to_string(), plugin.to_string(), key.to_string());
+        self.write(move |conn| {
+            let size = (k.len() + value.len()) as u64;
+            let (keys, bytes) = usage(conn, &t, Some(&p), (&p, &k))?;
+            if keys + 1 > quota.plugin_keys {
+                return Ok(Err(KvRefusal::PluginKeys(quota.plugin_keys)));
+            }
+            if bytes + size > quota.plugin_bytes {
+                return Ok(Err(KvRefusal::PluginBytes(quota.plugin_bytes)));
+            }
+            let (keys, bytes) = usage(conn, &t, None, (&p, &k))?;
+            if keys + 1 > quota.tenant_keys {
+                return Ok(Err(KvRefusal::TenantKeys(quota.tenant_keys)));
+            }
+            if bytes + size > quota.tenant_bytes {
+                return Ok(Err(KvRefusal::TenantBytes(quota.tenant_bytes)));
+            }
+            conn.execute(
+                "INSERT INTO kv (tenant, plugin, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = excluded.value",
+                params![t, p, k, value],
+            )?;
+            Ok(Ok(()))
         })
         .await
     }

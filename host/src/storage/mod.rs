@@ -32,6 +32,7 @@ mod writer;
 pub use deliveries::{DeliveryRecord, DeliveryStatus, PendingDelivery, PluginHealth};
 pub use events::{Created, InsertOutcome, NewDelivery};
 pub use journal::{JournalEntry, JournalState};
+pub use kv::{KvQuota, KvRefusal};
 pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
 pub use verification::{Released, Verification, VerificationState};

@@ -39,6 +39,9 @@ pub struct CheckReport {
     pub exports: Vec<String>,
     /// Why it would be refused at load, if it would.
     pub refusal: Option<String>,
+    /// The manifest's `[limits]` above a default tenant's, which would run
+    /// cut to it unless the operator raises the tenant's limits.
+    pub limits_clamped: Vec<String>,
 }
 
 /// How Switchboard treats an import, by interface name.
@@ -108,16 +111,26 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
         .collect();
     let exports = ty.exports(rt.engine()).map(|(name, _)| name.to_string()).collect();
     // Reuses the compiled component from above.
-    let refusal = match rt.load(&bytes, &hash) {
+    let mut refusal = match rt.load(&bytes, &hash) {
         Ok(_) => None,
         Err(e) => Some(e.to_string()),
     };
+    // The manifest beside the component, as the server would read it.
+    let manifest_path = path.with_extension("toml");
+    let mut limits_clamped = Vec::new();
+    if let Ok(src) = std::fs::read_to_string(&manifest_path) {
+        match Manifest::parse(&manifest_path, &src) {
+            Ok(m) => limits_clamped = m.limits_clamped,
+            Err(e) => refusal = refusal.or(Some(e.to_string())),
+        }
+    }
     Ok(CheckReport {
         size: bytes.len(),
         compile_ms,
         imports,
         exports,
         refusal,
+        limits_clamped,
     })
 }
 
@@ -214,6 +227,9 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     for (k, v) in config {
         manifest.config.insert(k.clone(), v.clone());
     }
+    for cut in &manifest.limits_clamped {
+        tracing::warn!("manifest limit above a default tenant's: {cut}");
+    }
 
     let rt = runtime()?;
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
@@ -238,6 +254,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
         numbers: vec![event.justcall_number.clone()],
         default_country: None,
         verify_events: false,
+        kv_total: Default::default(),
         webhook_auth: WebhookAuth::None,
         webhook_secret: None,
         justcall_api: ApiDialect::Seed,

@@ -489,6 +489,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     crate::tools::author::ImportVerdict::Error(e) => println!("  error    {name}: {e}"),
                 }
             }
+            for cut in &report.limits_clamped {
+                println!("warning  limits: {cut} (a tenant's limits are ceilings; the operator may raise them)");
+            }
             match report.refusal {
                 None => {
                     println!("ok: implements switchboard:plugin/plugin@0.1.0 and loads in Switchboard");

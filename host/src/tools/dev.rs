@@ -28,6 +28,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         // The demo line is a US number; so are the demo's contacts.
         default_country: Some(crate::domain::Country::US),
         verify_events: false,
+        kv_total: Default::default(),
         webhook_auth: WebhookAuth::None,
         webhook_secret: None,
         justcall_api: ApiDialect::Seed,

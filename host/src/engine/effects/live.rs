@@ -96,8 +96,9 @@ async fn perform(
     let Parsed {
         mut url,
         mut method,
-        headers,
+        mut headers,
     } = parse(&req)?;
+    let origin = url.origin();
     let mut body = Some(req.body);
     // Follow redirects by hand, so every hop passes the same checks.
     let mut hops = 0;
@@ -140,6 +141,12 @@ async fn perform(
                         return Err(http::HttpError::NotAllowed(format!("redirect refused: bad location `{location}`")));
                     }
                 };
+                // Credentials were meant for the origin the plugin addressed.
+                if url.origin() != origin {
+                    for name in super::CREDENTIAL_HEADERS {
+                        headers.remove(name);
+                    }
+                }
                 if matches!(resp.status().as_u16(), 301..=303) && method != reqwest::Method::HEAD {
                     method = reqwest::Method::GET;
                     body = None;

@@ -45,8 +45,29 @@ pub struct Parsed {
     pub headers: reqwest::header::HeaderMap,
 }
 
-/// Reads a plugin's request: an http(s) URL, a method, headers; each
-/// mistake is an `invalid-request` naming the part.
+/// Headers the host sets itself: connection management and message framing
+/// (hop-by-hop, RFC 9110 §7.6.1) and `Host`. A plugin that sets one gets an
+/// `invalid-request`; wasi:http requests have them removed before this.
+pub const HOST_SET_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Headers that carry credentials: dropped when a redirect leaves the
+/// origin the plugin addressed.
+pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+
+/// Reads a plugin's request: an http(s) URL, a method, headers (none of
+/// [`HOST_SET_HEADERS`]); each mistake is an `invalid-request` naming the
+/// part.
 pub fn parse(req: &http::Request) -> Result<Parsed, http::HttpError> {
     let url = match reqwest::Url::parse(&req.url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => u,
@@ -69,6 +90,11 @@ pub fn parse(req: &http::Request) -> Result<Parsed, http::HttpError> {
         ) else {
             return Err(http::HttpError::InvalidRequest(format!("bad header `{k}`")));
         };
+        if HOST_SET_HEADERS.contains(&name.as_str()) {
+            return Err(http::HttpError::InvalidRequest(format!(
+                "header `{name}` is set by the host, not the plugin"
+            )));
+        }
         headers.append(name, value);
     }
     Ok(Parsed { url, method, headers })
