@@ -8,6 +8,7 @@ mod conventions;
 mod crash;
 mod delivery;
 mod dev;
+mod fairness;
 mod front_door;
 mod harness;
 mod host_calls;

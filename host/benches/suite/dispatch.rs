@@ -63,6 +63,8 @@ impl Invoker {
             default_country: None,
             verify_events: false,
             kv_total: Default::default(),
+            max_concurrent: None,
+            weight: 1,
             webhook_auth: WebhookAuth::None,
             webhook_secret: None,
             justcall_api: ApiDialect::Seed,

@@ -128,6 +128,9 @@ pub struct Config {
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
     pub max_concurrent_invocations: u32,
+    /// Wasm linear memory, MiB, that running invocations may hold between
+    /// them (by their memory limits); default half the machine's memory.
+    pub max_wasm_memory_mb: u64,
     /// The share of one core (percent) that each tenant's long-running
     /// invocations get between them; see the engine's long-run lane.
     pub long_run_cpu_percent: u32,
@@ -268,6 +271,19 @@ impl Config {
             dev: false,
             signature_tolerance,
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
+            max_wasm_memory_mb: match &raw.max_wasm_memory_mb {
+                Some(mb) if *mb.get_ref() < 64 => {
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(mb.span()),
+                        "max_wasm_memory_mb",
+                        "must be at least 64",
+                    ));
+                }
+                Some(mb) => *mb.get_ref(),
+                None => default_wasm_memory_mb(),
+            },
             long_run_cpu_percent,
             admin_token: match &raw.admin_token {
                 Some(t) => Some(resolve_strong_secret(path, src, "admin_token", t, env, MIN_ADMIN_TOKEN_LEN)?),
@@ -292,6 +308,17 @@ impl Config {
     }
 }
 
+/// The default wasm memory budget: half the machine's memory (from
+/// `/proc/meminfo`), or 4 GiB where that cannot be read; at least 512 MiB.
+pub fn default_wasm_memory_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kb.map_or(4 << 10, |kb| kb / 1024 / 2).max(512)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -301,6 +328,7 @@ struct RawConfig {
     public_url: Option<Spanned<String>>,
     signature_tolerance_secs: Option<Spanned<u64>>,
     max_concurrent_invocations: Option<u32>,
+    max_wasm_memory_mb: Option<Spanned<u64>>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,

@@ -62,6 +62,12 @@ pub struct TenantConfig {
     pub limits: LimitOverrides,
     /// The tenant's KV across all its plugins.
     pub kv_total: KvTotal,
+    /// Deliveries of this tenant running at once (default: a quarter of
+    /// `max_concurrent_invocations`, at least 1).
+    pub max_concurrent: Option<u32>,
+    /// Turns this tenant takes each time the dispatcher goes round the
+    /// tenants with queued deliveries (default 1).
+    pub weight: u32,
     /// JustCall API requests per minute Switchboard allows itself for this
     /// tenant (default: the plan's limit, Team's 30 if no plan is named).
     pub justcall_rate_per_minute: u32,
@@ -108,6 +114,8 @@ pub(super) struct RawTenant {
     limits: Option<RawLimits>,
     kv_total_keys: Option<Spanned<u64>>,
     kv_total_kb: Option<Spanned<u64>>,
+    max_concurrent: Option<Spanned<u32>>,
+    weight: Option<Spanned<u32>>,
 }
 
 /// A JustCall plan, for its API rate limit.
@@ -255,6 +263,24 @@ pub(super) fn resolve_tenant(
                 keys: at_least_one(&t.kv_total_keys, "kv_total_keys")?.unwrap_or(d.keys),
                 bytes: at_least_one(&t.kv_total_kb, "kv_total_kb")?.map_or(d.bytes, |kb| kb.saturating_mul(1 << 10)),
             }
+        },
+        max_concurrent: match &t.max_concurrent {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(ConfigError::new(
+                    path,
+                    src,
+                    Some(n.span()),
+                    k("max_concurrent"),
+                    "must be at least 1",
+                ));
+            }
+            n => n.as_ref().map(|n| *n.get_ref()),
+        },
+        weight: match &t.weight {
+            Some(w) if !(1..=100).contains(w.get_ref()) => {
+                return Err(ConfigError::new(path, src, Some(w.span()), k("weight"), "must be 1..=100"));
+            }
+            w => w.as_ref().map_or(1, |w| *w.get_ref()),
         },
         justcall_rate_per_minute: match &t.justcall_rate_per_minute {
             Some(r) if *r.get_ref() == 0 => {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use wasmtime::{Store, UpdateDeadline};
@@ -18,6 +17,7 @@ use crate::engine::effects::Live;
 use crate::engine::effects::journal::Journal;
 use crate::engine::lanes::{LONG_RUN_AFTER, LaneError, LongLane};
 use crate::engine::plugins::{LoadedPlugin, Registry};
+use crate::engine::scheduler::{Budget, FairQueue};
 use crate::engine::tenant::Tenant;
 use crate::storage::{Db, DeliveryOutcome, Finished};
 
@@ -314,11 +314,12 @@ enum Work {
     InOrder(Vec<Job>),
 }
 
-/// Accepts jobs and runs them with bounded concurrency; applies the retry
-/// policy's verdicts (schedules retries, pauses plugins).
+/// Accepts jobs and runs them fairly (see [`crate::engine::scheduler`]:
+/// per-tenant queues and caps, round-robin, the memory budget); applies the
+/// retry policy's verdicts (schedules retries, pauses plugins).
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<Work>,
+    queue: Arc<FairQueue<Work>>,
     ctx: DispatchCtx,
 }
 
@@ -351,50 +352,51 @@ impl DispatcherHandle {
 }
 
 impl Dispatcher {
-    /// Starts the dispatcher with at most `concurrency` deliveries running.
-    /// `paused` is the database's pause state at start.
-    pub fn start(ctx: DispatchCtx, concurrency: usize, paused: Vec<(String, String)>) -> (Dispatcher, DispatcherHandle) {
+    /// Starts the dispatcher under `budget`. `paused` is the database's pause
+    /// state at start.
+    pub fn start(ctx: DispatchCtx, budget: Budget, paused: Vec<(String, String)>) -> (Dispatcher, DispatcherHandle) {
         for (t, p) in &paused {
             ctx.paused.set(t, p, true);
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+        let queue = FairQueue::new(budget);
         let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let spawner = tracker.clone();
-        let dispatcher = Dispatcher { tx, ctx };
+        let dispatcher = Dispatcher { queue, ctx };
         let me = dispatcher.clone();
         let pump = tokio::spawn(async move {
-            while let Some(work) = rx.recv().await {
-                match work {
-                    Work::One(job) => {
-                        let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                        let me = me.clone();
-                        spawner.spawn(async move {
-                            me.run(job).await;
-                            drop(permit);
-                        });
-                    }
-                    Work::InOrder(jobs) => {
-                        let (me, limit) = (me.clone(), limit.clone());
-                        spawner.spawn(async move {
+            loop {
+                let (work, admission) = me.queue.next().await;
+                let me = me.clone();
+                spawner.spawn(async move {
+                    match work {
+                        Work::One(job) => me.run(job).await,
+                        Work::InOrder(jobs) => {
                             for job in jobs {
-                                let Ok(permit) = limit.acquire().await else { return };
                                 me.run(job).await;
-                                drop(permit);
                             }
-                        });
+                        }
                     }
-                }
+                    drop(admission);
+                });
             }
         });
         (dispatcher, DispatcherHandle { tracker, pump })
     }
 
-    /// Queues a job.
+    /// The memory limit of the plugin a job runs: what it reserves of the
+    /// host's budget while it runs.
+    fn memory_of(&self, job: &Job) -> usize {
+        self.ctx
+            .registry
+            .get(&job.event.tenant, &job.plugin)
+            .map_or(0, |p| p.manifest.limits.memory_bytes)
+    }
+
+    /// Queues a job in its tenant's queue.
     pub fn submit(&self, job: Job) {
-        if self.tx.send(Work::One(job)).is_err() {
-            tracing::warn!("dispatcher stopped; the delivery stays pending and runs at next start");
-        }
+        let memory = self.memory_of(&job);
+        let tenant = job.event.tenant.clone();
+        self.queue.push(&tenant, Work::One(job), memory);
     }
 
     /// Queues a job to run at `due_ms` (unix ms), or now if that has passed.
@@ -408,15 +410,19 @@ impl Dispatcher {
     }
 
     fn retry_later(&self, job: Job, delay: Duration) {
-        // The timer holds only a weak sender: after shutdown the retry is
-        // simply left pending in the database for the next start.
-        let tx = self.tx.downgrade();
+        // The timer holds the dispatcher; after shutdown nothing takes from
+        // the queue, and the retry stays pending in the database for the
+        // next start.
+        let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Work::One(job));
-            }
+            me.submit(job);
         });
+    }
+
+    /// What is queued and running now.
+    pub fn load(&self) -> crate::engine::scheduler::Load {
+        self.queue.load()
     }
 
     /// What the long-run lane has done.
@@ -454,8 +460,10 @@ impl Dispatcher {
                 event: Arc::new(p.event),
             })
             .collect();
-        if self.tx.send(Work::InOrder(jobs)).is_err() {
-            tracing::warn!("dispatcher stopped; resumed deliveries stay pending and run at next start");
+        let jobs: Vec<Job> = jobs;
+        if let Some(first) = jobs.first() {
+            let memory = self.memory_of(first);
+            self.queue.push(tenant, Work::InOrder(jobs), memory);
         }
         Ok(Some(n))
     }

@@ -13,6 +13,7 @@ pub mod justcall;
 pub mod lanes;
 pub mod plugins;
 pub mod runtime;
+pub mod scheduler;
 pub mod state;
 pub mod stdio;
 pub mod tenant;

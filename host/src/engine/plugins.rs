@@ -95,6 +95,16 @@ pub enum PluginLoadError {
     /// The file name cannot name a plugin.
     #[error("{0}: plugin names use only a-z, 0-9, '-' and '_'")]
     BadName(PathBuf),
+    /// Its memory limit is more than the host lets all invocations hold.
+    #[error("{path}: memory_mb = {mb} is more than the host's max_wasm_memory_mb = {budget_mb}")]
+    OverBudget {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's memory limit, MiB.
+        mb: usize,
+        /// The host's budget, MiB.
+        budget_mb: usize,
+    },
 }
 
 /// A tenant's plugin set, in name order.
@@ -105,6 +115,7 @@ pub type PluginSet = Arc<Vec<Arc<LoadedPlugin>>>;
 pub struct Registry {
     runtime: Arc<Runtime>,
     tenant_limits: HashMap<String, crate::config::LimitOverrides>,
+    memory_budget: usize,
     tenants: RwLock<HashMap<String, PluginSet>>,
     rejected: Mutex<HashMap<String, BTreeMap<String, Rejection>>>,
 }
@@ -115,9 +126,17 @@ impl Registry {
         Registry {
             runtime,
             tenant_limits,
+            memory_budget: usize::MAX,
             tenants: RwLock::new(HashMap::new()),
             rejected: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Refuses plugins whose memory limit is over `bytes`, the wasm memory
+    /// all running invocations may hold (one over it could never be admitted).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Registry {
+        self.memory_budget = bytes;
+        self
     }
 
     /// The tenant's rejected versions, by plugin name.
@@ -181,6 +200,13 @@ impl Registry {
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
         for cut in &manifest.limits_clamped {
             tracing::warn!(%tenant, plugin = %name, "manifest limit above the tenant's: {cut}");
+        }
+        if manifest.limits.memory_bytes > self.memory_budget {
+            return Err(PluginLoadError::OverBudget {
+                path: wasm.to_path_buf(),
+                mb: manifest.limits.memory_bytes >> 20,
+                budget_mb: self.memory_budget >> 20,
+            });
         }
         let Prepared { pre, ticker } = self
             .runtime

@@ -136,7 +136,9 @@ impl EngineSet {
             .table_elements(crate::config::Limits::max_table_elements())
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
-            .decommit_batch_size(16);
+            // Freed memory goes back to the OS as each instance ends, so RSS
+            // after a burst returns to its idle level.
+            .decommit_batch_size(1);
         let mut config = base_config(stack);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let (engine, pooling) = match Engine::new(&config) {

@@ -102,6 +102,33 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     run_with_routes(config, listeners, Router::new(), || {}, shutdown).await
 }
 
+/// The dispatcher's budget from the config: the instance pool, the wasm
+/// memory budget, and each tenant's share.
+fn budget(config: &Config) -> crate::engine::scheduler::Budget {
+    use crate::engine::scheduler::{Budget, Share};
+    let max_running = config.max_concurrent_invocations.max(1) as usize;
+    let default_share = Share {
+        max_concurrent: (max_running / 4).max(1),
+        weight: 1,
+    };
+    Budget {
+        max_running,
+        memory_bytes: (config.max_wasm_memory_mb as usize).saturating_mul(1 << 20),
+        default_share,
+        shares: config
+            .tenants
+            .values()
+            .map(|t| {
+                let share = Share {
+                    max_concurrent: t.max_concurrent.map_or(default_share.max_concurrent, |n| n as usize),
+                    weight: t.weight,
+                };
+                (t.id.clone(), share)
+            })
+            .collect(),
+    }
+}
+
 /// [`run`], also serving `extra_routes` on the public listener beside
 /// Switchboard's own (how `dev` mounts its JustCall simulator without the
 /// server knowing of it).
@@ -122,10 +149,10 @@ pub async fn run_with_routes(
     })?);
     let db = Db::open(&config.data_dir, config.delivery.clone())
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
-    let registry = Arc::new(Registry::new(
-        runtime,
-        config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect(),
-    ));
+    let registry = Arc::new(
+        Registry::new(runtime, config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect())
+            .with_memory_budget((config.max_wasm_memory_mb as usize).saturating_mul(1 << 20)),
+    );
     let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
     let loader = registry.clone();
     let rejected = tokio::task::spawn_blocking(move || loader.load_all(&plugins_dir, &tenant_ids)).await?;
@@ -174,7 +201,7 @@ pub async fn run_with_routes(
             ),
             paused: Arc::default(),
         },
-        config.max_concurrent_invocations as usize,
+        budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
     );
     // Resume whatever was accepted but not finished before the last stop;

@@ -255,6 +255,8 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
         default_country: None,
         verify_events: false,
         kv_total: Default::default(),
+        max_concurrent: None,
+        weight: 1,
         webhook_auth: WebhookAuth::None,
         webhook_secret: None,
         justcall_api: ApiDialect::Seed,
