@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench suite              # all
-//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | storage | author
+//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | fairness | storage | author
 //! ```
 //!
 //! The server under test is the real release binary on loopback over a real
@@ -12,6 +12,7 @@
 mod author;
 mod common;
 mod dispatch;
+mod fairness;
 mod ingest;
 mod neighbour;
 #[path = "../../../tests/support/process.rs"]
@@ -53,6 +54,9 @@ async fn main() {
     if wants("neighbour") {
         report.extend(neighbour::run(&guests).await);
     }
+    if wants("fairness") {
+        report.extend(fairness::run(&guests).await);
+    }
     if wants("author") {
         let g = guests.clone();
         report.extend(
@@ -78,6 +82,7 @@ fn print_table(report: &Map<String, Value>) {
         "dispatch_us_p50": "<= 20", "dispatch_ratio": "<= 1.2", "ingest_eps": ">= 5000", "ack_ms_p99": "<= 5",
         "full_path_eps": ">= 2000", "reload_ms": "<= 250", "reload_cached_ms": "<= 20", "rss_mb_1000x4": "<= 300",
         "neighbour_p99_ratio": "<= 1.1", "plugin_test_warm_ms_js": "< 1000", "plugin_test_warm_ms_python": "< 1000",
+        "fair_victim_p99_ms": "<= fair_alone_p99_ms + 100", "burst_rss_mb": "<= 512 + idle + overhead",
     });
     println!("\n{:<28} {:>14}  target", "figure", "value");
     for (k, v) in report {

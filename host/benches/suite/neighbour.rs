@@ -22,9 +22,11 @@ const GOOD_EVENTS: usize = 500;
 const GOOD_RATE_HZ: u64 = 50;
 const EVIL_RATE_HZ: u64 = 2;
 
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+/// When each reply SMS reached the fake JustCall, by the event id in its body.
+pub type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
-async fn fake_justcall(State(arrivals): State<Arrivals>, Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
+/// A fake JustCall that notes when each reply (`…:id`) arrives.
+pub async fn fake_justcall(State(arrivals): State<Arrivals>, Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
     if let Some(text) = body["body"].as_str()
         && let Some((_, id)) = text.split_once(':')
     {
