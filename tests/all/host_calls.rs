@@ -73,7 +73,10 @@ async fn message_ids_and_media_urls_are_checked_before_justcall_is_called() {
     assert_eq!(paths.iter().filter(|p| p.ends_with("/texts/msg_42-a")).count(), 1, "{paths:?}");
     assert_eq!(paths.iter().filter(|p| p.ends_with("/texts/new")).count(), 1, "{paths:?}");
     assert_eq!(paths.len(), 2, "{paths:?}");
-    assert_eq!(jc.to("/texts/new")[0].body["media_urls"], serde_json::json!(["https://cdn.example.com/a.png"]));
+    assert_eq!(
+        jc.to("/texts/new")[0].body["media_urls"],
+        serde_json::json!(["https://cdn.example.com/a.png"])
+    );
     // A read that JustCall answers is never called an unknown outcome.
     assert!(!r["fair-id"].contains("outcome unknown"), "{r:?}");
 }

@@ -73,7 +73,8 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
 pub fn start_with(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut cfg = format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\nadmin_token = \"{TOKEN}\"\n{extra}");
+    let mut cfg =
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\nadmin_token = \"{TOKEN}\"\n{extra}");
     for t in tenants {
         cfg.push_str(&format!(
             "[tenants.{}]\nnumbers = [\"{}\"]\nwebhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{justcall}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\njustcall_rate_per_minute = 100000000\n",

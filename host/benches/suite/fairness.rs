@@ -108,7 +108,12 @@ async fn burst(guests: &Guests, slow: &str) -> (f64, f64, f64) {
         number: VICTIM.into(),
         plugins: vec![("hog", "hostile", &hog)],
     }];
-    let server = start_with(guests, &tenants, "http://127.0.0.1:9", &format!("max_wasm_memory_mb = {BUDGET_MB}\n"));
+    let server = start_with(
+        guests,
+        &tenants,
+        "http://127.0.0.1:9",
+        &format!("max_wasm_memory_mb = {BUDGET_MB}\n"),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_mb(&server);
     let client = reqwest::Client::new();

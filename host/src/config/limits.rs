@@ -280,6 +280,17 @@ impl Limits {
     }
 }
 
+/// The default wasm memory budget: half the machine's memory (from
+/// `/proc/meminfo`), or 4 GiB where that cannot be read; at least 512 MiB.
+pub fn default_wasm_memory_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kb.map_or(4 << 10, |kb| kb / 1024 / 2).max(512)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits::from_values(|l| l.spec().default)

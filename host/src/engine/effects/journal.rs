@@ -201,12 +201,23 @@ impl Journal {
     }
 }
 
+/// The most of a response body the journal keeps: a retry replays the
+/// status, the headers and this much of the body.
+pub const JOURNAL_BODY_MAX: usize = 64 << 10;
+
+/// The header a replayed response carries when its body was cut to
+/// [`JOURNAL_BODY_MAX`]: `<full length>; sha256=<digest of the full body>`.
+pub const TRUNCATED_HEADER: &str = "switchboard-journal-truncated";
+
 fn encode_response(r: &http::Response) -> String {
     use base64::Engine as _;
+    let kept = &r.body[..r.body.len().min(JOURNAL_BODY_MAX)];
     serde_json::json!({
         "status": r.status,
         "headers": r.headers,
-        "body": base64::engine::general_purpose::STANDARD.encode(&r.body),
+        "body": base64::engine::general_purpose::STANDARD.encode(kept),
+        "body_len": r.body.len(),
+        "body_sha256": request_hash(&[&r.body]),
     })
     .to_string()
 }
@@ -214,10 +225,16 @@ fn encode_response(r: &http::Response) -> String {
 fn decode_response(s: &str) -> Option<http::Response> {
     use base64::Engine as _;
     let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    let body = base64::engine::general_purpose::STANDARD.decode(v["body"].as_str()?).ok()?;
+    let mut headers: Vec<(String, String)> = serde_json::from_value(v["headers"].clone()).ok()?;
+    if let Some(full) = v["body_len"].as_u64().filter(|&n| n > body.len() as u64) {
+        let digest = v["body_sha256"].as_str().unwrap_or_default();
+        headers.push((TRUNCATED_HEADER.into(), format!("{full}; sha256={digest}")));
+    }
     Some(http::Response {
         status: u16::try_from(v["status"].as_u64()?).ok()?,
-        headers: serde_json::from_value(v["headers"].clone()).ok()?,
-        body: base64::engine::general_purpose::STANDARD.decode(v["body"].as_str()?).ok()?,
+        headers,
+        body,
     })
 }
 
@@ -267,6 +284,19 @@ mod tests {
         let back = decode_response(&encode_response(&r)).unwrap();
         assert_eq!((back.status, back.headers, back.body), (r.status, r.headers, r.body));
         assert!(decode_response("{\"status\": 70000}").is_none());
+        // A big body keeps its first 64 KiB, and the replay says so.
+        let big = http::Response {
+            status: 200,
+            headers: vec![],
+            body: vec![b'x'; JOURNAL_BODY_MAX + 10],
+        };
+        let stored = encode_response(&big);
+        assert!(stored.len() < JOURNAL_BODY_MAX * 2, "{} bytes stored", stored.len());
+        let back = decode_response(&stored).unwrap();
+        assert_eq!(back.body.len(), JOURNAL_BODY_MAX);
+        let (name, value) = &back.headers[0];
+        assert_eq!(name, TRUNCATED_HEADER);
+        assert!(value.starts_with(&format!("{}; sha256=", JOURNAL_BODY_MAX + 10)), "{value}");
         assert!(decode_response("not json").is_none());
     }
 }
