@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::domain::MAX_RECORD;
 use crate::engine::accept::Replay;
 use crate::engine::state::AppState;
 use crate::storage::{DeliveryStatus, VerificationState};
@@ -285,9 +286,19 @@ async fn kv(
     let shown: Vec<Value> = entries
         .iter()
         .take(limit as usize)
-        .map(|(key, value)| match std::str::from_utf8(value) {
-            Ok(text) => json!({ "key": key, "value": text, "bytes": value.len() }),
-            Err(_) => json!({ "key": key, "value_base64": base64::engine::general_purpose::STANDARD.encode(value), "bytes": value.len() }),
+        // A list never carries whole values: each shows at most
+        // MAX_RECORD bytes (`truncated` says when), `bytes` its full size.
+        .map(|(key, value)| {
+            let cut = value.len() > MAX_RECORD;
+            match std::str::from_utf8(value) {
+                Ok(text) => {
+                    json!({ "key": key, "value": crate::domain::cap(text, MAX_RECORD), "bytes": value.len(), "truncated": cut })
+                }
+                Err(_) => {
+                    let shown = base64::engine::general_purpose::STANDARD.encode(&value[..value.len().min(MAX_RECORD)]);
+                    json!({ "key": key, "value_base64": shown, "bytes": value.len(), "truncated": cut })
+                }
+            }
         })
         .collect();
     let next = more

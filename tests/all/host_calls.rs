@@ -210,10 +210,18 @@ async fn nul_keys_and_racing_writers_cannot_beat_kv_quotas() {
 async fn a_multi_megabyte_plugin_error_is_stored_and_served_capped() {
     let _load = crate::harness::deadline_bound().await;
     let jc = Recorder::start().await;
-    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url).plugin(hostile(
-        "shouter",
-        "[config]\nmode = \"big-error\"\nbytes = \"3000000\"\n[limits]\nmemory_mb = 128\ntimeout_ms = 5000\n".into(),
-    ))])
+    let big_value = "v".repeat(20_000);
+    let host = TestHost::start(vec![
+        TenantSpec::new("acme", &jc.url)
+            .plugin(hostile(
+                "shouter",
+                "[config]\nmode = \"big-error\"\nbytes = \"3000000\"\n[limits]\nmemory_mb = 128\ntimeout_ms = 5000\n".into(),
+            ))
+            .plugin(hostile(
+                "keeper",
+                format!("[config]\nmode = \"kv-write\"\nvalue = \"{big_value}\"\n"),
+            )),
+    ])
     .await;
     let r = reasons(&host, "hc_big").await;
     let reason = &r["shouter"];
@@ -227,4 +235,11 @@ async fn a_multi_megabyte_plugin_error_is_stored_and_served_capped() {
     assert!(served.len() < 16 << 10, "the list answered {} bytes", served.len());
     let plugins = serde_json::to_string(&host.admin_plugins("acme").await).unwrap();
     assert!(plugins.len() < 16 << 10, "the plugin status answered {} bytes", plugins.len());
+    // A KV listing shows at most 4 KiB of each value, and its full size.
+    let (status, kv) = host.admin("GET", "/tenants/acme/plugins/keeper/kv", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let entry = &kv["entries"][0];
+    assert_eq!((entry["key"].as_str(), entry["bytes"].as_u64()), (Some("secret"), Some(20_000)));
+    assert_eq!(entry["truncated"], true);
+    assert!(entry["value"].as_str().unwrap().len() < 4096 + 64, "{entry}");
 }

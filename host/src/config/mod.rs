@@ -37,6 +37,8 @@ pub struct DbOptions {
     /// How long a finished event (every delivery `done`) is kept, with its
     /// deliveries and journal entries.
     pub retention: Duration,
+    /// How long the KV of a plugin that is no longer deployed is kept.
+    pub kv_grace: Duration,
 }
 
 impl Default for DbOptions {
@@ -46,6 +48,7 @@ impl Default for DbOptions {
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             busy_timeout: Duration::from_secs(5),
             retention: Duration::from_secs(30 * 24 * 3600),
+            kv_grace: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -325,6 +328,7 @@ struct RawConfig {
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,
     retention_days: Option<Spanned<u64>>,
+    kv_grace_days: Option<Spanned<u64>>,
     header_timeout_secs: Option<Spanned<u64>>,
     body_timeout_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
@@ -435,6 +439,12 @@ fn delivery_options(path: &Path, src: &str, raw: &RawConfig, tolerance: Duration
             return Err(ConfigError::new(path, src, Some(r.span()), "retention_days", "must be 1..=3650"));
         }
         o.retention = Duration::from_secs(*r.get_ref() * 24 * 3600);
+    }
+    if let Some(g) = &raw.kv_grace_days {
+        if *g.get_ref() > 3650 {
+            return Err(ConfigError::new(path, src, Some(g.span()), "kv_grace_days", "must be 0..=3650"));
+        }
+        o.kv_grace = Duration::from_secs(*g.get_ref() * 24 * 3600);
     }
     let schedule: Duration = o.retry_delays.iter().sum();
     let (span, key) = match (&raw.dedupe_window_secs, &raw.retry_delays_ms) {

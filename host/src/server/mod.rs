@@ -102,6 +102,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     run_with_routes(config, listeners, Router::new(), || {}, shutdown).await
 }
 
+/// Tells the database, at start and then every minute, which plugins each
+/// tenant has deployed, so the KV of a plugin that is gone is deleted after
+/// the grace period (`kv_grace_days`).
+fn track_deployed(registry: Arc<Registry>, db: Db, tenants: Vec<String>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            for tenant in &tenants {
+                let deployed = registry.plugins(tenant).iter().map(|p| p.name.clone()).collect();
+                if let Err(e) = db.kv_track_deployed(tenant, deployed).await {
+                    tracing::warn!(%tenant, error = %e, "cannot record deployed plugins for KV cleanup");
+                }
+            }
+        }
+    })
+}
+
 /// The dispatcher's budget from the config: the instance pool, the wasm
 /// memory budget, and each tenant's share.
 fn budget(config: &Config) -> crate::engine::scheduler::Budget {
@@ -164,6 +182,7 @@ pub async fn run_with_routes(
         config.plugins_dir.clone(),
         config.tenants.keys().cloned().collect(),
     );
+    let kv_sweeper = track_deployed(registry.clone(), db.clone(), config.tenants.keys().cloned().collect());
 
     let justcall_http = reqwest::Client::builder().build().context("building the JustCall HTTP client")?;
     let plugin_http = reqwest::Client::builder()
@@ -265,6 +284,7 @@ pub async fn run_with_routes(
     };
     tokio::join!(public, admin);
     tracing::info!("no longer accepting webhooks; finishing running deliveries");
+    kv_sweeper.abort();
     dispatch_handle.drain().await;
     tracing::info!("stopped");
     Ok(())

@@ -87,6 +87,29 @@ impl Db {
         .await
     }
 
+    /// Records which of the tenant's plugins are deployed: KV of any other
+    /// plugin becomes orphaned from now (if it was not already), and a
+    /// deployed plugin's KV is orphaned no longer. The writer deletes KV
+    /// orphaned for longer than the grace period.
+    pub async fn kv_track_deployed(&self, tenant: &str, deployed: Vec<String>) -> Result<(), DbError> {
+        let t = tenant.to_string();
+        self.write(move |conn| {
+            let names = serde_json::to_string(&deployed).expect("strings serialize");
+            conn.execute(
+                "DELETE FROM kv_orphans WHERE tenant = ?1 AND plugin IN (SELECT value FROM json_each(?2))",
+                params![t, names],
+            )?;
+            conn.execute(
+                "INSERT OR IGNORE INTO kv_orphans (tenant, plugin, since_ms)
+                 SELECT DISTINCT tenant, plugin, ?3 FROM kv
+                 WHERE tenant = ?1 AND plugin NOT IN (SELECT value FROM json_each(?2))",
+                params![t, names, super::now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Reads one KV value.
     pub async fn kv_get(&self, tenant: &str, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, DbError> {
         let (t, p, k) = (tenant.to_string(), plugin.to_string(), key.to_string());

@@ -97,10 +97,14 @@ impl Db {
         conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'running'", [])?;
         let reader = schema::open_conn(&path, options.busy_timeout)?;
         let (tx, rx) = mpsc::channel();
-        let (window, retention) = (options.dedupe_window, options.retention);
+        let ages = writer::Ages {
+            dedupe_window: options.dedupe_window,
+            retention: options.retention,
+            kv_grace: options.kv_grace,
+        };
         thread::Builder::new()
             .name("switchboard-db-writer".into())
-            .spawn(move || writer::writer_loop(&mut conn, rx, window, retention))
+            .spawn(move || writer::writer_loop(&mut conn, rx, ages))
             .expect("spawn db writer thread");
         Ok(Db {
             writer: tx,

@@ -129,6 +129,16 @@ pub(super) fn migrations() -> Migrations<'static> {
             ) WITHOUT ROWID;
             CREATE INDEX verifications_by_state ON verifications (state, tenant);",
         ),
+        // 6: KV of plugins no longer deployed: since when, so it is deleted
+        // after the grace period (and counted in the tenant's total until then).
+        M::up(
+            "CREATE TABLE kv_orphans (
+                tenant TEXT NOT NULL,
+                plugin TEXT NOT NULL,
+                since_ms INTEGER NOT NULL,
+                PRIMARY KEY (tenant, plugin)
+            ) WITHOUT ROWID;",
+        ),
     ])
 }
 

@@ -259,3 +259,31 @@ async fn each_body_is_stored_once() {
     let copies = bytes.windows(marker.len()).filter(|w| *w == marker.as_bytes()).count();
     assert_eq!(copies, 1, "the body is stored once");
 }
+
+#[tokio::test]
+async fn kv_of_undeployed_plugins_is_deleted_after_the_grace_period() {
+    let kv = |db: &Db, plugin: &'static str| {
+        let db = db.clone();
+        async move { db.kv_entries("acme", plugin, "", None, 10).await.unwrap().len() }
+    };
+    for (grace, kept) in [(Duration::ZERO, 0), (Duration::from_secs(3600), 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DbOptions {
+            // Prune passes every 10 ms.
+            dedupe_window: Duration::from_millis(50),
+            kv_grace: grace,
+            ..DbOptions::default()
+        };
+        let db = Db::open(dir.path(), options).unwrap();
+        db.kv_put("acme", "kept", "k", Some(b"v".to_vec())).await.unwrap();
+        db.kv_put("acme", "gone", "k", Some(b"v".to_vec())).await.unwrap();
+        db.kv_track_deployed("acme", vec!["kept".into()]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A write lets the writer run a prune pass first.
+        db.kv_put("acme", "kept", "k2", Some(b"v".to_vec())).await.unwrap();
+        assert_eq!(kv(&db, "kept").await, 2, "a deployed plugin's KV stays");
+        assert_eq!(kv(&db, "gone").await, kept, "grace {grace:?}");
+        // Deployed again before the grace ends: no longer orphaned.
+        db.kv_track_deployed("acme", vec!["kept".into(), "gone".into()]).await.unwrap();
+    }
+}

@@ -21,6 +21,17 @@ pub(super) struct Write {
     pub(super) reply: Box<dyn FnOnce(Erased) + Send>,
 }
 
+/// How long each kind of record is kept.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ages {
+    /// Dedupe keys and journal entries.
+    pub(super) dedupe_window: Duration,
+    /// Finished events.
+    pub(super) retention: Duration,
+    /// KV of plugins no longer deployed.
+    pub(super) kv_grace: Duration,
+}
+
 /// Forgets dedupe keys, and journal entries, older than the window.
 pub(super) fn prune(conn: &Connection, window: Duration) -> Result<usize, DbError> {
     let cutoff = now_ms() - window.as_millis() as i64;
@@ -28,12 +39,28 @@ pub(super) fn prune(conn: &Connection, window: Duration) -> Result<usize, DbErro
     Ok(conn.execute("DELETE FROM dedupe WHERE received_ms < ?1", [cutoff])?)
 }
 
+/// Deletes the KV of plugins undeployed for longer than `grace`; the number
+/// of (tenant, plugin) namespaces removed.
+pub(super) fn prune_kv(conn: &Connection, grace: Duration) -> Result<usize, DbError> {
+    let cutoff = now_ms() - grace.as_millis() as i64;
+    conn.execute(
+        "DELETE FROM kv WHERE (tenant, plugin) IN (SELECT tenant, plugin FROM kv_orphans WHERE since_ms <= ?1)",
+        [cutoff],
+    )?;
+    Ok(conn.execute("DELETE FROM kv_orphans WHERE since_ms <= ?1", [cutoff])?)
+}
+
 /// Applies queued writes in batches: one transaction (one fsync) per batch,
 /// each write in its own savepoint so one failure does not undo the others.
 /// Between batches, at most every tenth of the dedupe window (and at least
 /// hourly), prunes expired dedupe keys and journal entries, and events past
 /// the retention period.
-pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedupe_window: Duration, retention: Duration) {
+pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, ages: Ages) {
+    let Ages {
+        dedupe_window,
+        retention,
+        kv_grace,
+    } = ages;
     const MAX_BATCH: usize = 512;
     // Retention batches per pass: few, so queued writes wait at most a few
     // small transactions; while a backlog remains, passes come every
@@ -49,6 +76,11 @@ pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, dedu
                 Ok(0) => {}
                 Ok(n) => tracing::info!(keys = n, "pruned expired dedupe keys"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune dedupe keys"),
+            }
+            match prune_kv(conn, kv_grace) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(plugins = n, "deleted the KV of plugins undeployed past the grace period"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune KV of undeployed plugins"),
             }
             next_prune = prune_every;
             match super::retention::prune(conn, retention, RETENTION_BATCHES) {
