@@ -266,3 +266,43 @@ fn unknown_build_keys_are_refused_with_file_line_and_key() {
     let ok = src.replace("comand = \"x\"\n", "");
     assert!(Manifest::parse(std::path::Path::new("p.toml"), &ok).is_ok());
 }
+
+#[test]
+fn tenancy_shares_and_budgets_have_defaults_and_ranges() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    let acme = &cfg.tenants["acme"];
+    assert_eq!((acme.max_concurrent, acme.weight), (None, 1));
+    assert_eq!(acme.kv_total, KvTotal::default());
+    assert!(cfg.max_wasm_memory_mb >= 512, "{}", cfg.max_wasm_memory_mb);
+    assert_eq!(cfg.delivery.kv_grace, Duration::from_secs(30 * 24 * 3600));
+
+    let tenant = |line: &str| GOOD.replace("justcall_api_key", &format!("{line}\njustcall_api_key"));
+    let set = Config::parse(
+        Path::new("sb.toml"),
+        &tenant("max_concurrent = 3\nweight = 4\nkv_total_keys = 10\nkv_total_kb = 2"),
+        &env,
+    )
+    .unwrap();
+    let acme = &set.tenants["acme"];
+    assert_eq!((acme.max_concurrent, acme.weight), (Some(3), 4));
+    assert_eq!(acme.kv_total, KvTotal { keys: 10, bytes: 2048 });
+
+    let err = |src: &str| Config::parse(Path::new("sb.toml"), src, &env).unwrap_err().to_string();
+    assert_eq!(
+        err(&tenant("max_concurrent = 0")),
+        "sb.toml:11: tenants.acme.max_concurrent: must be at least 1"
+    );
+    assert_eq!(err(&tenant("weight = 0")), "sb.toml:11: tenants.acme.weight: must be 1..=100");
+    assert_eq!(
+        err(&tenant("kv_total_keys = 0")),
+        "sb.toml:11: tenants.acme.kv_total_keys: must be at least 1"
+    );
+    let top = |line: &str| GOOD.replace("public_url", &format!("{line}\npublic_url"));
+    assert_eq!(
+        err(&top("max_wasm_memory_mb = 10")),
+        "sb.toml:3: max_wasm_memory_mb: must be at least 64"
+    );
+    assert_eq!(err(&top("kv_grace_days = 5000")), "sb.toml:3: kv_grace_days: must be 0..=3650");
+    let now = Config::parse(Path::new("sb.toml"), &top("kv_grace_days = 0\nmax_wasm_memory_mb = 256"), &env).unwrap();
+    assert_eq!((now.delivery.kv_grace, now.max_wasm_memory_mb), (Duration::ZERO, 256));
+}
