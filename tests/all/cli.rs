@@ -466,6 +466,22 @@ fn plugin_check_lists_imports_and_exports_and_refuses_what_would_not_load() {
     let (code, _, err) = plugin_cmd(&["check", garbage.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("garbage.wasm: not a WebAssembly file (bad magic number)"), "{err}");
+
+    // A manifest asking above a tenant's ceiling is flagged; a broken one refused.
+    let greedy = dir.path().join("greedy.wasm");
+    std::fs::copy(&ok, &greedy).unwrap();
+    std::fs::write(dir.path().join("greedy.toml"), "[limits]\nmemory_mb = 512\nsms_per_event = 2\n").unwrap();
+    let (code, out, err) = plugin_cmd(&["check", greedy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning  limits: memory_mb = 512 exceeds the tenant's 128; runs at 128"),
+        "{out}"
+    );
+    assert!(!out.contains("sms_per_event"), "{out}");
+    std::fs::write(dir.path().join("greedy.toml"), "[limits]\nmemory = 512\n").unwrap();
+    let (code, _, err) = plugin_cmd(&["check", greedy.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("greedy.toml:2: limits.memory: unknown limit"), "{err}");
 }
 
 #[test]
