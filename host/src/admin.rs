@@ -66,6 +66,7 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/plugins", get(plugins))
         .route("/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/tenants/{tenant}/deliveries", get(deliveries))
+        .route("/tenants/{tenant}/deliveries/{id}", get(delivery))
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
         .route("/tenants/{tenant}/verifications", get(verifications))
         .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
@@ -200,6 +201,21 @@ async fn deliveries(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let list = state.db.deliveries(&tenant, status, limit).await?;
     Ok(Json(json!({ "tenant": tenant, "status": q.status, "deliveries": list })))
+}
+
+/// One delivery: its state, its event, and every attempt with the plugin's
+/// log lines and host calls.
+async fn delivery(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    let not_found = || AdminError::NotFound(format!("delivery `{id}` of tenant `{tenant}`"));
+    let n: i64 = id.parse().map_err(|_| not_found())?;
+    let detail = state.db.delivery_detail(&tenant, n).await?.ok_or_else(not_found)?;
+    Ok(Json(json!(detail)))
 }
 
 async fn replay(

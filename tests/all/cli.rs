@@ -365,6 +365,15 @@ async fn admin_commands_mirror_the_admin_api() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok);
     assert_eq!(v["deliveries"][0]["event_id"], event.as_str());
+    // One delivery with its attempts: the flaky plugin failed each one.
+    let id = v["deliveries"][0]["id"].to_string();
+    let (ok, out, err) = admin_cli(&host, ADMIN_TOKEN, &["delivery", "acme", &id]).await;
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let attempts = d["attempts"].as_array().unwrap();
+    assert!(!attempts.is_empty(), "{out}");
+    assert!(attempts.iter().all(|a| a["outcome"] == "failed"), "{out}");
+    assert_eq!(d["event"]["event_id"], event.as_str());
     let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["resume", "acme", "flaky"]).await;
     assert!(ok, "{out}");
     let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["replay", "acme", &event]).await;

@@ -19,5 +19,6 @@ mod process;
 mod reload;
 mod signatures;
 mod tls;
+mod traces;
 mod verification;
 mod webhooks;

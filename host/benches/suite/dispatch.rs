@@ -98,6 +98,7 @@ impl Invoker {
             db: self.db.clone(),
             event_id: self.event_id.clone(),
             effects: std::sync::Arc::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
+            trace: Default::default(),
         }
     }
 }

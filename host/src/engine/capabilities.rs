@@ -18,6 +18,7 @@ use crate::engine::effects::{Effects, OutgoingSms};
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::stdio::Capture;
 use crate::engine::tenant::Tenant;
+use crate::engine::trace::Tracer;
 use crate::engine::wasi_http::{HttpGate, OverQuota};
 use crate::storage::{Db, KvQuota};
 
@@ -58,6 +59,8 @@ pub struct Invocation {
     /// What the plugin's calls do: [`crate::engine::effects::Live`] or
     /// [`crate::engine::effects::Recording`].
     pub effects: Arc<dyn Effects>,
+    /// Where the attempt's logs and host calls are traced.
+    pub trace: Arc<Tracer>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -67,12 +70,15 @@ pub struct Limiter {
     table_elements: usize,
     /// Set when a growth request was refused.
     pub memory_denied: bool,
+    trace: Arc<Tracer>,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = desired <= self.memory_bytes;
-        if !ok {
+        if ok {
+            self.trace.memory(desired);
+        } else {
             self.memory_denied = true;
         }
         Ok(ok)
@@ -134,7 +140,8 @@ impl PluginCtx {
             &limits,
             deadline,
             (&inv.tenant.config.id, &inv.plugin, &inv.event_id),
-        );
+        )
+        .traced(inv.trace.clone());
         PluginCtx {
             wasi,
             wasi_http: WasiHttpCtx::new(),
@@ -144,6 +151,7 @@ impl PluginCtx {
                 memory_bytes: limits.memory_bytes,
                 table_elements: limits.table_elements,
                 memory_denied: false,
+                trace: inv.trace.clone(),
             },
             deadline,
             inv,
@@ -227,6 +235,7 @@ impl PluginCtx {
         };
         let message = crate::domain::cap(message, crate::domain::MAX_RECORD);
         self.inv.effects.logged(name, &message);
+        self.inv.trace.log(name, &message);
         let message = crate::domain::escape_controls(&message);
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, %event, "{message}"),
@@ -325,9 +334,57 @@ fn wit_message(m: ApiMessage) -> sms::Message {
     }
 }
 
+/// An SMS error as a trace's result.
+fn sms_result(r: &Result<String, sms::SmsError>) -> Result<String, String> {
+    match r {
+        Ok(id) => Ok(format!("id {id}")),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
 impl sms::Host for PluginCtx {
     async fn send(&mut self, message: sms::OutgoingSms) -> wasmtime::Result<Result<String, sms::SmsError>> {
         self.flush_stdio();
+        let args = format!("from {} to {} {:?}", message.from, message.to, message.body);
+        let traced = self.inv.trace.begin("sms.send", &args);
+        let result = self.send_sms(message).await;
+        let summary = match &result {
+            Ok(r) => sms_result(r),
+            Err(breach) => Err(breach.to_string()),
+        };
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        result
+    }
+
+    async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
+        let traced = self.inv.trace.begin("sms.get-message", &id);
+        let result = self.get_sms(id).await;
+        let summary = result.as_ref().map(|m| format!("message {}", m.id)).map_err(|e| format!("{e:?}"));
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
+    }
+
+    async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
+        let traced = self.inv.trace.begin("sms.list-messages", &format!("page {page} of {per_page}"));
+        let deadline = self.deadline;
+        let result = self
+            .inv
+            .effects
+            .sms_list(page, per_page, deadline)
+            .await
+            .map(|v| v.into_iter().map(wit_message).collect::<Vec<_>>())
+            .map_err(read_error);
+        let summary = result
+            .as_ref()
+            .map(|v| format!("{} messages", v.len()))
+            .map_err(|e| format!("{e:?}"));
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
+    }
+}
+
+impl PluginCtx {
+    async fn send_sms(&mut self, message: sms::OutgoingSms) -> wasmtime::Result<Result<String, sms::SmsError>> {
         // Every attempt counts, refused or not, so a loop of refused sends
         // still ends at the quota.
         if self.sms_sent >= self.limits.sms_per_event {
@@ -393,24 +450,11 @@ impl sms::Host for PluginCtx {
         Ok(result.map_err(sms_error))
     }
 
-    async fn get_message(&mut self, id: String) -> wasmtime::Result<Result<sms::Message, sms::SmsError>> {
+    async fn get_sms(&mut self, id: String) -> Result<sms::Message, sms::SmsError> {
         // Checked here too, so `plugin test` refuses what the server would.
-        if let Err(e) = crate::engine::justcall::check_message_id(&id) {
-            return Ok(Err(read_error(e)));
-        }
+        crate::engine::justcall::check_message_id(&id).map_err(read_error)?;
         let deadline = self.deadline;
-        Ok(self.inv.effects.sms_get(&id, deadline).await.map(wit_message).map_err(read_error))
-    }
-
-    async fn list_messages(&mut self, page: u32, per_page: u32) -> wasmtime::Result<Result<Vec<sms::Message>, sms::SmsError>> {
-        let deadline = self.deadline;
-        Ok(self
-            .inv
-            .effects
-            .sms_list(page, per_page, deadline)
-            .await
-            .map(|v| v.into_iter().map(wit_message).collect())
-            .map_err(read_error))
+        self.inv.effects.sms_get(&id, deadline).await.map(wit_message).map_err(read_error)
     }
 }
 
@@ -428,22 +472,62 @@ fn kv_storage(e: crate::storage::DbError) -> kv::KvError {
     kv::KvError::Storage(e.to_string())
 }
 
+/// A KV result as a trace's result.
+fn kv_result<T>(r: &Result<T, kv::KvError>, ok: impl FnOnce(&T) -> String) -> Result<String, String> {
+    r.as_ref().map(ok).map_err(|e| format!("{e:?}"))
+}
+
 impl kv::Host for PluginCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+        let traced = self.inv.trace.begin("kv.get", &key);
         let t = &self.inv.tenant.config.id;
-        Ok(self.inv.db.kv_get(t, &self.inv.plugin, &key).await.map_err(kv_storage))
+        let result = self.inv.db.kv_get(t, &self.inv.plugin, &key).await.map_err(kv_storage);
+        let summary = kv_result(&result, |v| v.as_ref().map_or("absent".into(), |v| format!("{} bytes", v.len())));
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::KvError>> {
         self.flush_stdio();
+        let traced = self.inv.trace.begin("kv.set", &format!("{key} ({} bytes)", value.len()));
+        let result = self.kv_set(key, value).await;
+        let summary = kv_result(&result, |_| String::new());
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
+        self.flush_stdio();
+        let traced = self.inv.trace.begin("kv.delete", &key);
+        self.inv.effects.kv_written(&key, None);
+        let t = &self.inv.tenant.config.id;
+        let result = self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage);
+        let summary = kv_result(&result, |_| String::new());
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
+        let traced = self.inv.trace.begin("kv.list-keys", &prefix);
+        let t = &self.inv.tenant.config.id;
+        let result = self.inv.db.kv_keys(t, &self.inv.plugin, &prefix).await.map_err(kv_storage);
+        let summary = kv_result(&result, |k| format!("{} keys", k.len()));
+        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        Ok(result)
+    }
+}
+
+impl PluginCtx {
+    /// `kv.set` within the key and value bounds and the quotas.
+    async fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
         if key.len() > MAX_KV_KEY {
-            return Ok(Err(kv::KvError::QuotaExceeded(format!("key is over {MAX_KV_KEY} bytes"))));
+            return Err(kv::KvError::QuotaExceeded(format!("key is over {MAX_KV_KEY} bytes")));
         }
         if key.contains('\0') {
-            return Ok(Err(kv::KvError::QuotaExceeded("key contains NUL".into())));
+            return Err(kv::KvError::QuotaExceeded("key contains NUL".into()));
         }
         if value.len() > MAX_KV_VALUE {
-            return Ok(Err(kv::KvError::QuotaExceeded(format!("value is over {MAX_KV_VALUE} bytes"))));
+            return Err(kv::KvError::QuotaExceeded(format!("value is over {MAX_KV_VALUE} bytes")));
         }
         let config = &self.inv.tenant.config;
         let quota = KvQuota {
@@ -455,23 +539,11 @@ impl kv::Host for PluginCtx {
         match self.inv.db.kv_set(&config.id, &self.inv.plugin, &key, value.clone(), quota).await {
             Ok(Ok(())) => {
                 self.inv.effects.kv_written(&key, Some(&value));
-                Ok(Ok(()))
+                Ok(())
             }
-            Ok(Err(refused)) => Ok(Err(kv::KvError::QuotaExceeded(refused.to_string()))),
-            Err(e) => Ok(Err(kv_storage(e))),
+            Ok(Err(refused)) => Err(kv::KvError::QuotaExceeded(refused.to_string())),
+            Err(e) => Err(kv_storage(e)),
         }
-    }
-
-    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), kv::KvError>> {
-        self.flush_stdio();
-        self.inv.effects.kv_written(&key, None);
-        let t = &self.inv.tenant.config.id;
-        Ok(self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage))
-    }
-
-    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
-        let t = &self.inv.tenant.config.id;
-        Ok(self.inv.db.kv_keys(t, &self.inv.plugin, &prefix).await.map_err(kv_storage))
     }
 }
 

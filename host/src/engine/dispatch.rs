@@ -19,6 +19,7 @@ use crate::engine::lanes::{LONG_RUN_AFTER, LaneError, LongLane};
 use crate::engine::plugins::{LoadedPlugin, Registry};
 use crate::engine::scheduler::{Budget, FairQueue};
 use crate::engine::tenant::Tenant;
+use crate::engine::trace::Tracer;
 use crate::storage::{Db, DeliveryOutcome, Finished};
 
 /// One delivery to run: a stored event for one plugin.
@@ -162,12 +163,13 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
         return Err(InvokeError::InputTooLarge(size, plugin.manifest.limits.event_bytes));
     }
     let who = (inv.tenant.clone(), inv.plugin.clone());
+    let trace = inv.trace.clone();
     let pacer = lane.map(|l| l.pacer(&inv.tenant.config.id));
     let mut store = Store::new(engine, PluginCtx::new(inv));
     store.limiter(|ctx| &mut ctx.limiter);
     // Count wasm time only: host calls and suspensions stop the clock.
     let clock = Arc::new(WasmClock::new());
-    let hook_clock = clock.clone();
+    let (hook_clock, total_clock) = (clock.clone(), clock.clone());
     store.call_hook(move |_, hook| {
         if hook.entering_host() {
             hook_clock.leave();
@@ -232,7 +234,7 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
             .await
             .unwrap_or(Err(InvokeError::Deadline(timeout.as_millis())))
     };
-    match lane {
+    let result = match lane {
         Some(lane) => lane
             .run(call, &long, deadline, (&who.0.config.id, &who.1))
             .await
@@ -241,7 +243,9 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
                 LaneError::Closed(e) => Err(InvokeError::Shutdown(e)),
             }),
         None => call.await,
-    }
+    };
+    trace.wasm_time(total_clock.leave());
+    result
 }
 
 /// The bytes of text an event carries into the plugin.
@@ -498,8 +502,12 @@ impl Dispatcher {
 async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let tenant_id = job.event.tenant.as_str();
     let started = Instant::now();
+    let started_ms = crate::storage::now_ms();
+    let trace = Arc::new(Tracer::new());
+    let mut plugin_hash = None;
     let result = match (ctx.tenants.get(tenant_id), ctx.registry.get(tenant_id, &job.plugin)) {
         (Some(tenant), Some(plugin)) => {
+            plugin_hash = Some(plugin.hash.clone());
             // Not awaited: the commit is off the critical path (see the docs).
             ctx.db.start_delivery(job.delivery_id, plugin.hash.clone());
             let journal = Journal::new(ctx.db.clone(), job.delivery_id);
@@ -511,6 +519,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 db: ctx.db.clone(),
                 event_id: Arc::from(job.event.event_id.as_str()),
                 effects: Arc::new(effects),
+                trace: trace.clone(),
             };
             // Every line logged while the plugin runs (its own log lines, host
             // calls) carries these as fields; `--log-format json` writes them.
@@ -526,6 +535,20 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         _ => Err(InvokeError::NotLoaded(job.plugin.clone())),
     };
     let micros = started.elapsed().as_micros() as i64;
+    let error = result
+        .as_ref()
+        .err()
+        .map(|e| crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned());
+    if plugin_hash.is_some() {
+        record_attempt(
+            ctx,
+            job.delivery_id,
+            plugin_hash,
+            (started_ms, crate::storage::now_ms()),
+            error.clone(),
+            &trace,
+        );
+    }
     let outcome = match &result {
         Ok(()) => {
             tracing::info!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, "delivery done");
@@ -533,7 +556,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         }
         Err(e) => {
             tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %crate::domain::escape_controls(&e.to_string()), "delivery failed");
-            DeliveryOutcome::Failed(crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned())
+            DeliveryOutcome::Failed(error.unwrap_or_default())
         }
     };
     match ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {
@@ -543,4 +566,28 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             None
         }
     }
+}
+
+/// Hands an ended attempt's trace to storage, not awaited: it is queued
+/// behind the delivery's start on the writer.
+fn record_attempt(
+    ctx: &DispatchCtx,
+    delivery_id: i64,
+    plugin_hash: Option<String>,
+    (started_ms, ended_ms): (i64, i64),
+    error: Option<String>,
+    trace: &Tracer,
+) {
+    let t = trace.finish();
+    ctx.db.record_attempt(crate::storage::NewAttempt {
+        delivery_id,
+        plugin_hash,
+        started_ms,
+        ended_ms,
+        error,
+        wasm_us: t.wasm_us,
+        peak_memory_bytes: t.peak_memory_bytes,
+        logs_json: serde_json::to_string(&t.logs).unwrap_or_else(|_| "[]".into()),
+        calls_json: serde_json::to_string(&t.calls).unwrap_or_else(|_| "[]".into()),
+    });
 }

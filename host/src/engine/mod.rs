@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod state;
 pub mod stdio;
 pub mod tenant;
+pub mod trace;
 pub mod verify;
 pub mod wasi_http;
 pub mod watch;

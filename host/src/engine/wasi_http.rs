@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::engine::bindings::switchboard::plugin::http;
 use crate::engine::effects::Effects;
+use crate::engine::trace::Tracer;
 
 /// The future `send_request` hands wasmtime-wasi-http.
 type Sending =
@@ -32,6 +33,7 @@ pub struct HttpGate {
     tenant: String,
     plugin: Arc<str>,
     event: Arc<str>,
+    trace: Option<Arc<Tracer>>,
 }
 
 /// A request over the per-event quota.
@@ -56,7 +58,14 @@ impl HttpGate {
             tenant: who.0.to_string(),
             plugin: who.1.clone(),
             event: who.2.clone(),
+            trace: None,
         }
+    }
+
+    /// Records every request in `trace`.
+    pub fn traced(mut self, trace: Arc<Tracer>) -> HttpGate {
+        self.trace = Some(trace);
+        self
     }
 
     /// Counts one request, refused or not, so a loop of refused requests
@@ -81,11 +90,20 @@ impl HttpGate {
         let (tenant, plugin, event) = (self.tenant.clone(), self.plugin.clone(), self.event.clone());
         let too_large = (req.body.len() > self.max_request)
             .then(|| http::HttpError::InvalidRequest(request_too_large(req.body.len(), self.max_request)));
+        let trace = self.trace.clone();
         async move {
+            let traced = trace.as_ref().map(|t| t.begin(call, &format!("{} {}", req.method, req.url)));
             let result = match too_large {
                 Some(refused) => Err(refused),
                 None => effects.http_send(req, deadline, max_body).await,
             };
+            if let (Some(t), Some(traced)) = (&trace, traced) {
+                let summary = match &result {
+                    Ok(resp) => Ok(format!("{} ({} bytes)", resp.status, resp.body.len())),
+                    Err(e) => Err(format!("{e:?}")),
+                };
+                t.end(traced, summary.as_deref().map_err(String::as_str));
+            }
             if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
                 log_refused((&tenant, &plugin, &event), call, reason);
             }

@@ -344,10 +344,10 @@ impl Db {
     }
 }
 
-const DELIVERY_COLUMNS: &str = "SELECT id, event_id, plugin, plugin_hash, status, attempts, failures, last_error, duration_us,
+pub(super) const DELIVERY_COLUMNS: &str = "SELECT id, event_id, plugin, plugin_hash, status, attempts, failures, last_error, duration_us,
     next_attempt_ms, coalesce(created_at, updated_at) FROM deliveries";
 
-fn delivery_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+pub(super) fn delivery_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     Ok(DeliveryRecord {
         id: r.get(0)?,
         event_id: r.get(1)?,

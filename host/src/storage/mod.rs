@@ -4,7 +4,8 @@
 //! (events, dedupe, opt-outs), `retention` (pruning finished events by age),
 //! `deliveries` (the delivery state machine),
 //! `policy` (the pure retry verdict), `journal` (side effects), `verification`
-//! (events checked with JustCall before they run) and `kv`.
+//! (events checked with JustCall before they run), `attempts` (what each
+//! delivery attempt did) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::config::DbOptions;
 
+mod attempts;
 mod deliveries;
 mod events;
 mod journal;
@@ -29,6 +31,7 @@ mod schema;
 mod verification;
 mod writer;
 
+pub use attempts::{Attempt, DeliveryDetail, NewAttempt};
 pub use deliveries::{DeliveryRecord, DeliveryStatus, PendingDelivery, PluginHealth};
 pub use events::{Created, InsertOutcome, NewDelivery};
 pub use journal::{JournalEntry, JournalState};

@@ -139,6 +139,22 @@ pub(super) fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (tenant, plugin)
             ) WITHOUT ROWID;",
         ),
+        // 7: what each delivery attempt did (engine traces).
+        M::up(
+            "CREATE TABLE attempts (
+                delivery_id INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                plugin_hash TEXT,
+                started_ms INTEGER NOT NULL,
+                ended_ms INTEGER NOT NULL,
+                error TEXT,
+                wasm_us INTEGER NOT NULL,
+                peak_memory_bytes INTEGER NOT NULL,
+                logs TEXT NOT NULL,
+                calls TEXT NOT NULL,
+                PRIMARY KEY (delivery_id, attempt)
+            ) WITHOUT ROWID;",
+        ),
     ])
 }
 

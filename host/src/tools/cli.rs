@@ -117,6 +117,14 @@ enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// One delivery: its event and every attempt, with the plugin's log
+    /// lines and host calls.
+    Delivery {
+        /// Tenant id.
+        tenant: String,
+        /// Delivery id (from `deliveries`).
+        id: i64,
+    },
     /// Run a stored event again through the tenant's current plugins.
     Replay {
         /// Tenant id.
@@ -171,6 +179,7 @@ impl AdminCommand {
                 }
                 client.get(format!("{base}/admin/tenants/{}/deliveries", seg(tenant))).query(&q)
             }
+            AdminCommand::Delivery { tenant, id } => client.get(format!("{base}/admin/tenants/{}/deliveries/{id}", seg(tenant))),
             AdminCommand::Replay { tenant, event } => {
                 client.post(format!("{base}/admin/tenants/{}/events/{}/replay", seg(tenant), seg(event)))
             }

@@ -1,0 +1,111 @@
+//! Every delivery attempt is recorded, through the real server: the admin
+//! API's delivery view shows the event and each attempt with its outcome, the
+//! plugin version, wasm time and peak memory, the plugin's log lines and its
+//! host calls (an SMS sent, HTTP refused), and a retried delivery shows one
+//! attempt per run.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{ADMIN_TOKEN, FakeJustCall, PluginSpec, TenantSpec, TestHost, fixture};
+
+async fn detail(host: &TestHost, id: &Value) -> (u16, Value) {
+    host.admin("GET", &format!("/tenants/acme/deliveries/{id}"), Some(ADMIN_TOKEN))
+        .await
+}
+
+/// The id of the event's delivery to `plugin`, once its attempts number `n`
+/// and the last has been recorded.
+async fn delivery_with_attempts(host: &TestHost, event_id: &str, plugin: &str, n: usize) -> Value {
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        let (_, list) = host.admin("GET", "/tenants/acme/deliveries?limit=100", Some(ADMIN_TOKEN)).await;
+        if let Some(d) = list["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == event_id && d["plugin"] == plugin)
+        {
+            let (_, v) = detail(host, &d["id"]).await;
+            if v["attempts"].as_array().is_some_and(|a| a.len() >= n) {
+                return v;
+            }
+            found = v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{plugin}'s delivery of {event_id} never had {n} attempts: {found}");
+}
+
+#[tokio::test]
+async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
+    let jc = FakeJustCall::start().await;
+    let host = TestHost::builder(vec![
+        TenantSpec::new("acme", &jc.url)
+            .plugin(PluginSpec::new("appointment-confirm", "confirmer", "events = [\"received\"]\n"))
+            .plugin(PluginSpec::new(
+                "hostile",
+                "outsider",
+                "events = [\"received\"]\n[config]\nmode = \"http\"\nurl = \"https://example.com/\"\n",
+            )),
+    ])
+    .retries(vec![Duration::from_millis(50)])
+    .start()
+    .await;
+    let (status, ack) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    assert_eq!(status, 202);
+    let event_id = ack["event_id"].as_str().unwrap();
+    jc.wait_for_sent(1).await;
+
+    let ok = delivery_with_attempts(&host, event_id, "confirmer", 1).await;
+    assert_eq!(ok["delivery"]["status"], "done", "{ok}");
+    assert_eq!(ok["event"]["event_id"], event_id);
+    let attempt = &ok["attempts"][0];
+    assert_eq!(
+        (attempt["attempt"].as_i64(), attempt["outcome"].as_str()),
+        (Some(1), Some("done")),
+        "{attempt}"
+    );
+    let serving = host.admin_plugin("acme", "confirmer").await.unwrap();
+    assert_eq!(attempt["plugin_hash"], serving["hash"]);
+    assert!(attempt["wasm_us"].as_i64().unwrap() > 0, "{attempt}");
+    assert!(attempt["peak_memory_bytes"].as_i64().unwrap() >= 1 << 16, "{attempt}");
+    let logs = attempt["logs"].as_array().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "info" && l["message"].as_str().unwrap().starts_with("confirmed appointment for +1")),
+        "{logs:?}"
+    );
+    let calls = attempt["calls"].as_array().unwrap();
+    let send = calls
+        .iter()
+        .find(|c| c["call"] == "sms.send")
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    assert_eq!(send["ok"], true, "{send}");
+    assert!(send["args"].as_str().unwrap().contains(" to +1"), "{send}");
+    assert!(send["result"].as_str().unwrap().starts_with("ok: id "), "{send}");
+
+    // A failing plugin: one attempt per run, each with its refused request.
+    let failed = delivery_with_attempts(&host, event_id, "outsider", 2).await;
+    let attempts = failed["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{failed}");
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a["attempt"].as_i64(), Some(i as i64 + 1));
+        assert_eq!(a["outcome"], "failed");
+        assert!(a["error"].as_str().unwrap().starts_with("plugin error: http: "), "{a}");
+        let http = &a["calls"][0];
+        assert_eq!(
+            (http["call"].as_str(), http["ok"].as_bool()),
+            (Some("http.send"), Some(false)),
+            "{a}"
+        );
+        assert_eq!(http["args"], "GET https://example.com/");
+        assert!(http["result"].as_str().unwrap().contains("not in allowed_hosts"), "{http}");
+    }
+
+    let (status, missing) = detail(&host, &Value::from(999_999)).await;
+    assert_eq!(status, 404, "{missing}");
+    let (status, _) = host.admin("GET", "/tenants/acme/deliveries/nope", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404);
+}
