@@ -218,6 +218,29 @@ async fn delivery(
     Ok(Json(json!(detail)))
 }
 
+/// `GET /metrics` (on the admin listener, behind the admin token): the
+/// Prometheus text exposition, with gauges read now.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AdminError> {
+    authorize(&state, &headers)?;
+    let load = state.dispatcher.load();
+    let rejected = state.tenants.keys().map(|t| state.registry.rejections(t).len() as u64).sum();
+    let gauges = crate::metrics::Gauges {
+        queued: load.queued as u64,
+        running: load.running as u64,
+        memory_bytes: load.memory_bytes as u64,
+        held: state.db.held_counts().await?,
+        long_runs: state.dispatcher.lane_stats().moved,
+        compiles: state.registry.runtime().stats().compiles,
+        rejected,
+    };
+    let body = state.metrics.render(&gauges);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response())
+}
+
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,

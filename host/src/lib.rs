@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod intake;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod sync;

@@ -2,7 +2,7 @@
 //! API's delivery view shows the event and each attempt with its outcome, the
 //! plugin version, wasm time and peak memory, the plugin's log lines and its
 //! host calls (an SMS sent, HTTP refused), and a retried delivery shows one
-//! attempt per run.
+//! attempt per run. `/metrics` counts the same webhooks and deliveries.
 
 use std::time::Duration;
 
@@ -103,6 +103,39 @@ async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
         assert_eq!(http["args"], "GET https://example.com/");
         assert!(http["result"].as_str().unwrap().contains("not in allowed_hosts"), "{http}");
     }
+
+    // The same runs, counted in /metrics (admin listener, admin token).
+    let (status, _) = host.post("nobody", fixture("seed-format/sms.received.json"), &[]).await;
+    assert_eq!(status, 404);
+    let metrics = |token: Option<&'static str>| {
+        let mut req = reqwest::Client::new().get(format!("{}/metrics", host.admin_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(metrics(None).await.0, 401);
+    let (status, text) = metrics(Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{text}");
+    for line in [
+        "switchboard_webhooks_total{tenant=\"acme\",outcome=\"accepted\"} 1",
+        "switchboard_webhooks_total{tenant=\"_other\",outcome=\"refused_unknown_tenant\"} 1",
+        "switchboard_deliveries_total{tenant=\"acme\",plugin=\"confirmer\",outcome=\"done\"} 1",
+        "switchboard_invocation_seconds_count{tenant=\"acme\",plugin=\"confirmer\"} 1",
+        "switchboard_dispatch{kind=\"running\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    let failed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_deliveries_total{tenant=\"acme\",plugin=\"outsider\",outcome=\"failed\"} "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    assert!(failed >= 2, "{text}");
 
     let (status, missing) = detail(&host, &Value::from(999_999)).await;
     assert_eq!(status, 404, "{missing}");

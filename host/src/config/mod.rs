@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod delivery;
 mod front_door;
 mod limits;
 mod manifest;
@@ -17,41 +18,13 @@ mod tenant;
 
 pub use front_door::FrontDoor;
 
+pub use delivery::{DbOptions, MAX_RETRIES};
 pub use limits::*;
 pub use manifest::{AllowedHost, Manifest};
 pub use tenant::{ApiDialect, JustCallPlan, KvTotal, TenantConfig, WebhookAuth, valid_tenant_id};
 
+use delivery::delivery_options;
 use tenant::{RawTenant, resolve_tenant};
-
-/// How deliveries and the database behave: the retry schedule, the dedupe
-/// window and how long a write waits for a lock.
-#[derive(Debug, Clone)]
-pub struct DbOptions {
-    /// Delays between a failed attempt and the next; a delivery that fails
-    /// once more than there are delays is `failed` and pauses its plugin.
-    pub retry_delays: Vec<Duration>,
-    /// How long a dedupe key is remembered.
-    pub dedupe_window: Duration,
-    /// How long a write waits for a lock held by another process.
-    pub busy_timeout: Duration,
-    /// How long a finished event (every delivery `done`) is kept, with its
-    /// deliveries and journal entries.
-    pub retention: Duration,
-    /// How long the KV of a plugin that is no longer deployed is kept.
-    pub kv_grace: Duration,
-}
-
-impl Default for DbOptions {
-    fn default() -> Self {
-        DbOptions {
-            retry_delays: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(1800)],
-            dedupe_window: Duration::from_secs(7 * 24 * 3600),
-            busy_timeout: Duration::from_secs(5),
-            retention: Duration::from_secs(30 * 24 * 3600),
-            kv_grace: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-}
 
 /// A configuration problem, located as precisely as the input allows.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +104,9 @@ pub struct Config {
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
     pub max_concurrent_invocations: u32,
+    /// Distinct (tenant, plugin) label pairs `/metrics` keeps; past it, new
+    /// pairs count under `_other`.
+    pub metrics_max_label_sets: usize,
     /// Wasm linear memory, MiB, that running invocations may hold between
     /// them (by their memory limits); default half the machine's memory.
     pub max_wasm_memory_mb: u64,
@@ -274,6 +250,7 @@ impl Config {
             dev: false,
             signature_tolerance,
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
+            metrics_max_label_sets: raw.metrics_max_label_sets.unwrap_or(1000),
             max_wasm_memory_mb: match &raw.max_wasm_memory_mb {
                 Some(mb) if *mb.get_ref() < 64 => {
                     return Err(ConfigError::new(
@@ -321,6 +298,7 @@ struct RawConfig {
     signature_tolerance_secs: Option<Spanned<u64>>,
     max_concurrent_invocations: Option<u32>,
     max_wasm_memory_mb: Option<Spanned<u64>>,
+    metrics_max_label_sets: Option<usize>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
@@ -396,89 +374,6 @@ fn long_run_cpu_percent(path: &Path, src: &str, raw: &RawConfig) -> Result<u32, 
             "must be from 1 to 100 (percent of one core)",
         )),
     }
-}
-
-/// Most retries a schedule may list.
-pub const MAX_RETRIES: usize = 20;
-
-/// The retry schedule, dedupe window and lock wait. The window must cover
-/// the signature window (a replayed webhook is still a duplicate) and the
-/// whole retry schedule (the side-effect journal, pruned with the dedupe
-/// keys, must outlive every retry that could read it).
-fn delivery_options(path: &Path, src: &str, raw: &RawConfig, tolerance: Duration) -> Result<DbOptions, ConfigError> {
-    let mut o = DbOptions::default();
-    if let Some(d) = &raw.retry_delays_ms {
-        if d.get_ref().len() > MAX_RETRIES {
-            return Err(ConfigError::new(
-                path,
-                src,
-                Some(d.span()),
-                "retry_delays_ms",
-                format!("at most {MAX_RETRIES} retries"),
-            ));
-        }
-        o.retry_delays = d.get_ref().iter().map(|ms| Duration::from_millis(*ms)).collect();
-    }
-    if let Some(w) = &raw.dedupe_window_secs {
-        if *w.get_ref() == 0 {
-            return Err(ConfigError::new(
-                path,
-                src,
-                Some(w.span()),
-                "dedupe_window_secs",
-                "must be at least 1",
-            ));
-        }
-        o.dedupe_window = Duration::from_secs(*w.get_ref());
-    }
-    if let Some(b) = &raw.db_busy_timeout_ms {
-        o.busy_timeout = Duration::from_millis(*b.get_ref());
-    }
-    if let Some(r) = &raw.retention_days {
-        if !(1..=3650).contains(r.get_ref()) {
-            return Err(ConfigError::new(path, src, Some(r.span()), "retention_days", "must be 1..=3650"));
-        }
-        o.retention = Duration::from_secs(*r.get_ref() * 24 * 3600);
-    }
-    if let Some(g) = &raw.kv_grace_days {
-        if *g.get_ref() > 3650 {
-            return Err(ConfigError::new(path, src, Some(g.span()), "kv_grace_days", "must be 0..=3650"));
-        }
-        o.kv_grace = Duration::from_secs(*g.get_ref() * 24 * 3600);
-    }
-    let schedule: Duration = o.retry_delays.iter().sum();
-    let (span, key) = match (&raw.dedupe_window_secs, &raw.retry_delays_ms) {
-        (Some(w), _) => (Some(w.span()), "dedupe_window_secs"),
-        (None, Some(d)) => (Some(d.span()), "retry_delays_ms"),
-        (None, None) => (None, "dedupe_window_secs"),
-    };
-    if o.dedupe_window < tolerance {
-        return Err(ConfigError::new(
-            path,
-            src,
-            span,
-            key,
-            format!(
-                "the dedupe window ({} s) must be at least signature_tolerance_secs ({} s), so a replayed webhook is still a duplicate",
-                o.dedupe_window.as_secs(),
-                tolerance.as_secs()
-            ),
-        ));
-    }
-    if o.dedupe_window <= schedule {
-        return Err(ConfigError::new(
-            path,
-            src,
-            span,
-            key,
-            format!(
-                "the dedupe window ({} s) must be longer than the whole retry schedule ({} s): the side-effect journal is kept as long as the dedupe keys, and every retry needs it",
-                o.dedupe_window.as_secs(),
-                schedule.as_secs()
-            ),
-        ));
-    }
-    Ok(o)
 }
 
 fn toml_error(path: &Path, src: &str, e: &toml::de::Error) -> ConfigError {

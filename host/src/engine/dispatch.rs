@@ -149,6 +149,8 @@ pub struct DispatchCtx {
     pub lane: Arc<LongLane>,
     /// Which plugins are paused for which tenants.
     pub paused: Arc<PauseBook>,
+    /// Where delivery outcomes and times are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
@@ -540,14 +542,16 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         .err()
         .map(|e| crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned());
     if plugin_hash.is_some() {
-        record_attempt(
-            ctx,
-            job.delivery_id,
-            plugin_hash,
-            (started_ms, crate::storage::now_ms()),
-            error.clone(),
-            &trace,
+        let wasm = Duration::from_micros(trace.wasm_us());
+        ctx.metrics.delivery(
+            tenant_id,
+            &job.plugin,
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+            wasm.as_secs_f64(),
         );
+        let ended_ms = crate::storage::now_ms();
+        trace.record(&ctx.db, job.delivery_id, plugin_hash, (started_ms, ended_ms), error.clone());
     }
     let outcome = match &result {
         Ok(()) => {
@@ -566,28 +570,4 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             None
         }
     }
-}
-
-/// Hands an ended attempt's trace to storage, not awaited: it is queued
-/// behind the delivery's start on the writer.
-fn record_attempt(
-    ctx: &DispatchCtx,
-    delivery_id: i64,
-    plugin_hash: Option<String>,
-    (started_ms, ended_ms): (i64, i64),
-    error: Option<String>,
-    trace: &Tracer,
-) {
-    let t = trace.finish();
-    ctx.db.record_attempt(crate::storage::NewAttempt {
-        delivery_id,
-        plugin_hash,
-        started_ms,
-        ended_ms,
-        error,
-        wasm_us: t.wasm_us,
-        peak_memory_bytes: t.peak_memory_bytes,
-        logs_json: serde_json::to_string(&t.logs).unwrap_or_else(|_| "[]".into()),
-        calls_json: serde_json::to_string(&t.calls).unwrap_or_else(|_| "[]".into()),
-    });
 }

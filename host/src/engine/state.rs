@@ -33,6 +33,8 @@ pub struct AppState {
     pub tenants: Arc<HashMap<String, Arc<Tenant>>>,
     /// What guards the HTTP edges against abuse.
     pub guards: Arc<Guards>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Shared state of the HTTP edges' defences.

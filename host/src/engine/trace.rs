@@ -145,6 +145,35 @@ impl Tracer {
         self.wasm_us.store(wasm.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The wasm time set so far, µs.
+    pub fn wasm_us(&self) -> u64 {
+        self.wasm_us.load(Ordering::Relaxed)
+    }
+
+    /// Hands the ended attempt's trace to storage, not awaited: it is queued
+    /// behind the delivery's start on the writer.
+    pub fn record(
+        &self,
+        db: &crate::storage::Db,
+        delivery_id: i64,
+        plugin_hash: Option<String>,
+        (started_ms, ended_ms): (i64, i64),
+        error: Option<String>,
+    ) {
+        let t = self.finish();
+        db.record_attempt(crate::storage::NewAttempt {
+            delivery_id,
+            plugin_hash,
+            started_ms,
+            ended_ms,
+            error,
+            wasm_us: t.wasm_us,
+            peak_memory_bytes: t.peak_memory_bytes,
+            logs_json: serde_json::to_string(&t.logs).unwrap_or_else(|_| "[]".into()),
+            calls_json: serde_json::to_string(&t.calls).unwrap_or_else(|_| "[]".into()),
+        });
+    }
+
     /// The trace so far (calls in start order).
     pub fn finish(&self) -> Trace {
         let mut lines = std::mem::take(&mut *crate::sync::lock(&self.lines));

@@ -60,6 +60,22 @@ pub enum WebhookError {
     SignatureReused,
 }
 
+impl WebhookError {
+    /// Its `outcome` label in `/metrics`.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            WebhookError::UnknownTenant(_) => "refused_unknown_tenant",
+            WebhookError::Unauthorized(_) => "refused_unauthorized",
+            WebhookError::BadRequest(_) | WebhookError::Body(_) => "refused_bad_request",
+            WebhookError::TooLarge => "refused_too_large",
+            WebhookError::BodyTimeout(_) => "refused_body_timeout",
+            WebhookError::Unavailable(_) | WebhookError::NoSecret | WebhookError::Busy => "refused_unavailable",
+            WebhookError::Unverifiable(_) => "refused_unverifiable",
+            WebhookError::SignatureReused => "refused_signature_reused",
+        }
+    }
+}
+
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -100,9 +116,18 @@ const UNSIGNED_PING_BYTES: usize = 1024;
 /// The webhook handler. Refusals an attacker can cause at will (401, 404)
 /// are logged at warn, at most once a second, with how many were not.
 pub async fn receive(State(state): State<AppState>, Path(tenant_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let known = state.tenants.contains_key(&tenant_id).then_some(tenant_id.as_str());
     match handle(&state, &tenant_id, &headers, body).await {
-        Ok(response) => response,
+        Ok(response) => {
+            let outcome = match response.status() {
+                StatusCode::ACCEPTED => "accepted",
+                _ => "duplicate_or_ping",
+            };
+            state.metrics.webhook(known, outcome);
+            response
+        }
         Err(e) => {
+            state.metrics.webhook(known, e.metric());
             if matches!(e, WebhookError::UnknownTenant(_) | WebhookError::Unauthorized(_))
                 && let Some(suppressed) = state.guards.refusal_log.check()
             {

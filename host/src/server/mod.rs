@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
 pub fn admin_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::admin::metrics))
         .nest("/admin", crate::admin::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -204,6 +205,7 @@ pub async fn run_with_routes(
         .collect();
     let tenants = Arc::new(tenants);
 
+    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets));
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),
@@ -219,6 +221,7 @@ pub async fn run_with_routes(
                 .context("starting the long-run lane")?,
             ),
             paused: Arc::default(),
+            metrics: metrics.clone(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
@@ -261,6 +264,7 @@ pub async fn run_with_routes(
         verifier,
         tenants,
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
+        metrics,
     };
     let router = app(state.clone()).merge(extra_routes);
     let admin_router = admin_app(state.clone());

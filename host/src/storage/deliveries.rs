@@ -332,6 +332,16 @@ impl Db {
         .await
     }
 
+    /// Held deliveries by (tenant, plugin).
+    pub async fn held_counts(&self) -> Result<Vec<(String, String, u64)>, DbError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare("SELECT tenant, plugin, count(*) FROM deliveries WHERE status = 'held' GROUP BY tenant, plugin")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// The deliveries of one event.
     pub async fn deliveries_for_event(&self, event_id: &str) -> Result<Vec<DeliveryRecord>, DbError> {
         let event_id = event_id.to_string();
