@@ -6,6 +6,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -67,6 +68,7 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/plugins/{plugin}/resume", post(resume))
         .route("/tenants/{tenant}/deliveries", get(deliveries))
         .route("/tenants/{tenant}/deliveries/{id}", get(delivery))
+        .route("/tenants/{tenant}/tail", get(tail))
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
         .route("/tenants/{tenant}/verifications", get(verifications))
         .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
@@ -346,4 +348,52 @@ async fn kv(
     Ok(Json(
         json!({ "tenant": tenant, "plugin": plugin, "prefix": prefix, "entries": shown, "next": next }),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct TailQuery {
+    plugin: Option<String>,
+    outcome: Option<String>,
+}
+
+/// The live tail, as Server-Sent Events: a `delivery` event (JSON) as each
+/// of the tenant's attempts ends, optionally only one plugin's or one
+/// outcome's. A watcher that falls too far behind gets a `dropped` event
+/// saying how many it missed, and the stream ends; dispatch never waits.
+async fn tail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(q): Query<TailQuery>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, AdminError> {
+    use crate::engine::tail::Missed;
+    authorize(&state, &headers)?;
+    known_tenant(&state, &tenant)?;
+    if let Some(o) = q.outcome.as_deref().filter(|o| !matches!(*o, "done" | "failed")) {
+        return Err(AdminError::BadRequest(format!("outcome `{o}` is not done or failed")));
+    }
+    let wanted = move |e: &crate::engine::tail::TailEvent| {
+        e.tenant == tenant && q.plugin.as_deref().is_none_or(|p| p == e.plugin) && q.outcome.as_deref().is_none_or(|o| o == e.outcome)
+    };
+    let stream = futures_util::stream::unfold(Some(state.tail.watch()), move |watcher| {
+        let wanted = wanted.clone();
+        async move {
+            let mut watcher = watcher?;
+            loop {
+                match watcher.next().await {
+                    Ok(e) if wanted(&e) => {
+                        let event = SseEvent::default().event("delivery").json_data(&*e).unwrap_or_default();
+                        return Some((Ok(event), Some(watcher)));
+                    }
+                    Ok(_) => continue,
+                    Err(Missed::Lagged(n)) => {
+                        let notice = format!("{n} attempts were dropped: this watcher fell too far behind; reconnect to go on");
+                        return Some((Ok(SseEvent::default().event("dropped").data(notice)), None));
+                    }
+                    Err(Missed::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -142,3 +142,123 @@ async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
     let (status, _) = host.admin("GET", "/tenants/acme/deliveries/nope", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 404);
 }
+
+/// Reads Server-Sent Events blocks (`event: …` / `data: …`) from a response.
+async fn next_block(resp: &mut reqwest::Response, pending: &mut String) -> Option<(String, String)> {
+    loop {
+        if let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let (mut kind, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if !kind.is_empty() {
+                return Some((kind, data));
+            }
+            continue;
+        }
+        let chunk = resp.chunk().await.ok()??;
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn the_live_tail_streams_attempts_as_they_end_and_the_cli_prints_them() {
+    let jc = FakeJustCall::start().await;
+    let host = TestHost::builder(vec![
+        TenantSpec::new("acme", &jc.url)
+            .plugin(PluginSpec::new("appointment-confirm", "confirmer", "events = [\"received\"]\n"))
+            .plugin(PluginSpec::new(
+                "hostile",
+                "outsider",
+                "events = [\"received\"]\n[config]\nmode = \"http\"\nurl = \"https://example.com/\"\n",
+            )),
+    ])
+    .retries(vec![Duration::from_secs(3600)])
+    .start()
+    .await;
+    let tail = |query: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/admin/tenants/acme/tail{query}", host.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(tail("?outcome=maybe").await.unwrap().status(), 400);
+    let unauthorized = reqwest::Client::new()
+        .get(format!("{}/admin/tenants/acme/tail", host.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+
+    // The API: only the confirmer's attempts, as they end.
+    let mut stream = tail("?plugin=confirmer").await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    // The CLI: only failed attempts.
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["admin", "--url", &host.admin_url, "--token", ADMIN_TOKEN])
+        .args(["tail", "--tenant", "acme", "--outcome", "failed"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = cli.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Let the CLI subscribe before the event is posted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, ack) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
+    assert_eq!(status, 202);
+    let event_id = ack["event_id"].as_str().unwrap();
+    let mut pending = String::new();
+    let (kind, data) = tokio::time::timeout(Duration::from_secs(10), next_block(&mut stream, &mut pending))
+        .await
+        .expect("an attempt within 10 s")
+        .expect("the stream stays open");
+    assert_eq!(kind, "delivery");
+    let e: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (e["plugin"].as_str(), e["outcome"].as_str()),
+        (Some("confirmer"), Some("done")),
+        "{e}"
+    );
+    assert_eq!(e["event_id"], event_id);
+    assert!(
+        e["logs"][0]["message"].as_str().unwrap().starts_with("confirmed appointment"),
+        "{e}"
+    );
+    assert_eq!(e["calls"][0]["call"], "sms.send", "{e}");
+
+    let mut printed = Vec::new();
+    let started = std::time::Instant::now();
+    while !printed.iter().any(|l: &String| l.contains("acme/outsider FAIL delivery")) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the CLI printed: {printed:?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            printed.push(line);
+        }
+    }
+    let fail = printed.iter().find(|l| l.contains("acme/outsider FAIL")).unwrap();
+    assert!(fail.contains(&format!("event …{}", &event_id[event_id.len() - 8..])), "{fail}");
+    assert!(fail.ends_with("is not in allowed_hosts"), "{fail}");
+    assert!(
+        !printed.iter().any(|l| l.contains("confirmer")),
+        "only failed attempts: {printed:?}"
+    );
+
+    // Stopping the server ends the open streams instead of waiting on them.
+    tokio::time::timeout(Duration::from_secs(10), host.stop())
+        .await
+        .expect("the server stops with tails open");
+    let status = cli.wait().unwrap();
+    assert!(status.success(), "the CLI ends when the server ends the tail: {status}");
+}

@@ -151,6 +151,8 @@ pub struct DispatchCtx {
     pub paused: Arc<PauseBook>,
     /// Where delivery outcomes and times are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where attempt ends are broadcast to watchers.
+    pub tail: Arc<crate::engine::tail::Tail>,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
@@ -416,13 +418,17 @@ impl Dispatcher {
     }
 
     fn retry_later(&self, job: Job, delay: Duration) {
-        // The timer holds the dispatcher; after shutdown nothing takes from
-        // the queue, and the retry stays pending in the database for the
-        // next start.
-        let me = self.clone();
+        // The timer holds only a weak reference: after shutdown the queue is
+        // gone (or nothing takes from it), and the retry stays pending in the
+        // database for the next start.
+        let queue = Arc::downgrade(&self.queue);
+        let memory = self.memory_of(&job);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            me.submit(job);
+            if let Some(queue) = queue.upgrade() {
+                let tenant = job.event.tenant.clone();
+                queue.push(&tenant, Work::One(job), memory);
+            }
         });
     }
 
@@ -551,7 +557,21 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             wasm.as_secs_f64(),
         );
         let ended_ms = crate::storage::now_ms();
-        trace.record(&ctx.db, job.delivery_id, plugin_hash, (started_ms, ended_ms), error.clone());
+        let t = trace.record(&ctx.db, job.delivery_id, plugin_hash, (started_ms, ended_ms), error.clone());
+        if ctx.tail.watched() {
+            ctx.tail.publish(crate::engine::tail::TailEvent {
+                tenant: tenant_id.to_string(),
+                plugin: job.plugin.clone(),
+                delivery_id: job.delivery_id,
+                event_id: job.event.event_id.clone(),
+                outcome: if result.is_ok() { "done" } else { "failed" },
+                error: error.clone(),
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                ms: started.elapsed().as_secs_f64() * 1e3,
+                logs: t.logs,
+                calls: t.calls,
+            });
+        }
     }
     let outcome = match &result {
         Ok(()) => {

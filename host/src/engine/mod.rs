@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod state;
 pub mod stdio;
+pub mod tail;
 pub mod tenant;
 pub mod trace;
 pub mod verify;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub guards: Arc<Guards>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Attempt ends, for the live tail.
+    pub tail: Arc<crate::engine::tail::Tail>,
 }
 
 /// Shared state of the HTTP edges' defences.

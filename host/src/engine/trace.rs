@@ -151,7 +151,7 @@ impl Tracer {
     }
 
     /// Hands the ended attempt's trace to storage, not awaited: it is queued
-    /// behind the delivery's start on the writer.
+    /// behind the delivery's start on the writer. Returns the trace.
     pub fn record(
         &self,
         db: &crate::storage::Db,
@@ -159,7 +159,7 @@ impl Tracer {
         plugin_hash: Option<String>,
         (started_ms, ended_ms): (i64, i64),
         error: Option<String>,
-    ) {
+    ) -> Trace {
         let t = self.finish();
         db.record_attempt(crate::storage::NewAttempt {
             delivery_id,
@@ -172,6 +172,7 @@ impl Tracer {
             logs_json: serde_json::to_string(&t.logs).unwrap_or_else(|_| "[]".into()),
             calls_json: serde_json::to_string(&t.calls).unwrap_or_else(|_| "[]".into()),
         });
+        t
     }
 
     /// The trace so far (calls in start order).

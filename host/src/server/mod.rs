@@ -206,6 +206,7 @@ pub async fn run_with_routes(
     let tenants = Arc::new(tenants);
 
     let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets));
+    let tail = Arc::new(crate::engine::tail::Tail::default());
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),
@@ -222,6 +223,7 @@ pub async fn run_with_routes(
             ),
             paused: Arc::default(),
             metrics: metrics.clone(),
+            tail: tail.clone(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
@@ -265,6 +267,7 @@ pub async fn run_with_routes(
         tenants,
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
         metrics,
+        tail: tail.clone(),
     };
     let router = app(state.clone()).merge(extra_routes);
     let admin_router = admin_app(state.clone());
@@ -276,6 +279,8 @@ pub async fn run_with_routes(
     tokio::spawn(async move {
         shutdown.await;
         trigger.cancel();
+        // Tail streams end too, so their connections can drain.
+        tail.close();
     });
     // Plugins are loaded and deliveries resumed: from here on, connections
     // are answered.

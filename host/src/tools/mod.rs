@@ -2,6 +2,7 @@
 //! simulator, plugin scaffolding, building, checking and testing, and `send`.
 //! Nothing below this layer imports it.
 
+pub mod admin_cli;
 pub mod author;
 pub mod author_log;
 pub mod cli;

@@ -1,0 +1,251 @@
+//! `switchboard admin`: the admin API's commands (each a mirror of one
+//! endpoint, printing its JSON), and `admin tail`, which follows the live
+//! tail's Server-Sent Events and prints each attempt as it ends.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's base URL (the config's `admin_listen`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    url: String,
+    /// The admin bearer token (the config's `admin_token`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// A tenant's plugins: serving version, status (active, paused,
+    /// rejected), failure counts and last error.
+    Plugins {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// Reactivate a paused plugin; its held deliveries run in arrival order.
+    Resume {
+        /// Tenant id.
+        tenant: String,
+        /// Plugin name.
+        plugin: String,
+    },
+    /// A tenant's deliveries, newest first.
+    Deliveries {
+        /// Tenant id.
+        tenant: String,
+        /// Only this status: verifying, pending, running, done, failed,
+        /// held or refused.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One delivery: its event and every attempt, with the plugin's log
+    /// lines and host calls.
+    Delivery {
+        /// Tenant id.
+        tenant: String,
+        /// Delivery id (from `deliveries`).
+        id: i64,
+    },
+    /// Follow a tenant's delivery attempts as they end, with their log lines
+    /// and host calls (until interrupted, or the server stops).
+    Tail {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only `done` or only `failed` attempts.
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+    /// Run a stored event again through the tenant's current plugins.
+    Replay {
+        /// Tenant id.
+        tenant: String,
+        /// Event id (as returned when the webhook was accepted).
+        event: String,
+    },
+    /// Events checked with JustCall (justcall-v1 tenants): refused ones with
+    /// the reason, or those still pending or verified.
+    Verifications {
+        /// Tenant id.
+        tenant: String,
+        /// refused, pending or verified.
+        #[arg(long, default_value = "refused")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A plugin's KV entries, in key order.
+    Kv {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only keys after this one (the previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+impl AdminCommand {
+    fn request(&self, client: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+        let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        match self {
+            AdminCommand::Plugins { tenant } => client.get(format!("{base}/admin/tenants/{}/plugins", seg(tenant))),
+            AdminCommand::Resume { tenant, plugin } => {
+                client.post(format!("{base}/admin/tenants/{}/plugins/{}/resume", seg(tenant), seg(plugin)))
+            }
+            AdminCommand::Deliveries { tenant, status, limit } => {
+                let mut q = vec![("limit", limit.to_string())];
+                if let Some(s) = status {
+                    q.push(("status", s.clone()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/deliveries", seg(tenant))).query(&q)
+            }
+            AdminCommand::Delivery { tenant, id } => client.get(format!("{base}/admin/tenants/{}/deliveries/{id}", seg(tenant))),
+            AdminCommand::Tail { tenant, plugin, outcome } => {
+                let mut q = Vec::new();
+                if let Some(p) = plugin {
+                    q.push(("plugin", p.clone()));
+                }
+                if let Some(o) = outcome {
+                    q.push(("outcome", o.clone()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/tail", seg(tenant))).query(&q)
+            }
+            AdminCommand::Replay { tenant, event } => {
+                client.post(format!("{base}/admin/tenants/{}/events/{}/replay", seg(tenant), seg(event)))
+            }
+            AdminCommand::Verifications { tenant, state, limit } => client
+                .get(format!("{base}/admin/tenants/{}/verifications", seg(tenant)))
+                .query(&[("state", state.clone()), ("limit", limit.to_string())]),
+            AdminCommand::Kv {
+                tenant,
+                plugin,
+                prefix,
+                after,
+                limit,
+            } => {
+                let mut q = vec![("prefix", prefix.clone()), ("limit", limit.to_string())];
+                if let Some(a) = after {
+                    q.push(("after", a.clone()));
+                }
+                client
+                    .get(format!("{base}/admin/tenants/{}/plugins/{}/kv", seg(tenant), seg(plugin)))
+                    .query(&q)
+            }
+        }
+    }
+}
+
+/// Runs one admin command against a running server.
+pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let base = args.url.trim_end_matches('/');
+    let resp = args
+        .command
+        .request(&reqwest::Client::new(), base)
+        .bearer_auth(&args.token)
+        .send()
+        .await
+        .with_context(|| format!("reaching {base}"))?;
+    let status = resp.status();
+    if status.is_success() && matches!(args.command, AdminCommand::Tail { .. }) {
+        return follow(resp).await;
+    }
+    let text = resp.text().await.context("reading the answer")?;
+    let shown = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{shown}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {status}: {shown}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Prints the tail's events as they arrive: a line per attempt, then its
+/// log lines and host calls, indented. A `dropped` notice goes to stderr and
+/// ends with failure; the server ending the stream ends with success.
+async fn follow(mut resp: reqwest::Response) -> anyhow::Result<ExitCode> {
+    let mut pending = String::new();
+    while let Some(chunk) = resp.chunk().await.context("reading the tail")? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let (mut kind, mut data) = ("message", Vec::new());
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event:") {
+                    kind = if k.trim() == "dropped" { "dropped" } else { "delivery" };
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            let data = data.join("\n");
+            match kind {
+                "dropped" => {
+                    eprintln!("error: {data}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                "delivery" => print_attempt(&data),
+                _ => {}
+            }
+        }
+    }
+    eprintln!("the server ended the tail");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_attempt(data: &str) {
+    let Ok(e) = serde_json::from_str::<serde_json::Value>(data) else {
+        println!("{data}");
+        return;
+    };
+    // Plugin text reaches a terminal here: control characters are escaped.
+    let s = |k: &str| crate::domain::escape_controls(e[k].as_str().unwrap_or_default()).into_owned();
+    let time = s("at").get(11..19).unwrap_or_default().to_string();
+    let event = s("event_id");
+    let short = &event[event.len().saturating_sub(8)..];
+    let outcome = if e["outcome"] == "done" { "done" } else { "FAIL" };
+    let ms = e["ms"].as_f64().unwrap_or_default();
+    let mut line = format!(
+        "{time} {}/{} {outcome:<4} delivery {} event …{short} in {ms:.1} ms",
+        s("tenant"),
+        s("plugin"),
+        e["delivery_id"]
+    );
+    if let Some(err) = e["error"].as_str() {
+        line.push_str(&format!(": {}", crate::domain::escape_controls(err)));
+    }
+    println!("{line}");
+    for l in e["logs"].as_array().into_iter().flatten() {
+        let level = l["level"].as_str().unwrap_or_default();
+        let message = crate::domain::escape_controls(l["message"].as_str().unwrap_or_default());
+        println!("    log.{level:<6} {message}");
+    }
+    for c in e["calls"].as_array().into_iter().flatten() {
+        let get = |k: &str| crate::domain::escape_controls(c[k].as_str().unwrap_or_default()).into_owned();
+        println!("    {:<16} {} → {}", get("call"), get("args"), get("result"));
+    }
+}
