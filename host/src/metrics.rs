@@ -41,6 +41,19 @@ struct PluginLabels {
     plugin: String,
 }
 
+/// Labels of a JustCall call's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JustCallLabels {
+    tenant: String,
+    result: String,
+}
+
+/// Labels of a per-tenant series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
 /// Labels of a host-wide gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -62,6 +75,9 @@ pub struct Metrics {
     queue: Family<KindLabels, Gauge>,
     held: Family<PluginLabels, Gauge>,
     host: Family<KindLabels, Gauge>,
+    justcall: Family<JustCallLabels, Counter>,
+    justcall_seconds: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    budget_waits: Family<JustCallLabels, Counter>,
     seen: Mutex<HashSet<(String, String)>>,
     max_label_sets: usize,
 }
@@ -121,8 +137,26 @@ impl Metrics {
             "Since start: long runs (moved to the low-priority lane), compiles; now: rejected plugin versions",
             host.clone(),
         );
+        let justcall = Family::<JustCallLabels, Counter>::default();
+        registry.register(
+            "justcall_requests",
+            "JustCall API requests by result: 2xx, 4xx, 429, 5xx or transport",
+            justcall.clone(),
+        );
+        let justcall_seconds =
+            Family::<TenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register("justcall_seconds", "Latency of a JustCall API request", justcall_seconds.clone());
+        let budget_waits = Family::<JustCallLabels, Counter>::default();
+        registry.register(
+            "justcall_budget",
+            "Requests that waited for the tenant's JustCall budget (waited) or found it spent past their deadline (exhausted)",
+            budget_waits.clone(),
+        );
         Metrics {
             registry,
+            justcall,
+            justcall_seconds,
+            budget_waits,
             webhooks,
             deliveries,
             invocation,
@@ -183,6 +217,31 @@ impl Metrics {
         let labels = PluginLabels { tenant, plugin };
         self.invocation.get_or_create(&labels).observe(seconds);
         self.wasm.get_or_create(&labels).observe(wasm_seconds);
+    }
+
+    /// Counts a JustCall API request's result (`2xx`, `4xx`, `429`, `5xx`,
+    /// `transport`) and latency.
+    pub fn justcall(&self, tenant: &str, result: &str, seconds: f64) {
+        let tenant = self.labels(tenant, "").0;
+        self.justcall
+            .get_or_create(&JustCallLabels {
+                tenant: tenant.clone(),
+                result: result.to_string(),
+            })
+            .inc();
+        self.justcall_seconds.get_or_create(&TenantLabels { tenant }).observe(seconds);
+    }
+
+    /// Counts a request that `waited` for the tenant's JustCall budget, or
+    /// found it spent past its deadline (`exhausted`).
+    pub fn budget(&self, tenant: &str, result: &str) {
+        let tenant = self.labels(tenant, "").0;
+        self.budget_waits
+            .get_or_create(&JustCallLabels {
+                tenant,
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition, with the gauges set from `g`.
@@ -250,6 +309,18 @@ mod tests {
         assert!(text.contains("switchboard_dispatch{kind=\"queued\"} 3"), "{text}");
         assert!(
             text.contains("switchboard_held_deliveries{tenant=\"acme\",plugin=\"crm\"} 2"),
+            "{text}"
+        );
+        m.justcall("acme", "429", 0.05);
+        m.budget("acme", "waited");
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("switchboard_justcall_requests_total{tenant=\"acme\",result=\"429\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("switchboard_justcall_seconds_count{tenant=\"acme\"} 1"), "{text}");
+        assert!(
+            text.contains("switchboard_justcall_budget_total{tenant=\"acme\",result=\"waited\"} 1"),
             "{text}"
         );
     }

@@ -126,6 +126,8 @@ async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
         "switchboard_deliveries_total{tenant=\"acme\",plugin=\"confirmer\",outcome=\"done\"} 1",
         "switchboard_invocation_seconds_count{tenant=\"acme\",plugin=\"confirmer\"} 1",
         "switchboard_dispatch{kind=\"running\"} 0",
+        "switchboard_justcall_requests_total{tenant=\"acme\",result=\"2xx\"} 1",
+        "switchboard_justcall_seconds_count{tenant=\"acme\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

@@ -102,6 +102,8 @@ pub struct JustCallClient {
     /// Set when JustCall said the budget is spent (`X-Rate-Limit-Remaining: 0`).
     blocked_until: Arc<Mutex<Option<Instant>>>,
     default_country: Option<crate::domain::Country>,
+    /// Where requests are counted, under this tenant.
+    metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
 }
 
 impl std::fmt::Debug for JustCallClient {
@@ -138,6 +140,26 @@ impl JustCallClient {
             budget: Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))),
             blocked_until: Arc::default(),
             default_country: tenant.default_country,
+            metrics: None,
+        }
+    }
+
+    /// Counts this client's requests, results, latency and budget waits in
+    /// `metrics` under `tenant`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>, tenant: &str) -> JustCallClient {
+        self.metrics = Some((metrics, tenant.to_string()));
+        self
+    }
+
+    fn count(&self, result: &str, since: Instant) {
+        if let Some((m, tenant)) = &self.metrics {
+            m.justcall(tenant, result, since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn count_budget(&self, result: &str) {
+        if let Some((m, tenant)) = &self.metrics {
+            m.budget(tenant, result);
         }
     }
 
@@ -158,8 +180,10 @@ impl JustCallClient {
                 },
             };
             if Instant::now() + wait > deadline {
+                self.count_budget("exhausted");
                 return Err(JustCallError::RateLimited(wait));
             }
+            self.count_budget("waited");
             tokio::time::sleep(wait).await;
         }
     }
@@ -169,7 +193,16 @@ impl JustCallClient {
             return Attempt::Fail(e);
         }
         let timeout = deadline.saturating_duration_since(Instant::now()).min(REQUEST_TIMEOUT);
+        let started = Instant::now();
         let sent = crate::engine::lanes::on_io(req.header(AUTHORIZATION, self.auth.clone()).timeout(timeout).send()).await;
+        let result = match &sent {
+            Ok(Ok(r)) if r.status().as_u16() == 429 => "429",
+            Ok(Ok(r)) if r.status().is_success() => "2xx",
+            Ok(Ok(r)) if r.status().is_server_error() => "5xx",
+            Ok(Ok(_)) => "4xx",
+            _ => "transport",
+        };
+        self.count(result, started);
         let resp = match sent {
             Err(closed) => return Attempt::Fail(JustCallError::Unavailable(closed.to_string())),
             Ok(sent) => sent,

@@ -192,20 +192,20 @@ pub async fn run_with_routes(
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .context("building the plugin HTTP client")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets));
     let tenants: HashMap<String, Arc<Tenant>> = config
         .tenants
         .values()
         .map(|t| {
             let rt = Tenant {
                 config: t.clone(),
-                justcall: JustCallClient::new(t, justcall_http.clone()),
+                justcall: JustCallClient::new(t, justcall_http.clone()).with_metrics(metrics.clone(), &t.id),
             };
             (t.id.clone(), Arc::new(rt))
         })
         .collect();
     let tenants = Arc::new(tenants);
 
-    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets));
     let tail = Arc::new(crate::engine::tail::Tail::default());
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
