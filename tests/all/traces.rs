@@ -38,10 +38,10 @@ async fn delivery_with_attempts(host: &TestHost, event_id: &str, plugin: &str, n
     panic!("{plugin}'s delivery of {event_id} never had {n} attempts: {found}");
 }
 
-#[tokio::test]
-async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
-    let jc = FakeJustCall::start().await;
-    let host = TestHost::builder(vec![
+/// Tenant `acme` with `confirmer` (appointment-confirm: logs and sends an
+/// SMS) and `outsider` (fails on a refused request), retried after `retry`.
+async fn confirmer_and_outsider(jc: &FakeJustCall, retry: Duration) -> TestHost {
+    TestHost::builder(vec![
         TenantSpec::new("acme", &jc.url)
             .plugin(PluginSpec::new("appointment-confirm", "confirmer", "events = [\"received\"]\n"))
             .plugin(PluginSpec::new(
@@ -50,9 +50,15 @@ async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
                 "events = [\"received\"]\n[config]\nmode = \"http\"\nurl = \"https://example.com/\"\n",
             )),
     ])
-    .retries(vec![Duration::from_millis(50)])
+    .retries(vec![retry])
     .start()
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
+    let jc = FakeJustCall::start().await;
+    let host = confirmer_and_outsider(&jc, Duration::from_millis(50)).await;
     let (status, ack) = host.post("acme", fixture("seed-format/sms.received-confirm.json"), &[]).await;
     assert_eq!(status, 202);
     let event_id = ack["event_id"].as_str().unwrap();
@@ -171,18 +177,7 @@ async fn next_block(resp: &mut reqwest::Response, pending: &mut String) -> Optio
 #[tokio::test]
 async fn the_live_tail_streams_attempts_as_they_end_and_the_cli_prints_them() {
     let jc = FakeJustCall::start().await;
-    let host = TestHost::builder(vec![
-        TenantSpec::new("acme", &jc.url)
-            .plugin(PluginSpec::new("appointment-confirm", "confirmer", "events = [\"received\"]\n"))
-            .plugin(PluginSpec::new(
-                "hostile",
-                "outsider",
-                "events = [\"received\"]\n[config]\nmode = \"http\"\nurl = \"https://example.com/\"\n",
-            )),
-    ])
-    .retries(vec![Duration::from_secs(3600)])
-    .start()
-    .await;
+    let host = confirmer_and_outsider(&jc, Duration::from_secs(3600)).await;
     let tail = |query: &str| {
         reqwest::Client::new()
             .get(format!("{}/admin/tenants/acme/tail{query}", host.admin_url))

@@ -188,7 +188,7 @@ fn trace_cost(n: usize) -> Vec<f64> {
         let t = Tracer::new();
         t.log("info", "confirmed appointment for +15125551234; reply 42");
         let call = t.begin("sms.send", "from +15125550100 to +15125551234 \"Your appointment is confirmed.\"");
-        t.end(call, Ok("id 42"));
+        t.end(call, Ok("id 42".into()));
         t.wasm_time(Duration::from_micros(20));
         let trace = t.finish();
         let json = (

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::common::{Guests, Server, Tenant, event, percentile, signed, sorted, start_with};
-use crate::neighbour::{Arrivals, fake_justcall};
+use crate::neighbour::{Arrivals, start_fake_justcall};
 
 const VICTIM: &str = "+15125550100";
 const NEIGHBOUR: &str = "+15125550199";
@@ -137,13 +137,7 @@ async fn burst(guests: &Guests, slow: &str) -> (f64, f64, f64) {
 }
 
 pub async fn run(guests: &Guests) -> Map<String, Value> {
-    let arrivals: Arrivals = Default::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let jc = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/api/v2/texts/new", axum::routing::post(fake_justcall))
-        .with_state(arrivals.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (jc, arrivals) = start_fake_justcall().await;
     let slow = slow_host(Duration::from_secs(3)).await;
 
     let alone = victim_round(guests, &jc, &arrivals, &slow, false).await;

@@ -25,6 +25,18 @@ const EVIL_RATE_HZ: u64 = 2;
 /// When each reply SMS reached the fake JustCall, by the event id in its body.
 pub type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// Starts [`fake_justcall`] on loopback: its URL and its arrivals.
+pub async fn start_fake_justcall() -> (String, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/api/v2/texts/new", axum::routing::post(fake_justcall))
+        .with_state(arrivals.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, arrivals)
+}
+
 /// A fake JustCall that notes when each reply (`…:id`) arrives.
 pub async fn fake_justcall(State(arrivals): State<Arrivals>, Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
     if let Some(text) = body["body"].as_str()
@@ -145,13 +157,7 @@ fn summary(lat: &mut [f64]) -> String {
 
 pub async fn run(guests: &Guests) -> Map<String, Value> {
     let wasm: HashMap<String, std::path::PathBuf> = guests.clone();
-    let arrivals: Arrivals = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let jc_url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/api/v2/texts/new", axum::routing::post(fake_justcall))
-        .with_state(arrivals.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (jc_url, arrivals) = start_fake_justcall().await;
 
     let (mut alone, mut noisy) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

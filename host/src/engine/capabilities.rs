@@ -352,7 +352,7 @@ impl sms::Host for PluginCtx {
             Ok(r) => sms_result(r),
             Err(breach) => Err(breach.to_string()),
         };
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         result
     }
 
@@ -360,7 +360,7 @@ impl sms::Host for PluginCtx {
         let traced = self.inv.trace.begin("sms.get-message", &id);
         let result = self.get_sms(id).await;
         let summary = result.as_ref().map(|m| format!("message {}", m.id)).map_err(|e| format!("{e:?}"));
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 
@@ -378,7 +378,7 @@ impl sms::Host for PluginCtx {
             .as_ref()
             .map(|v| format!("{} messages", v.len()))
             .map_err(|e| format!("{e:?}"));
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 }
@@ -483,7 +483,7 @@ impl kv::Host for PluginCtx {
         let t = &self.inv.tenant.config.id;
         let result = self.inv.db.kv_get(t, &self.inv.plugin, &key).await.map_err(kv_storage);
         let summary = kv_result(&result, |v| v.as_ref().map_or("absent".into(), |v| format!("{} bytes", v.len())));
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 
@@ -492,7 +492,7 @@ impl kv::Host for PluginCtx {
         let traced = self.inv.trace.begin("kv.set", &format!("{key} ({} bytes)", value.len()));
         let result = self.kv_set(key, value).await;
         let summary = kv_result(&result, |_| String::new());
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 
@@ -503,7 +503,7 @@ impl kv::Host for PluginCtx {
         let t = &self.inv.tenant.config.id;
         let result = self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage);
         let summary = kv_result(&result, |_| String::new());
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 
@@ -512,7 +512,7 @@ impl kv::Host for PluginCtx {
         let t = &self.inv.tenant.config.id;
         let result = self.inv.db.kv_keys(t, &self.inv.plugin, &prefix).await.map_err(kv_storage);
         let summary = kv_result(&result, |k| format!("{} keys", k.len()));
-        self.inv.trace.end(traced, summary.as_deref().map_err(String::as_str));
+        self.inv.trace.end(traced, summary);
         Ok(result)
     }
 }

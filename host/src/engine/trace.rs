@@ -119,10 +119,11 @@ impl Tracer {
     }
 
     /// Records how a call started with [`Tracer::begin`] ended.
-    pub fn end(&self, start: CallStart, result: Result<&str, &str>) {
+    pub fn end(&self, start: CallStart, result: Result<String, String>) {
         let (ok, text) = match result {
-            Ok(t) => (true, if t.is_empty() { "ok".to_string() } else { format!("ok: {t}") }),
-            Err(e) => (false, e.to_string()),
+            Ok(t) if t.is_empty() => (true, "ok".to_string()),
+            Ok(t) => (true, format!("ok: {t}")),
+            Err(e) => (false, e),
         };
         let call = TracedCall {
             call: start.call.to_string(),
@@ -197,8 +198,8 @@ mod tests {
         let t = Tracer::new();
         let first = t.begin("http.send", "POST https://crm.example.com/leads");
         let second = t.begin("kv.set", &"k".repeat(1000));
-        t.end(second, Ok(""));
-        t.end(first, Err("not-allowed: crm.example.com is not in allowed_hosts"));
+        t.end(second, Ok(String::new()));
+        t.end(first, Err("not-allowed: crm.example.com is not in allowed_hosts".into()));
         t.log("info", "hello");
         t.memory(1 << 20);
         t.memory(1 << 16);

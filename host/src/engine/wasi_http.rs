@@ -102,7 +102,7 @@ impl HttpGate {
                     Ok(resp) => Ok(format!("{} ({} bytes)", resp.status, resp.body.len())),
                     Err(e) => Err(format!("{e:?}")),
                 };
-                t.end(traced, summary.as_deref().map_err(String::as_str));
+                t.end(traced, summary);
             }
             if let Err(http::HttpError::NotAllowed(reason) | http::HttpError::InvalidRequest(reason)) = &result {
                 log_refused((&tenant, &plugin, &event), call, reason);
