@@ -1,6 +1,6 @@
 //! The admin API under `/admin`, behind the configured bearer token: what each
 //! tenant's plugins are doing (version serving, rejections, pause state and
-//! failures), resuming paused plugins, listing deliveries, event
+//! failures), resuming paused plugins, searching deliveries, event
 //! verifications and a plugin's KV, and replaying events. HTTP errors for it are mapped here
 //! only.
 
@@ -13,10 +13,11 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::domain::EventKind;
 use crate::domain::MAX_RECORD;
 use crate::engine::accept::Replay;
 use crate::engine::state::AppState;
-use crate::storage::{DeliveryStatus, VerificationState};
+use crate::storage::{DeliveryStatus, Search, SearchError, VerificationState};
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,8 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
 }
 
-fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
+/// Refuses a tenant the config does not name.
+pub(crate) fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
     if state.tenants.contains_key(tenant) {
         Ok(())
     } else {
@@ -87,16 +89,22 @@ fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminError> {
 /// token being looked at until the minute is over, and failures are logged
 /// at warn (at most once a second, with the count not logged).
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    check_token(state, given)
+}
+
+/// Checks a given admin token (the bearer token, or the console's sign-in),
+/// counting failures toward the lockout.
+pub(crate) fn check_token(state: &AppState, given: Option<&str>) -> Result<(), AdminError> {
     let Some(token) = &state.config.admin_token else {
         return Err(AdminError::Unauthorized("the admin API is off: set admin_token in the config"));
     };
     if let Some(wait) = state.guards.admin_locked_for() {
         return Err(AdminError::Locked(wait.as_secs().max(1)));
     }
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
     let refusal = match given {
         Some(g) if bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())) => return Ok(()),
         Some(_) => AdminError::Unauthorized("wrong bearer token"),
@@ -111,10 +119,19 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
 
 async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Json<Value>, AdminError> {
     authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
-    let serving = state.registry.plugins(&tenant);
-    let mut rejections = state.registry.rejections(&tenant);
-    let mut health = state.db.plugin_health(&tenant).await?;
+    let out = plugin_statuses(&state, &tenant).await?;
+    Ok(Json(
+        json!({ "tenant": tenant, "plugins": out, "compile": state.registry.runtime().stats() }),
+    ))
+}
+
+/// Each of the tenant's plugins (serving, rejected, or removed with
+/// deliveries still held): status, summary, version, failures and held count.
+pub(crate) async fn plugin_statuses(state: &AppState, tenant: &str) -> Result<Vec<Value>, AdminError> {
+    known_tenant(state, tenant)?;
+    let serving = state.registry.plugins(tenant);
+    let mut rejections = state.registry.rejections(tenant);
+    let mut health = state.db.plugin_health(tenant).await?;
     let mut out = Vec::new();
     // `rejected` only when nothing serves: a plugin whose newer file was
     // refused is still active on its previous version, and says so.
@@ -158,9 +175,7 @@ async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant)
         let summary = "removed; deliveries still held";
         out.push(json!({ "name": name, "status": if h.paused { "paused" } else { "removed" }, "summary": summary, "hash": null, "removed": true, "delivery": h }));
     }
-    Ok(Json(
-        json!({ "tenant": tenant, "plugins": out, "compile": state.registry.runtime().stats() }),
-    ))
+    Ok(out)
 }
 
 async fn resume(
@@ -169,40 +184,138 @@ async fn resume(
     Path((tenant, plugin)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
     authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
-    match state.dispatcher.resume(&tenant, &plugin).await? {
-        Some(released) => Ok(Json(
-            json!({ "tenant": tenant, "plugin": plugin, "status": "active", "released": released }),
-        )),
-        None if state.registry.get(&tenant, &plugin).is_some() => Err(AdminError::Conflict(format!("plugin `{plugin}` is not paused"))),
+    let released = resume_plugin(&state, &tenant, &plugin).await?;
+    Ok(Json(
+        json!({ "tenant": tenant, "plugin": plugin, "status": "active", "released": released }),
+    ))
+}
+
+/// Resumes a paused plugin; how many held deliveries it released.
+pub(crate) async fn resume_plugin(state: &AppState, tenant: &str, plugin: &str) -> Result<usize, AdminError> {
+    known_tenant(state, tenant)?;
+    match state.dispatcher.resume(tenant, plugin).await? {
+        Some(released) => Ok(released),
+        None if state.registry.get(tenant, plugin).is_some() => Err(AdminError::Conflict(format!("plugin `{plugin}` is not paused"))),
         None => Err(AdminError::NotFound(format!("plugin `{plugin}` of tenant `{tenant}`"))),
     }
 }
 
-#[derive(serde::Deserialize)]
-struct DeliveriesQuery {
-    status: Option<String>,
-    limit: Option<u32>,
+/// A deliveries search as given in a query string (the admin API's and the
+/// console's). Empty values count as not given, as an HTML form sends them.
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+pub struct SearchParams {
+    /// Sender or recipient number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// Words in the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Event kind (`sms.received`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Plugin name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Delivery status (`outcome` is the same).
+    #[serde(default, alias = "outcome", skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// RFC 3339 time, or a duration ago (`15m`, `2h`, `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// RFC 3339 time, or a duration ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The previous page's `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// Page size (default 100, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `at` as unix ms: an RFC 3339 time, or a duration (`90s`, `15m`, `2h`, `7d`) before now.
+fn time_param(name: &str, at: &str) -> Result<i64, AdminError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) {
+        return Ok(t.timestamp_millis());
+    }
+    match humantime::parse_duration(at) {
+        Ok(ago) => Ok(crate::storage::now_ms() - ago.as_millis() as i64),
+        Err(_) => Err(AdminError::BadRequest(format!(
+            "{name} `{at}` is neither an RFC 3339 time nor a duration like 15m, 2h or 7d"
+        ))),
+    }
+}
+
+impl SearchParams {
+    /// The search these parameters ask for, or why they make no sense.
+    pub fn to_search(&self) -> Result<Search, AdminError> {
+        let kind = given(&self.kind)
+            .map(|k| {
+                EventKind::from_name(k).ok_or_else(|| {
+                    let all: Vec<&str> = EventKind::ALL.iter().map(|s| s.seed_name()).collect();
+                    AdminError::BadRequest(format!("kind `{k}` is not one of {}", all.join(", ")))
+                })
+            })
+            .transpose()?;
+        let status = given(&self.status)
+            .map(|s| {
+                DeliveryStatus::parse(s).ok_or_else(|| {
+                    let all: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    AdminError::BadRequest(format!("status `{s}` is not one of {}", all.join(", ")))
+                })
+            })
+            .transpose()?;
+        let number = given(&self.number).map(str::to_string);
+        if let Some(n) = &number
+            && !n.chars().any(|c| c.is_ascii_digit())
+        {
+            return Err(AdminError::BadRequest(format!("number `{n}` has no digits")));
+        }
+        let before = given(&self.before)
+            .map(|b| {
+                b.parse::<i64>()
+                    .map_err(|_| AdminError::BadRequest(format!("before `{b}` is not a delivery id")))
+            })
+            .transpose()?;
+        Ok(Search {
+            number,
+            text: given(&self.text).map(str::to_string),
+            kind,
+            plugin: given(&self.plugin).map(str::to_string),
+            status,
+            since_ms: given(&self.since).map(|t| time_param("since", t)).transpose()?,
+            until_ms: given(&self.until).map(|t| time_param("until", t)).transpose()?,
+            before,
+            limit: self.limit.unwrap_or(100).clamp(1, crate::storage::MAX_PAGE),
+        })
+    }
+}
+
+impl From<SearchError> for AdminError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::NoWords(_) => AdminError::BadRequest(e.to_string()),
+            SearchError::Db(e) => AdminError::Unavailable(e),
+        }
+    }
+}
+
+/// Searches the tenant's deliveries (every filter of [`SearchParams`]),
+/// newest first; `next` pages on with `before=`.
 async fn deliveries(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-    Query(q): Query<DeliveriesQuery>,
+    Query(q): Query<SearchParams>,
 ) -> Result<Json<Value>, AdminError> {
     authorize(&state, &headers)?;
     known_tenant(&state, &tenant)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            let all: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
-            AdminError::BadRequest(format!("status `{s}` is not one of {}", all.join(", ")))
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let list = state.db.deliveries(&tenant, status, limit).await?;
-    Ok(Json(json!({ "tenant": tenant, "status": q.status, "deliveries": list })))
+    let page = state.db.search(&tenant, q.to_search()?).await?;
+    Ok(Json(json!({ "tenant": tenant, "deliveries": page.deliveries, "next": page.next })))
 }
 
 /// One delivery: its state, its event, and every attempt with the plugin's

@@ -7,10 +7,11 @@
 //! The modules are layers, each importing only those listed before it
 //! (ARCHITECTURE.md gives the order and `tests/all/conventions.rs` checks it):
 //! [`domain`] and [`config`], [`storage`], [`engine`], [`intake`] and
-//! [`admin`] (siblings), [`server`], [`tools`].
+//! [`admin`] (siblings), [`console`], [`server`], [`tools`].
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod engine;
 pub mod intake;

@@ -365,6 +365,25 @@ async fn admin_commands_mirror_the_admin_api() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok);
     assert_eq!(v["deliveries"][0]["event_id"], event.as_str());
+    // Searching: body words and a time range find it; another kind does not;
+    // a kind that does not exist is refused with the ones that do.
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["deliveries", "acme", "--text", "fail", "--since", "1h"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok);
+    assert_eq!(v["deliveries"][0]["event_id"], event.as_str(), "{out}");
+    assert_eq!(v["deliveries"][0]["body"], "FAIL", "{out}");
+    let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["deliveries", "acme", "--kind", "sms.optout"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["deliveries"],
+        serde_json::json!([])
+    );
+    let (ok, _, err) = admin_cli(&host, ADMIN_TOKEN, &["deliveries", "acme", "--kind", "sms.bogus"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("400") && err.contains("kind `sms.bogus` is not one of sms.received"),
+        "{err}"
+    );
     // One delivery with its attempts: the flaky plugin failed each one.
     let id = v["deliveries"][0]["id"].to_string();
     let (ok, out, err) = admin_cli(&host, ADMIN_TOKEN, &["delivery", "acme", &id]).await;

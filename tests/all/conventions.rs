@@ -113,6 +113,7 @@ const LAYERS: &[&[&str]] = &[
     &["storage"],
     &["engine"],
     &["intake", "admin"],
+    &["console"],
     &["server"],
     &["tools"],
     &["lib", "main"],

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod cli;
+mod console;
 mod conventions;
 mod crash;
 mod delivery;

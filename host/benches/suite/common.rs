@@ -71,7 +71,11 @@ pub fn start(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str) -> Server 
 
 /// [`start`] with extra top-level config lines (`max_wasm_memory_mb = 512\n`).
 pub fn start_with(guests: &Guests, tenants: &[Tenant<'_>], justcall: &str, extra: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), guests, tenants, justcall, extra)
+}
+
+/// [`start_with`] in `dir`, whose `data/` may already hold a database.
+pub fn start_in(dir: tempfile::TempDir, guests: &Guests, tenants: &[Tenant<'_>], justcall: &str, extra: &str) -> Server {
     let port = free_port();
     let mut cfg =
         format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplugins_dir = \"plugins.d\"\nadmin_token = \"{TOKEN}\"\n{extra}");

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench suite              # all
-//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | fairness | storage | author
+//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | fairness | storage | search | author
 //! ```
 //!
 //! The server under test is the real release binary on loopback over a real
@@ -18,6 +18,7 @@ mod neighbour;
 #[path = "../../../tests/support/process.rs"]
 mod process;
 mod reload;
+mod search;
 mod storage;
 
 use serde_json::{Map, Value, json};
@@ -67,6 +68,9 @@ async fn main() {
     }
     if wants("storage") {
         report.extend(storage::run().await);
+    }
+    if wants("search") {
+        report.extend(search::run(&guests).await);
     }
     report.insert("machine".into(), common::machine());
     print_table(&report);

@@ -559,18 +559,9 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         let ended_ms = crate::storage::now_ms();
         let t = trace.record(&ctx.db, job.delivery_id, plugin_hash, (started_ms, ended_ms), error.clone());
         if ctx.tail.watched() {
-            ctx.tail.publish(crate::engine::tail::TailEvent {
-                tenant: tenant_id.to_string(),
-                plugin: job.plugin.clone(),
-                delivery_id: job.delivery_id,
-                event_id: job.event.event_id.clone(),
-                outcome: if result.is_ok() { "done" } else { "failed" },
-                error: error.clone(),
-                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                ms: started.elapsed().as_secs_f64() * 1e3,
-                logs: t.logs,
-                calls: t.calls,
-            });
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let ended = crate::engine::tail::TailEvent::ended(&job.event, &job.plugin, job.delivery_id, error.clone(), ms, t);
+            ctx.tail.publish(ended);
         }
     }
     let outcome = match &result {

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::trace::{TracedCall, TracedLog};
+use crate::domain::Event;
+use crate::engine::trace::{Trace, TracedCall, TracedLog};
 
 /// Attempts a watcher may fall behind before it is dropped.
 pub const BACKLOG: usize = 1024;
+/// Characters of an event's body a watcher sees.
+pub const BODY_PREVIEW: usize = 160;
 
 /// One attempt's end, as watchers see it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -25,6 +28,14 @@ pub struct TailEvent {
     pub delivery_id: i64,
     /// The event.
     pub event_id: String,
+    /// The event's kind (`sms.received`, …).
+    pub kind: &'static str,
+    /// Its sender.
+    pub from: String,
+    /// Its recipient.
+    pub to: String,
+    /// The start of its body (at most [`BODY_PREVIEW`] characters).
+    pub body: String,
     /// `done` or `failed`.
     pub outcome: &'static str,
     /// Why it failed.
@@ -37,6 +48,29 @@ pub struct TailEvent {
     pub logs: Vec<TracedLog>,
     /// Its host calls.
     pub calls: Vec<TracedCall>,
+}
+
+impl TailEvent {
+    /// The end of an attempt at delivering `event` to `plugin`, which took
+    /// `ms` and failed with `error` if it did, as `trace` recorded it.
+    pub fn ended(event: &Event, plugin: &str, delivery_id: i64, error: Option<String>, ms: f64, trace: Trace) -> TailEvent {
+        TailEvent {
+            tenant: event.tenant.clone(),
+            plugin: plugin.to_string(),
+            delivery_id,
+            event_id: event.event_id.clone(),
+            kind: event.kind.seed_name(),
+            from: event.from.clone(),
+            to: event.to.clone(),
+            body: event.body.chars().take(BODY_PREVIEW).collect(),
+            outcome: if error.is_none() { "done" } else { "failed" },
+            error,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ms,
+            logs: trace.logs,
+            calls: trace.calls,
+        }
+    }
 }
 
 /// Why a watcher's stream ended.
@@ -120,6 +154,10 @@ mod tests {
             plugin: "p".into(),
             delivery_id: n,
             event_id: "e".into(),
+            kind: "sms.received",
+            from: String::new(),
+            to: String::new(),
+            body: String::new(),
             outcome: "done",
             error: None,
             at: String::new(),

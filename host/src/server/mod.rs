@@ -37,18 +37,21 @@ pub fn app(state: AppState) -> Router {
         .route("/webhooks/{tenant}", post(webhook::receive))
         .route("/healthz", get(healthz));
     let public = match state.config.admin_listen {
-        AdminListen::Public => public.nest("/admin", crate::admin::router()),
+        AdminListen::Public => public
+            .nest("/admin", crate::admin::router())
+            .nest("/console", crate::console::router()),
         AdminListen::Separate(_) => public,
     };
     public.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
-/// The admin listener's routes: `/admin` and `/healthz`.
+/// The admin listener's routes: `/admin`, `/console`, `/metrics` and `/healthz`.
 pub fn admin_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::admin::metrics))
         .nest("/admin", crate::admin::router())
+        .nest("/console", crate::console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -103,7 +103,7 @@ impl Db {
     /// One of the tenant's deliveries with its event and attempts, if it exists.
     pub async fn delivery_detail(&self, tenant: &str, id: i64) -> Result<Option<DeliveryDetail>, DbError> {
         let t = tenant.to_string();
-        self.read(move |conn| {
+        self.browse(move |conn| {
             let found = conn.query_row(
                 &format!("{} WHERE id = ?1 AND tenant = ?2", super::deliveries::DELIVERY_COLUMNS),
                 params![id, t],

@@ -319,19 +319,6 @@ impl Db {
             .await
     }
 
-    /// A tenant's deliveries, newest first, optionally only those in `status`.
-    pub async fn deliveries(&self, tenant: &str, status: Option<DeliveryStatus>, limit: u32) -> Result<Vec<DeliveryRecord>, DbError> {
-        let (t, s) = (tenant.to_string(), status);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!(
-                "{DELIVERY_COLUMNS} WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id DESC LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![t, s, limit], delivery_record)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
     /// Held deliveries by (tenant, plugin).
     pub async fn held_counts(&self) -> Result<Vec<(String, String, u64)>, DbError> {
         self.read(move |conn| {
@@ -414,10 +401,10 @@ pub(super) fn insert_deliveries(
     verifying: bool,
 ) -> Result<Vec<Created>, DbError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status, created_at)
+        "INSERT INTO deliveries (event_id, tenant, plugin, plugin_hash, status, created_at, kind)
          VALUES (?1, ?2, ?3, ?4,
                  CASE WHEN ?5 THEN 'verifying' ELSE {} END,
-                 {NOW})
+                 {NOW}, (SELECT kind FROM events WHERE id = ?1))
          RETURNING id, status",
         runnable("?2", "?3")
     ))?;
@@ -426,6 +413,7 @@ pub(super) fn insert_deliveries(
         let (id, status): (i64, DeliveryStatus) = stmt.query_row(params![event_id, tenant, d.plugin, d.plugin_hash, verifying], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
+        super::search::index_delivery(conn, id, event_id)?;
         out.push(Created {
             id,
             held: status == DeliveryStatus::Held,

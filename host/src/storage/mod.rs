@@ -5,7 +5,8 @@
 //! `deliveries` (the delivery state machine),
 //! `policy` (the pure retry verdict), `journal` (side effects), `verification`
 //! (events checked with JustCall before they run), `attempts` (what each
-//! delivery attempt did) and `kv`.
+//! delivery attempt did), `search` (finding deliveries), `activity` (recent
+//! activity for the console) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -20,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::config::DbOptions;
 
+mod activity;
 mod attempts;
 mod deliveries;
 mod events;
@@ -28,9 +30,11 @@ mod kv;
 mod policy;
 mod retention;
 mod schema;
+mod search;
 mod verification;
 mod writer;
 
+pub use activity::{Minute, TenantActivity};
 pub use attempts::{Attempt, DeliveryDetail, NewAttempt};
 pub use deliveries::{DeliveryRecord, DeliveryStatus, PendingDelivery, PluginHealth};
 pub use events::{Created, InsertOutcome, NewDelivery};
@@ -38,6 +42,7 @@ pub use journal::{JournalEntry, JournalState};
 pub use kv::{KvQuota, KvRefusal};
 pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
+pub use search::{Found, MAX_PAGE, Page, Search, SearchError, normalise_number};
 pub use verification::{Released, Verification, VerificationState};
 
 use writer::Write;
@@ -70,6 +75,9 @@ pub enum DbError {
 pub struct Db {
     writer: mpsc::Sender<Write>,
     reader: Arc<Mutex<Connection>>,
+    /// Reads for people (admin API, console: searches, charts), apart from
+    /// the engine's so a slow search never delays a plugin's read.
+    browser: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     options: Arc<DbOptions>,
     policy: Arc<DeliveryPolicy>,
@@ -99,6 +107,7 @@ impl Db {
         // they run again.
         conn.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'running'", [])?;
         let reader = schema::open_conn(&path, options.busy_timeout)?;
+        let browser = schema::open_conn(&path, options.busy_timeout)?;
         let (tx, rx) = mpsc::channel();
         let ages = writer::Ages {
             dedupe_window: options.dedupe_window,
@@ -112,6 +121,7 @@ impl Db {
         Ok(Db {
             writer: tx,
             reader: Arc::new(Mutex::new(reader)),
+            browser: Arc::new(Mutex::new(browser)),
             path: Arc::new(path),
             policy: Arc::new(DeliveryPolicy::new(options.retry_delays.clone())),
             options: Arc::new(options),
@@ -161,11 +171,27 @@ impl Db {
         self.writer.send(write).map_err(|_| DbError::Closed)
     }
 
+    /// Runs `f` on the engine's reader.
     pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
-        let reader = self.reader.clone();
+        self.read_on(self.reader.clone(), f).await
+    }
+
+    /// Runs `f` on the connection that answers people (admin API, console).
+    pub(super) async fn browse<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        self.read_on(self.browser.clone(), f).await
+    }
+
+    async fn read_on<T: Send + 'static>(
+        &self,
+        reader: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
         // On the opening runtime's blocking pool even when awaited from a
         // long-running plugin's low-priority thread: the shared reader must
         // never be held by one.

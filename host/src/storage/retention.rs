@@ -1,6 +1,6 @@
 //! Retention: an event older than the retention period whose deliveries have
 //! all finished (`done`, or `refused` by verification) is deleted, with its deliveries and their journal
-//! entries and attempts, in small batches so ingest never waits long behind it. Events
+//! entries, attempts and search index rows, in small batches so ingest never waits long behind it. Events
 //! with a pending, running, held or failed delivery are kept until that is
 //! resolved. After pruning, the WAL is checkpointed and truncated.
 
@@ -45,6 +45,11 @@ pub(super) fn prune_batch(conn: &Connection, cutoff: &str) -> Result<usize, DbEr
     )?;
     conn.execute(
         "DELETE FROM attempts WHERE delivery_id IN
+         (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM prune_batch))",
+        [],
+    )?;
+    conn.execute(
+        "DELETE FROM delivery_text WHERE rowid IN
          (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM prune_batch))",
         [],
     )?;

@@ -155,6 +155,27 @@ pub(super) fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (delivery_id, attempt)
             ) WITHOUT ROWID;",
         ),
+        // 8: search and activity. Deliveries by tenant (alone, with plugin,
+        // status or their event's kind, copied onto them) and by creation time
+        // (a time range becomes an id range); events by sender, recipient and
+        // tenant + arrival; failed attempts by end; each delivery's body in a
+        // full-text index (rowid = delivery id).
+        M::up(
+            "CREATE INDEX deliveries_by_tenant ON deliveries (tenant, id);
+            CREATE INDEX deliveries_by_tenant_plugin ON deliveries (tenant, plugin, id);
+            CREATE INDEX deliveries_by_tenant_status ON deliveries (tenant, status, id);
+            ALTER TABLE deliveries ADD COLUMN kind TEXT;
+            UPDATE deliveries SET kind = (SELECT e.kind FROM events e WHERE e.id = deliveries.event_id);
+            CREATE INDEX deliveries_by_tenant_kind ON deliveries (tenant, kind, id);
+            CREATE INDEX deliveries_by_created ON deliveries (created_at);
+            CREATE INDEX events_by_from ON events (tenant, json_extract(event_json, '$.from'));
+            CREATE INDEX events_by_to ON events (tenant, json_extract(event_json, '$.to'));
+            CREATE INDEX events_by_tenant_age ON events (tenant, received_at);
+            CREATE INDEX attempts_failed_by_end ON attempts (ended_ms) WHERE error IS NOT NULL;
+            CREATE VIRTUAL TABLE delivery_text USING fts5 (body, content = '', contentless_delete = 1);
+            INSERT INTO delivery_text (rowid, body)
+                SELECT d.id, json_extract(e.event_json, '$.body') FROM deliveries d JOIN events e ON e.id = d.event_id;",
+        ),
     ])
 }
 

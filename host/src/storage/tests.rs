@@ -1,5 +1,6 @@
 //! Storage tests against a real SQLite file: dedupe, reopen after a crash,
-//! the retry schedule and pause, expiry, the journal's states, KV scoping.
+//! the retry schedule and pause, expiry, the journal's states, KV scoping,
+//! searching deliveries.
 
 use std::time::Duration;
 
@@ -37,6 +38,15 @@ fn ids(o: InsertOutcome) -> Vec<Created> {
         InsertOutcome::Inserted(c) => c,
         other => panic!("expected an insert, got {other:?}"),
     }
+}
+
+async fn with_status(db: &Db, status: DeliveryStatus) -> Vec<Found> {
+    let search = Search {
+        status: Some(status),
+        limit: 10,
+        ..Search::default()
+    };
+    db.search("acme", search).await.unwrap().deliveries
 }
 
 #[tokio::test]
@@ -100,13 +110,13 @@ async fn last_failure_pauses_and_resume_releases_held_in_order() {
     let b = ids(db.insert_event(event("e3"), "k3".into(), "seed", one("p"), false).await.unwrap())[0];
     let health = db.plugin_health("acme").await.unwrap();
     assert_eq!((health["p"].paused, health["p"].failed_attempts, health["p"].held), (true, 3, 2));
-    assert_eq!(db.deliveries("acme", Some(DeliveryStatus::Held), 10).await.unwrap().len(), 2);
+    assert_eq!(with_status(&db, DeliveryStatus::Held).await.len(), 2);
 
     let released = db.resume_plugin("acme", "p").await.unwrap().unwrap();
     assert_eq!(released.iter().map(|p| p.id).collect::<Vec<_>>(), vec![a[0].id, b.id]);
     assert_eq!(db.resume_plugin("acme", "p").await.unwrap().map(|v| v.len()), None);
     assert!(db.paused_plugins().await.unwrap().is_empty());
-    assert_eq!(db.deliveries("acme", Some(DeliveryStatus::Failed), 10).await.unwrap()[0].id, d.id);
+    assert_eq!(with_status(&db, DeliveryStatus::Failed).await[0].delivery.id, d.id);
 }
 
 #[tokio::test]
@@ -286,4 +296,132 @@ async fn kv_of_undeployed_plugins_is_deleted_after_the_grace_period() {
         // Deployed again before the grace ends: no longer orphaned.
         db.kv_track_deployed("acme", vec!["kept".into(), "gone".into()]).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn search_filters_combine_and_page_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    let bodies = ["Please CONFIRM my slot", "running late", "confirmed, thanks", "STOP"];
+    for (i, body) in bodies.iter().enumerate() {
+        let mut e = event(&format!("e{i}"));
+        e.body = body.to_string();
+        e.from = format!("+1512555000{i}");
+        if *body == "STOP" {
+            e.kind = EventKind::OptOut;
+        }
+        let mut both = one("crm");
+        both.extend(one("router"));
+        db.insert_event(e, format!("k{i}"), "seed", both, false).await.unwrap();
+    }
+    let mut other = event("x1");
+    other.tenant = "globex".into();
+    other.body = "confirm".into();
+    db.insert_event(other, "kx".into(), "seed", one("crm"), false).await.unwrap();
+
+    let find = |s: Search| {
+        let db = db.clone();
+        async move {
+            let page = db.search("acme", Search { limit: 50, ..s }).await.unwrap();
+            page.deliveries
+                .iter()
+                .map(|f| (f.delivery.event_id.clone(), f.delivery.plugin.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |e: &str, p: &str| (e.to_string(), p.to_string());
+    // Word prefixes, any case, never another tenant's.
+    let text = |t: &str| Search {
+        text: Some(t.into()),
+        ..Search::default()
+    };
+    assert_eq!(
+        find(text("confirm")).await,
+        vec![pair("e2", "router"), pair("e2", "crm"), pair("e0", "router"), pair("e0", "crm")]
+    );
+    assert_eq!(find(text("late running")).await, vec![pair("e1", "router"), pair("e1", "crm")]);
+    assert!(find(text("nothing")).await.is_empty());
+    let no_words = db.search("acme", text("?!")).await;
+    assert!(matches!(no_words, Err(SearchError::NoWords(_))), "{no_words:?}");
+    // A number as sender or recipient, however it is written.
+    let number = |n: &str| Search {
+        number: Some(n.into()),
+        plugin: Some("crm".into()),
+        ..Search::default()
+    };
+    assert_eq!(find(number("+1 512 555 0001")).await, vec![pair("e1", "crm")]);
+    assert_eq!(find(number("15125550100")).await.len(), 4);
+    // Kind and status.
+    let kind = Search {
+        kind: Some(EventKind::OptOut),
+        ..Search::default()
+    };
+    assert_eq!(find(kind).await, vec![pair("e3", "router"), pair("e3", "crm")]);
+    let pending = Search {
+        status: Some(DeliveryStatus::Pending),
+        text: Some("thanks".into()),
+        ..Search::default()
+    };
+    assert_eq!(find(pending).await.len(), 2);
+    assert!(
+        find(Search {
+            status: Some(DeliveryStatus::Done),
+            ..Search::default()
+        })
+        .await
+        .is_empty()
+    );
+    // Time: all of it was created just now.
+    let now = now_ms();
+    assert_eq!(
+        find(Search {
+            since_ms: Some(now - 60_000),
+            ..Search::default()
+        })
+        .await
+        .len(),
+        8
+    );
+    assert!(
+        find(Search {
+            since_ms: Some(now + 60_000),
+            ..Search::default()
+        })
+        .await
+        .is_empty()
+    );
+    assert!(
+        find(Search {
+            until_ms: Some(now - 60_000),
+            ..Search::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    // Pages of three, each continuing before the last, cover all eight once.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = db
+            .search(
+                "acme",
+                Search {
+                    limit: 3,
+                    before,
+                    ..Search::default()
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.deliveries.iter().map(|f| f.delivery.id));
+        match page.next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    let mut expected = seen.clone();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    expected.dedup();
+    assert_eq!((seen.len(), &seen), (8, &expected));
 }

@@ -34,17 +34,13 @@ pub enum AdminCommand {
         /// Plugin name.
         plugin: String,
     },
-    /// A tenant's deliveries, newest first.
+    /// Search a tenant's deliveries, newest first (every filter given must
+    /// match); the answer's `next` goes to `--before` for the next page.
     Deliveries {
         /// Tenant id.
         tenant: String,
-        /// Only this status: verifying, pending, running, done, failed,
-        /// held or refused.
-        #[arg(long)]
-        status: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
+        #[command(flatten)]
+        filter: DeliveryFilter,
     },
     /// One delivery: its event and every attempt, with the plugin's log
     /// lines and host calls.
@@ -106,6 +102,56 @@ pub enum AdminCommand {
     },
 }
 
+/// The deliveries search's filters.
+#[derive(Debug, clap::Args)]
+pub struct DeliveryFilter {
+    /// The contact's (or the tenant's) number, as sender or recipient.
+    #[arg(long)]
+    number: Option<String>,
+    /// Words in the message body (each matches as a word prefix, any case).
+    #[arg(long)]
+    text: Option<String>,
+    /// The event kind: sms.received, sms.sent, sms.delivered, sms.failed,
+    /// sms.optout or sms.optin (or received, opt-out, …).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only this plugin's.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Only this status: verifying, pending, running, done, failed, held or
+    /// refused.
+    #[arg(long, visible_alias = "outcome")]
+    status: Option<String>,
+    /// Created at or after: an RFC 3339 time, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before: an RFC 3339 time, or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only deliveries older than this id (the previous page's `next`).
+    #[arg(long)]
+    before: Option<i64>,
+    /// At most this many (up to 500).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+impl From<&DeliveryFilter> for crate::admin::SearchParams {
+    fn from(f: &DeliveryFilter) -> Self {
+        crate::admin::SearchParams {
+            number: f.number.clone(),
+            text: f.text.clone(),
+            kind: f.kind.clone(),
+            plugin: f.plugin.clone(),
+            status: f.status.clone(),
+            since: f.since.clone(),
+            until: f.until.clone(),
+            before: f.before.map(|b| b.to_string()),
+            limit: Some(f.limit),
+        }
+    }
+}
+
 impl AdminCommand {
     fn request(&self, client: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
         let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
@@ -114,13 +160,9 @@ impl AdminCommand {
             AdminCommand::Resume { tenant, plugin } => {
                 client.post(format!("{base}/admin/tenants/{}/plugins/{}/resume", seg(tenant), seg(plugin)))
             }
-            AdminCommand::Deliveries { tenant, status, limit } => {
-                let mut q = vec![("limit", limit.to_string())];
-                if let Some(s) = status {
-                    q.push(("status", s.clone()));
-                }
-                client.get(format!("{base}/admin/tenants/{}/deliveries", seg(tenant))).query(&q)
-            }
+            AdminCommand::Deliveries { tenant, filter } => client
+                .get(format!("{base}/admin/tenants/{}/deliveries", seg(tenant)))
+                .query(&crate::admin::SearchParams::from(filter)),
             AdminCommand::Delivery { tenant, id } => client.get(format!("{base}/admin/tenants/{}/deliveries/{id}", seg(tenant))),
             AdminCommand::Tail { tenant, plugin, outcome } => {
                 let mut q = Vec::new();
