@@ -347,6 +347,8 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
         long_runs: state.dispatcher.lane_stats().moved,
         compiles: state.registry.runtime().stats().compiles,
         rejected,
+        reloads: state.registry.reload_counts().0,
+        rejections: state.registry.reload_counts().1,
     };
     let body = state.metrics.render(&gauges);
     Ok((

@@ -60,6 +60,12 @@ struct KindLabels {
     kind: String,
 }
 
+/// The histogram of database commit times (10 µs … ~5 s): the storage
+/// writer observes it, [`Metrics::with_db_commits`] exposes it.
+pub fn db_commit_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 2.0, 20))
+}
+
 fn seconds_histogram() -> Histogram {
     // 100 µs … ~52 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -105,6 +111,10 @@ pub struct Gauges {
     pub compiles: u64,
     /// Plugin versions rejected at load, now.
     pub rejected: u64,
+    /// Plugin versions loaded since start (first loads and reloads).
+    pub reloads: u64,
+    /// Plugin versions rejected since start.
+    pub rejections: u64,
 }
 
 impl Metrics {
@@ -134,7 +144,7 @@ impl Metrics {
         let host = Family::<KindLabels, Gauge>::default();
         registry.register(
             "host",
-            "Since start: long runs (moved to the low-priority lane), compiles; now: rejected plugin versions",
+            "Since start: long runs (moved to the low-priority lane), compiles, reloads (versions loaded) and rejections (versions refused); now: rejected plugin versions",
             host.clone(),
         );
         let justcall = Family::<JustCallLabels, Counter>::default();
@@ -167,6 +177,16 @@ impl Metrics {
             seen: Mutex::new(HashSet::new()),
             max_label_sets,
         }
+    }
+
+    /// Exposes `commits` (observed by the storage writer) as `db_commit_seconds`.
+    pub fn with_db_commits(mut self, commits: Histogram) -> Metrics {
+        self.registry.register(
+            "db_commit_seconds",
+            "Time to commit one write batch (one transaction, one fsync)",
+            commits,
+        );
+        self
     }
 
     /// The cap on distinct (tenant, plugin) label pairs.
@@ -255,6 +275,8 @@ impl Metrics {
         set(&self.host, "long_runs", g.long_runs);
         set(&self.host, "compiles", g.compiles);
         set(&self.host, "rejected_plugins", g.rejected);
+        set(&self.host, "reloads", g.reloads);
+        set(&self.host, "rejections", g.rejections);
         self.held.clear();
         for (tenant, plugin, n) in &g.held {
             let (tenant, plugin) = self.labels(tenant, plugin);

@@ -144,6 +144,17 @@ async fn each_attempt_is_recorded_with_its_logs_and_host_calls() {
         .parse()
         .unwrap();
     assert!(failed >= 2, "{text}");
+    // Two plugins loaded at start; every event and attempt went through
+    // committed write batches.
+    assert!(text.lines().any(|l| l == "switchboard_host{kind=\"reloads\"} 2"), "{text}");
+    assert!(text.lines().any(|l| l == "switchboard_host{kind=\"rejections\"} 0"), "{text}");
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_db_commit_seconds_count "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    assert!(commits >= 3, "{text}");
 
     let (status, missing) = detail(&host, &Value::from(999_999)).await;
     assert_eq!(status, 404, "{missing}");

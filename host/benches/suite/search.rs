@@ -3,7 +3,8 @@
 //! contacts, bodies drawn from a 2,000-word vocabulary, the usual mix of
 //! kinds, 3 % failed, spread over 30 days), served by the real binary.
 //! Reports the p50/p99 of a mix of searches (no filter, each filter alone,
-//! combinations, deep pages, old and recent time ranges) over HTTP.
+//! combinations, deep pages, old and recent time ranges) over HTTP, and of
+//! the console's deliveries page (100 rows) for a signed-in browser.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +154,35 @@ fn searches(round: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The value of the `name` cookie a response sets.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> String {
+    let prefix = format!("{name}=");
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| {
+            c.strip_prefix(&prefix)
+                .map(|rest| rest.split(';').next().unwrap_or_default().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {name} cookie set"))
+}
+
+/// Signs in to the console as a browser would; the `Cookie` header to send.
+async fn console_session(client: &reqwest::Client, admin: &str) -> String {
+    let form = client.get(format!("{admin}/console/sign-in")).send().await.expect("sign-in page");
+    let csrf = set_cookie(&form, "sb_console_signin");
+    let signed = client
+        .post(format!("{admin}/console/sign-in"))
+        .header("cookie", format!("sb_console_signin={csrf}"))
+        .form(&[("token", TOKEN), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed.status(), 303, "sign-in refused");
+    format!("sb_console={}", set_cookie(&signed, "sb_console"))
+}
+
 pub async fn run(guests: &Guests) -> Map<String, Value> {
     let dir = tempfile::tempdir().unwrap();
     let fill_s = fill(&dir.path().join("data")).await;
@@ -197,12 +227,38 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
         slowest.insert(name.into(), json!(percentile(&sorted(times), 0.99)));
     }
     let all = sorted(all);
+
+    // The console's deliveries page (first page, 100 rows), rendered for a
+    // signed-in browser; and with a filter.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = console_session(&browser, &server.admin_url()).await;
+    let page = format!("{}/console/tenants/acme/deliveries", server.admin_url());
+    let mut pages = Vec::new();
+    for round in 0..100 {
+        let url = if round % 2 == 0 {
+            page.clone()
+        } else {
+            format!("{page}?status=failed&plugin={}", PLUGINS[round % 3])
+        };
+        let started = Instant::now();
+        let resp = browser.get(&url).header("cookie", &cookie).send().await.expect("console page");
+        let status = resp.status();
+        let html = resp.text().await.expect("console page body");
+        pages.push(started.elapsed().as_secs_f64() * 1e3);
+        assert!(status.is_success() && html.contains("<table id=\"deliveries\""), "{url}: {status}");
+    }
+    let pages = sorted(pages);
     let figures = json!({
         "search_deliveries": DELIVERIES,
         "search_fill_s": fill_s,
         "search_ms_p50_1m": percentile(&all, 0.50),
         "search_ms_p99_1m": percentile(&all, 0.99),
         "search_ms_p99_by_shape": slowest,
+        "console_page_ms_p50": percentile(&pages, 0.50),
+        "console_page_ms_p99": percentile(&pages, 0.99),
     });
     drop(server);
     figures.as_object().cloned().unwrap_or_default()

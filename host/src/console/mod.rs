@@ -168,13 +168,14 @@ async fn sign_in(
         return Err(ConsoleError::Csrf);
     }
     if let Err(refused) = crate::admin::check_token(&state, Some(form.token.as_str())) {
-        let status = match refused {
-            AdminError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::UNAUTHORIZED,
+        let (status, why) = match refused {
+            AdminError::Locked(_) => (StatusCode::TOO_MANY_REQUESTS, refused.to_string()),
+            AdminError::Unauthorized(w) if w.contains("off") => (StatusCode::UNAUTHORIZED, w.to_string()),
+            _ => (StatusCode::UNAUTHORIZED, "That is not the admin token.".to_string()),
         };
         let fresh = session::token();
         let jar = jar.add(cookie(&state, SIGN_IN_COOKIE, fresh.clone()));
-        return Ok((status, jar, page(pages::sign_in(&fresh, Some(&refused.to_string())))).into_response());
+        return Ok((status, jar, page(pages::sign_in(&fresh, Some(&why)))).into_response());
     }
     let id = sessions.start();
     let jar = jar

@@ -328,6 +328,9 @@ pub fn delivery(session: &Session, tenant: &str, detail: &DeliveryDetail, replay
         @if let Some(from) = replayed_from {
             p.notice role="status" { "Replayed: this is a new delivery of the event of " a href={ (base) "/" (from) } { "delivery " (from) } "." }
         }
+        @if matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Running | DeliveryStatus::Verifying) {
+            p #unfinished.muted data-reload="1" { "This delivery has not finished: the page reloads until it does." }
+        }
         div.heading {
             h1 { "Delivery " (d.id) " " (badge(d.status.as_str())) }
             form method="post" action={ (base) "/" (d.id) "/replay" } {

@@ -118,6 +118,9 @@ pub struct Registry {
     memory_budget: usize,
     tenants: RwLock<HashMap<String, PluginSet>>,
     rejected: Mutex<HashMap<String, BTreeMap<String, Rejection>>>,
+    /// Versions loaded and rejected since start.
+    loads: std::sync::atomic::AtomicU64,
+    rejections_total: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -129,7 +132,15 @@ impl Registry {
             memory_budget: usize::MAX,
             tenants: RwLock::new(HashMap::new()),
             rejected: Mutex::new(HashMap::new()),
+            loads: Default::default(),
+            rejections_total: Default::default(),
         }
+    }
+
+    /// Plugin versions loaded, and rejected, since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.loads.load(Relaxed), self.rejections_total.load(Relaxed))
     }
 
     /// Refuses plugins whose memory limit is over `bytes`, the wasm memory
@@ -328,6 +339,9 @@ impl Registry {
         }
         rejections.retain(|name, _| seen.contains(name));
         crate::sync::lock(&self.rejected).insert(tenant.to_string(), rejections);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.loads.fetch_add(report.loaded.len() as u64, relaxed);
+        self.rejections_total.fetch_add(report.rejected.len() as u64, relaxed);
         if !report.loaded.is_empty() || !report.removed.is_empty() {
             self.replace(tenant, next);
         }

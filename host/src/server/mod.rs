@@ -195,7 +195,7 @@ pub async fn run_with_routes(
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .context("building the plugin HTTP client")?;
-    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets));
+    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_max_label_sets).with_db_commits(db.commit_seconds()));
     let tenants: HashMap<String, Arc<Tenant>> = config
         .tenants
         .values()

@@ -81,6 +81,8 @@ pub struct Db {
     path: Arc<PathBuf>,
     options: Arc<DbOptions>,
     policy: Arc<DeliveryPolicy>,
+    /// Commit times, observed by the writer.
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Whose blocking pool runs reads: the runtime that opened the database
     /// (the server's), whatever thread a read is awaited on.
     blocking: Option<tokio::runtime::Handle>,
@@ -109,6 +111,8 @@ impl Db {
         let reader = schema::open_conn(&path, options.busy_timeout)?;
         let browser = schema::open_conn(&path, options.busy_timeout)?;
         let (tx, rx) = mpsc::channel();
+        let commit_seconds = crate::metrics::db_commit_histogram();
+        let commits = commit_seconds.clone();
         let ages = writer::Ages {
             dedupe_window: options.dedupe_window,
             retention: options.retention,
@@ -116,7 +120,7 @@ impl Db {
         };
         thread::Builder::new()
             .name("switchboard-db-writer".into())
-            .spawn(move || writer::writer_loop(&mut conn, rx, ages))
+            .spawn(move || writer::writer_loop(&mut conn, rx, ages, commits))
             .expect("spawn db writer thread");
         Ok(Db {
             writer: tx,
@@ -125,8 +129,14 @@ impl Db {
             path: Arc::new(path),
             policy: Arc::new(DeliveryPolicy::new(options.retry_delays.clone())),
             options: Arc::new(options),
+            commit_seconds,
             blocking: tokio::runtime::Handle::try_current().ok(),
         })
+    }
+
+    /// Commit times of the writer's batches, for `/metrics`.
+    pub fn commit_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commit_seconds.clone()
     }
 
     /// The database file.

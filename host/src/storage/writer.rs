@@ -55,7 +55,12 @@ pub(super) fn prune_kv(conn: &Connection, grace: Duration) -> Result<usize, DbEr
 /// Between batches, at most every tenth of the dedupe window (and at least
 /// hourly), prunes expired dedupe keys and journal entries, and events past
 /// the retention period.
-pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, ages: Ages) {
+pub(super) fn writer_loop(
+    conn: &mut Connection,
+    rx: mpsc::Receiver<Write>,
+    ages: Ages,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
+) {
     let Ages {
         dedupe_window,
         retention,
@@ -121,7 +126,9 @@ pub(super) fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Write>, ages
                 }
                 results.push(r);
             }
+            let started = Instant::now();
             tx.commit()?;
+            commit_seconds.observe(started.elapsed().as_secs_f64());
             Ok(())
         })();
         match committed {

@@ -305,7 +305,8 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool, p
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\
          JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\
-         admin API: http://{admin}/admin (token `{DEV_ADMIN_TOKEN}`; `switchboard admin --token {DEV_ADMIN_TOKEN} plugins {DEMO_TENANT}`)\n\n\
+         admin API: http://{admin}/admin (token `{DEV_ADMIN_TOKEN}`; `switchboard admin --token {DEV_ADMIN_TOKEN} plugins {DEMO_TENANT}`)\n\
+         console: http://{admin}/console (sign in with `{DEV_ADMIN_TOKEN}`)\n\n\
          Try it:\n  curl -s -X POST {origin}/webhooks/{DEMO_TENANT} -H 'content-type: application/json' \\\n    \
          -d '{{\"event\":\"sms.received\",\"timestamp\":\"2026-03-12T14:30:00Z\",\"data\":{{\"message_id\":\"msg_1\",\"direction\":\"inbound\",\"from\":\"+15125551234\",\"to\":\"{DEMO_NUMBER}\",\"body\":\"CONFIRM\",\"media_urls\":[],\"justcall_number\":\"{DEMO_NUMBER}\",\"contact_name\":\"Sarah Chen\",\"agent_id\":null}}}}'\n  \
          curl -s -H 'Authorization: Bearer demo-key:demo-secret' {origin}/justcall/api/v2/texts/list\n",

@@ -1,7 +1,8 @@
-// Switchboard console: the two things a page cannot do by itself. The
-// deliveries table takes new rows from the server as they happen (Server-Sent
-// Events; each row arrives as the HTML the server renders), and the tenant
-// page draws its charts with uPlot from the server's activity data.
+// Switchboard console: what a page cannot do by itself. The deliveries table
+// takes new rows from the server as they happen (Server-Sent Events; each row
+// arrives as the HTML the server renders), the tenant page draws its charts
+// with uPlot from the server's activity data, and an unfinished delivery's
+// page looks again until it has finished.
 "use strict";
 
 function liveTable() {
@@ -75,7 +76,18 @@ async function charts() {
   setInterval(draw, 15000);
 }
 
+// A delivery that has not finished: look again shortly (a few times a
+// second at first, then every few seconds), so its attempts appear.
+function followUnfinished() {
+  if (!document.getElementById("unfinished")) return;
+  const key = "reloads:" + location.pathname;
+  const n = Number(sessionStorage.getItem(key) || 0);
+  sessionStorage.setItem(key, String(n + 1));
+  setTimeout(() => location.reload(), n < 10 ? 300 : 3000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  followUnfinished();
   liveTable();
   charts();
 });
