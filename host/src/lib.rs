@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod sync;
+pub mod telemetry;
 pub mod throttle;
 pub mod tools;

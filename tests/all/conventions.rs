@@ -108,7 +108,7 @@ fn no_source_reaches_above_the_repository_root() {
 /// and admin) never use each other. ARCHITECTURE.md gives the same order.
 const LAYERS: &[&[&str]] = &[
     &["domain", "sync", "throttle"],
-    &["metrics"],
+    &["metrics", "telemetry"],
     &["config"],
     &["storage"],
     &["engine"],

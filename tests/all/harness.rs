@@ -310,6 +310,7 @@ impl TestHost {
             signature_tolerance: Duration::from_secs(300),
             max_concurrent_invocations: 16,
             metrics_max_label_sets: 1000,
+            otlp_endpoint: None,
             max_wasm_memory_mb: 4096,
             long_run_cpu_percent: switchboard::config::DEFAULT_LONG_RUN_CPU_PERCENT,
             admin_token: Some(Secret::new(ADMIN_TOKEN)),

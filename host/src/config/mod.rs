@@ -107,6 +107,9 @@ pub struct Config {
     /// Distinct (tenant, plugin) label pairs `/metrics` keeps; past it, new
     /// pairs count under `_other`.
     pub metrics_max_label_sets: usize,
+    /// Where to send OpenTelemetry traces (an OTLP/HTTP collector's base
+    /// URL); none are made without it.
+    pub otlp_endpoint: Option<String>,
     /// Wasm linear memory, MiB, that running invocations may hold between
     /// them (by their memory limits); default half the machine's memory.
     pub max_wasm_memory_mb: u64,
@@ -185,17 +188,19 @@ impl Config {
                 format!("`{listen_str}` is not an address: {e}"),
             )
         })?;
-        let public_url = match &raw.public_url {
-            Some(u) => {
-                let url = reqwest::Url::parse(u.get_ref())
-                    .map_err(|e| ConfigError::new(path, src, Some(u.span()), "public_url", format!("not a URL: {e}")))?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(ConfigError::new(path, src, Some(u.span()), "public_url", "must be an http(s) URL"));
-                }
-                u.get_ref().trim_end_matches('/').to_string()
+        let http_url = |field: &str, u: &Spanned<String>| -> Result<String, ConfigError> {
+            let url = reqwest::Url::parse(u.get_ref())
+                .map_err(|e| ConfigError::new(path, src, Some(u.span()), field, format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new(path, src, Some(u.span()), field, "must be an http(s) URL"));
             }
+            Ok(u.get_ref().trim_end_matches('/').to_string())
+        };
+        let public_url = match &raw.public_url {
+            Some(u) => http_url("public_url", u)?,
             None => format!("http://{listen}"),
         };
+        let otlp_endpoint = raw.otlp_endpoint.as_ref().map(|u| http_url("otlp_endpoint", u)).transpose()?;
         let mut tenants = BTreeMap::new();
         for (id, t) in &raw.tenants {
             let tenant = resolve_tenant(path, src, id, t, env)?;
@@ -251,6 +256,7 @@ impl Config {
             signature_tolerance,
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
             metrics_max_label_sets: raw.metrics_max_label_sets.unwrap_or(1000),
+            otlp_endpoint,
             max_wasm_memory_mb: match &raw.max_wasm_memory_mb {
                 Some(mb) if *mb.get_ref() < 64 => {
                     return Err(ConfigError::new(
@@ -299,6 +305,7 @@ struct RawConfig {
     max_concurrent_invocations: Option<u32>,
     max_wasm_memory_mb: Option<Spanned<u64>>,
     metrics_max_label_sets: Option<usize>,
+    otlp_endpoint: Option<Spanned<String>>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,

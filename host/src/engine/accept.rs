@@ -5,6 +5,7 @@
 //! [`replay`]; timers and cluster ingest will enter here too.
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use crate::domain::Event;
 use crate::engine::dispatch::Job;
@@ -83,9 +84,11 @@ pub async fn accept(state: &AppState, tenant: &str, mut event: Event, source: So
         Some(Check::Impossible(reason)) => return Ok(Acceptance::Unverifiable { reason }),
     };
     let plugins = state.registry.subscribers(tenant, event.kind);
+    let commit = crate::telemetry::span(|| tracing::info_span!("commit", deliveries = plugins.len()));
     let outcome = state
         .db
         .insert_event(event.clone(), source.dedupe_key, source.format, new_deliveries(&plugins), verify)
+        .instrument(commit)
         .await?;
     let created = match outcome {
         InsertOutcome::Duplicate { event_id } => return Ok(Acceptance::Duplicate { event_id }),
@@ -161,11 +164,14 @@ fn deliveries(created: &[Created], plugins: &[Arc<LoadedPlugin>]) -> Vec<Deliver
 /// Hands the deliveries that are not held to the dispatcher.
 fn dispatch(state: &AppState, event: Arc<Event>, plugins: &[Arc<LoadedPlugin>], created: Vec<Created>) -> Accepted {
     let deliveries = deliveries(&created, plugins);
+    // Each delivery belongs to the trace of the webhook (or replay) that made it.
+    let parent = crate::telemetry::Parent::current();
     for d in deliveries.iter().filter(|d| !d.held) {
         state.dispatcher.submit(Job {
             delivery_id: d.id,
             plugin: d.plugin.clone(),
             event: event.clone(),
+            parent: parent.clone(),
         });
     }
     Accepted {

@@ -31,6 +31,8 @@ pub struct Job {
     pub plugin: String,
     /// The event.
     pub event: Arc<Event>,
+    /// The trace of the webhook that brought it, if traces are exported.
+    pub parent: crate::telemetry::Parent,
 }
 
 /// Why an invocation failed. The `Display` form is what gets recorded.
@@ -470,6 +472,7 @@ impl Dispatcher {
                 delivery_id: p.id,
                 plugin: p.plugin,
                 event: Arc::new(p.event),
+                parent: Default::default(),
             })
             .collect();
         let jobs: Vec<Job> = jobs;
@@ -519,16 +522,6 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             // Not awaited: the commit is off the critical path (see the docs).
             ctx.db.start_delivery(job.delivery_id, plugin.hash.clone());
             let journal = Journal::new(ctx.db.clone(), job.delivery_id);
-            let effects = Live::new(tenant.clone(), ctx.http.clone(), plugin.manifest.clone(), Some(journal));
-            let inv = Invocation {
-                tenant: tenant.clone(),
-                plugin: Arc::from(plugin.name.as_str()),
-                manifest: plugin.manifest.clone(),
-                db: ctx.db.clone(),
-                event_id: Arc::from(job.event.event_id.as_str()),
-                effects: Arc::new(effects),
-                trace: trace.clone(),
-            };
             // Every line logged while the plugin runs (its own log lines, host
             // calls) carries these as fields; `--log-format json` writes them.
             let span = tracing::info_span!(
@@ -538,6 +531,19 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 event = %job.event.event_id,
                 delivery = job.delivery_id
             );
+            job.parent.adopt(&span);
+            trace.within(&span);
+            let effects = Live::new(tenant.clone(), ctx.http.clone(), plugin.manifest.clone(), Some(journal))
+                .with_traceparent(crate::telemetry::traceparent(&span));
+            let inv = Invocation {
+                tenant: tenant.clone(),
+                plugin: Arc::from(plugin.name.as_str()),
+                manifest: plugin.manifest.clone(),
+                db: ctx.db.clone(),
+                event_id: Arc::from(job.event.event_id.as_str()),
+                effects: Arc::new(effects),
+                trace: trace.clone(),
+            };
             invoke(&plugin, inv, &job.event, Some(&ctx.lane)).instrument(span).await
         }
         _ => Err(InvokeError::NotLoaded(job.plugin.clone())),

@@ -68,6 +68,8 @@ pub struct Tracer {
     lines: Mutex<Lines>,
     peak_memory: AtomicUsize,
     wasm_us: AtomicU64,
+    /// The delivery's span, parent of the host calls' (when traces are exported).
+    span: std::sync::OnceLock<tracing::Span>,
 }
 
 impl Default for Tracer {
@@ -82,6 +84,8 @@ pub struct CallStart {
     call: &'static str,
     args: String,
     at: Instant,
+    /// Its span, when traces are exported; ends with the call.
+    _span: tracing::Span,
 }
 
 impl Tracer {
@@ -92,7 +96,14 @@ impl Tracer {
             lines: Mutex::new(Lines::default()),
             peak_memory: AtomicUsize::new(0),
             wasm_us: AtomicU64::new(0),
+            span: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes host calls' spans children of `span` (the delivery's), wherever
+    /// the plugin runs.
+    pub fn within(&self, span: &tracing::Span) {
+        let _ = self.span.set(span.clone());
     }
 
     fn ms_since_start(&self, at: Instant) -> f64 {
@@ -112,6 +123,10 @@ impl Tracer {
     /// Starts timing a host call with these arguments (summarised).
     pub fn begin(&self, call: &'static str, args: &str) -> CallStart {
         CallStart {
+            _span: crate::telemetry::span(|| match self.span.get() {
+                Some(parent) => tracing::info_span!(parent: parent, "host_call", otel.name = call, args = %cap(args, MAX_SUMMARY)),
+                None => tracing::info_span!("host_call", otel.name = call, args = %cap(args, MAX_SUMMARY)),
+            }),
             call,
             args: cap(args, MAX_SUMMARY).into_owned(),
             at: Instant::now(),

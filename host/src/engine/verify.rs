@@ -161,6 +161,7 @@ impl Verifier {
                         delivery_id: d.id,
                         plugin: d.plugin,
                         event: event.clone(),
+                        parent: Default::default(),
                     });
                 }
             }

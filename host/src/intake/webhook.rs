@@ -116,8 +116,10 @@ const UNSIGNED_PING_BYTES: usize = 1024;
 /// The webhook handler. Refusals an attacker can cause at will (401, 404)
 /// are logged at warn, at most once a second, with how many were not.
 pub async fn receive(State(state): State<AppState>, Path(tenant_id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    use tracing::Instrument as _;
     let known = state.tenants.contains_key(&tenant_id).then_some(tenant_id.as_str());
-    match handle(&state, &tenant_id, &headers, body).await {
+    let span = crate::telemetry::span(|| tracing::info_span!("webhook", tenant = %tenant_id));
+    match handle(&state, &tenant_id, &headers, body).instrument(span).await {
         Ok(response) => {
             let outcome = match response.status() {
                 StatusCode::ACCEPTED => "accepted",

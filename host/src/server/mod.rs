@@ -242,6 +242,7 @@ pub async fn run_with_routes(
             delivery_id: p.id,
             plugin: p.plugin,
             event: Arc::new(p.event),
+            parent: Default::default(),
         };
         dispatcher.submit_at(job, p.due_ms);
     }

@@ -211,6 +211,15 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 /// holds its lock while a low-priority long runner is descheduled); keep the
 /// returned guard alive until exit, when it flushes.
 pub fn init_tracing(default: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    init_tracing_with(default, format, None)
+}
+
+/// [`init_tracing`], also sending Switchboard's spans to `traces` (OTLP).
+fn init_tracing_with(
+    default: &str,
+    format: LogFormat,
+    traces: Option<crate::telemetry::TraceLayer>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -233,6 +242,7 @@ pub fn init_tracing(default: &str, format: LogFormat) -> tracing_appender::non_b
         .with_target("plugin", tracing::Level::TRACE)
         .with_target("switchboard::engine::dispatch", tracing::Level::INFO);
     let _ = tracing_subscriber::registry()
+        .with(traces.map(|t| t.with_filter(crate::telemetry::filter())))
         .with(server_log.with_filter(filter))
         .with(crate::tools::author_log::AuthorLog.with_filter(author))
         .try_init();
@@ -258,7 +268,27 @@ pub fn main(cli: Cli) -> ExitCode {
         (false, true) => "warn,switchboard::tools=info",
         (false, false) => "info",
     };
-    let _log = init_tracing(default, cli.log_format);
+    // `serve` with `otlp_endpoint` also exports traces: set up with the logs,
+    // before the runtime (the exporter's client blocks). A config that does
+    // not load is reported by the command itself.
+    let otlp = match &cli.command {
+        Command::Serve { config, .. } => Config::load(config).ok().and_then(|c| c.otlp_endpoint),
+        _ => None,
+    };
+    let (telemetry, traces) = match otlp.as_deref().map(crate::telemetry::start) {
+        Some(Ok((t, layer))) => (Some(t), Some(layer)),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => (None, None),
+    };
+    let _log = init_tracing_with(default, cli.log_format, traces);
+    if let Some(endpoint) = &otlp {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    // Flushes queued spans when the command ends.
+    let _telemetry = telemetry;
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

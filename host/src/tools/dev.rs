@@ -55,6 +55,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         signature_tolerance: Duration::from_secs(300),
         max_concurrent_invocations: 64,
         metrics_max_label_sets: 1000,
+        otlp_endpoint: None,
         max_wasm_memory_mb: crate::config::default_wasm_memory_mb(),
         long_run_cpu_percent: crate::config::DEFAULT_LONG_RUN_CPU_PERCENT,
         admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),

@@ -26,6 +26,8 @@ pub struct Live {
     journal: Option<Journal>,
     /// Side effects so far: the next one's journal sequence number.
     seq: AtomicU32,
+    /// The delivery's W3C trace context, sent on every HTTP request.
+    traceparent: Option<reqwest::header::HeaderValue>,
 }
 
 impl Live {
@@ -41,7 +43,15 @@ impl Live {
             manifest,
             journal,
             seq: AtomicU32::new(0),
+            traceparent: None,
         }
+    }
+
+    /// Sends `traceparent` (the delivery's trace, when traces are exported)
+    /// on every HTTP request: the host's, whatever the plugin set.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Live {
+        self.traceparent = traceparent.and_then(|t| reqwest::header::HeaderValue::from_str(&t).ok());
+        self
     }
 
     fn next_seq(&self) -> u32 {
@@ -72,33 +82,47 @@ impl Effects for Live {
         // Reads are made again on a retry; anything else is a side effect.
         let read_only = matches!(req.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
         let seq = (!read_only && self.journal.is_some()).then(|| self.next_seq());
-        let (client, allowed) = (&self.http, self.manifest.allowed_hosts.as_slice());
+        let out = Outbound {
+            client: &self.http,
+            allowed: self.manifest.allowed_hosts.as_slice(),
+            traceparent: self.traceparent.as_ref(),
+        };
         match (&self.journal, seq) {
             (Some(journal), Some(seq)) => {
                 journal
-                    .http(seq, req, async |req| perform(client, allowed, req, deadline, max_body).await)
+                    .http(seq, req, async |req| perform(&out, req, deadline, max_body).await)
                     .await
             }
-            _ => perform(client, allowed, req, deadline, max_body).await,
+            _ => perform(&out, req, deadline, max_body).await,
         }
     }
 }
 
+/// Where a plugin's requests go, and what the host adds to them.
+struct Outbound<'a> {
+    client: &'a reqwest::Client,
+    allowed: &'a [AllowedHost],
+    traceparent: Option<&'a reqwest::header::HeaderValue>,
+}
+
 /// Makes one request, following redirects by hand so every hop passes the
-/// same egress checks; reads at most `max_body` bytes of the response.
-async fn perform(
-    client: &reqwest::Client,
-    allowed: &[AllowedHost],
-    req: http::Request,
-    deadline: Instant,
-    max_body: usize,
-) -> Result<http::Response, http::HttpError> {
+/// same egress checks; reads at most `max_body` bytes of the response. The
+/// journal hashed the request as the plugin made it, before `traceparent`.
+async fn perform(out: &Outbound<'_>, req: http::Request, deadline: Instant, max_body: usize) -> Result<http::Response, http::HttpError> {
+    let Outbound {
+        client,
+        allowed,
+        traceparent,
+    } = *out;
     let Parsed {
         mut url,
         mut method,
         mut headers,
     } = parse(&req)?;
     let origin = url.origin();
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent", tp.clone());
+    }
     let mut body = Some(req.body);
     // Follow redirects by hand, so every hop passes the same checks.
     let mut hops = 0;
