@@ -3,7 +3,8 @@
 //! is refused and the right one signs in; a CONFIRM event appears in the
 //! deliveries table without a reload; its page shows the plugin's log line
 //! and its `sms.send`; Replay makes a new delivery; a paused plugin is
-//! resumed from its tenant's page, whose charts draw; a form without its
+//! resumed from its tenant's page, whose charts draw, and the pages fit a
+//! phone's width; a form without its
 //! CSRF token is refused. Each step's screenshot is saved under
 //! `target/console/`.
 
@@ -261,6 +262,21 @@ async fn resume_a_paused_plugin_from_its_page_and_see_the_charts() {
     let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "active");
     b.shot("resumed").await;
+
+    // On a phone: the pages fit the screen's width (wide tables scroll
+    // inside their box, the filters wrap).
+    b.client.set_window_size(390, 844).await.unwrap();
+    for page in ["", "/deliveries"] {
+        b.goto(&format!("{}/console/tenants/acme{page}", host.admin_url)).await;
+        b.find("main h1").await;
+        let fits = b
+            .client
+            .execute("return document.documentElement.scrollWidth <= window.innerWidth;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(fits, serde_json::json!(true), "/console/tenants/acme{page} is wider than a phone");
+        b.shot(if page.is_empty() { "phone-tenant" } else { "phone-deliveries" }).await;
+    }
     b.client.clone().close().await.unwrap();
 }
 

@@ -306,3 +306,15 @@ fn tenancy_shares_and_budgets_have_defaults_and_ranges() {
     let now = Config::parse(Path::new("sb.toml"), &top("kv_grace_days = 0\nmax_wasm_memory_mb = 256"), &env).unwrap();
     assert_eq!((now.delivery.kv_grace, now.max_wasm_memory_mb), (Duration::ZERO, 256));
 }
+
+#[test]
+fn otlp_endpoint_is_an_http_url_when_given() {
+    let cfg = Config::parse(Path::new("sb.toml"), GOOD, &env).unwrap();
+    assert_eq!(cfg.otlp_endpoint, None);
+    let src = GOOD.replace("public_url", "otlp_endpoint = \"http://collector:4318/\"\npublic_url");
+    let cfg = Config::parse(Path::new("sb.toml"), &src, &env).unwrap();
+    assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+    let src = GOOD.replace("public_url", "otlp_endpoint = \"grpc://collector:4317\"\npublic_url");
+    let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
+    assert_eq!(err.to_string(), "sb.toml:3: otlp_endpoint: must be an http(s) URL");
+}

@@ -246,6 +246,15 @@ async fn retention_prunes_old_finished_events_and_keeps_the_rest() {
     assert!(db.event("acme", "old-done").await.unwrap().is_none(), "old and finished: pruned");
     assert!(db.deliveries_for_event("old-done").await.unwrap().is_empty());
     assert_eq!(db.journal_get(old_done, 0).await.unwrap(), None, "with its journal");
+    // And its body's search index row: only the three kept are indexed.
+    let indexed: Vec<i64> = conn
+        .prepare("SELECT rowid FROM delivery_text ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!indexed.contains(&old_done) && indexed.len() == 3, "{indexed:?}");
     for kept in ["old-failed", "old-held", "new-done"] {
         assert!(db.event("acme", kept).await.unwrap().is_some(), "{kept} is kept");
         assert_eq!(db.deliveries_for_event(kept).await.unwrap().len(), 1, "{kept}");
