@@ -164,7 +164,7 @@ async fn sign_in_watch_a_delivery_arrive_open_it_and_replay_it() {
     b.sign_in(&host, "not-the-admin-token").await;
     assert_eq!(b.path().await, "/console/sign-in");
     let refusal = b.text("p.error").await;
-    assert_eq!(refusal, "That is not the admin token.");
+    assert_eq!(refusal, "That is not a valid token.");
     b.shot("wrong-token").await;
 
     b.sign_in(&host, ADMIN_TOKEN).await;

@@ -363,7 +363,11 @@ impl TestHost {
     pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         let client = reqwest::Client::new();
         let url = format!("{}/admin{path}", self.admin_url);
-        let mut req = if method == "POST" { client.post(url) } else { client.get(url) };
+        let mut req = match method {
+            "POST" => client.post(url),
+            "DELETE" => client.delete(url),
+            _ => client.get(url),
+        };
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

@@ -21,6 +21,7 @@ mod process;
 mod reload;
 mod signatures;
 mod tls;
+mod tokens;
 mod traces;
 mod verification;
 mod webhooks;

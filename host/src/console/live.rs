@@ -35,10 +35,11 @@ fn matches(search: &Search, e: &TailEvent) -> bool {
 
 pub async fn rows(
     State(state): State<AppState>,
-    _signed: SignedIn,
+    signed: SignedIn,
     Path(tenant): Path<String>,
     Query(params): Query<SearchParams>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ConsoleError> {
+    signed.0.caller.may(&tenant, crate::admin::Scope::Read)?;
     crate::admin::known_tenant(&state, &tenant)?;
     let search = params.to_search()?;
     let stream = futures_util::stream::unfold(Some(state.tail.watch()), move |watcher| {

@@ -19,8 +19,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 
-use crate::admin::{AdminError, SearchParams};
-use crate::engine::accept::Replay;
+use crate::admin::{AdminError, Scope, SearchParams};
 use crate::engine::state::AppState;
 use session::{COOKIE, SIGN_IN_COOKIE, Session, Sessions, same};
 
@@ -71,6 +70,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::Csrf => StatusCode::FORBIDDEN,
             ConsoleError::Admin(AdminError::Locked(_)) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Admin(AdminError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
+            ConsoleError::Admin(AdminError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ConsoleError::Admin(AdminError::NotFound(_)) => StatusCode::NOT_FOUND,
             ConsoleError::Admin(AdminError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             ConsoleError::Admin(AdminError::Conflict(_)) => StatusCode::CONFLICT,
@@ -103,6 +103,12 @@ impl SignedIn {
         } else {
             Err(ConsoleError::Csrf)
         }
+    }
+
+    /// Refuses unless who signed in may see `tenant` (and it exists).
+    fn reads(&self, state: &AppState, tenant: &str) -> Result<(), ConsoleError> {
+        self.0.caller.may(tenant, Scope::Read)?;
+        Ok(crate::admin::known_tenant(state, tenant)?)
     }
 }
 
@@ -155,7 +161,8 @@ struct SignInForm {
     csrf: String,
 }
 
-/// Signs in with the admin token. Failures count toward the admin API's
+/// Signs in with the admin token (everything) or a tenant's token (its
+/// tenant, within its scopes). Failures count toward the admin API's
 /// lockout, exactly as a wrong bearer token does.
 async fn sign_in(
     State(state): State<AppState>,
@@ -167,21 +174,25 @@ async fn sign_in(
     if expected.is_empty() || !same(&form.csrf, &expected) {
         return Err(ConsoleError::Csrf);
     }
-    if let Err(refused) = crate::admin::check_token(&state, Some(form.token.as_str())) {
-        let (status, why) = match refused {
-            AdminError::Locked(_) => (StatusCode::TOO_MANY_REQUESTS, refused.to_string()),
-            AdminError::Unauthorized(w) if w.contains("off") => (StatusCode::UNAUTHORIZED, w.to_string()),
-            _ => (StatusCode::UNAUTHORIZED, "That is not the admin token.".to_string()),
-        };
-        let fresh = session::token();
-        let jar = jar.add(cookie(&state, SIGN_IN_COOKIE, fresh.clone()));
-        return Ok((status, jar, page(pages::sign_in(&fresh, Some(&why)))).into_response());
-    }
-    let id = sessions.start();
+    let caller = match crate::admin::auth::identify(&state, Some(form.token.trim())).await {
+        Ok(caller) => caller,
+        Err(refused) => {
+            let (status, why) = match refused {
+                AdminError::Locked(_) => (StatusCode::TOO_MANY_REQUESTS, refused.to_string()),
+                AdminError::Unauthorized(w) if w.contains("off") => (StatusCode::UNAUTHORIZED, w.to_string()),
+                AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, refused.to_string()),
+                _ => (StatusCode::UNAUTHORIZED, "That is not a valid token.".to_string()),
+            };
+            let fresh = session::token();
+            let jar = jar.add(cookie(&state, SIGN_IN_COOKIE, fresh.clone()));
+            return Ok((status, jar, page(pages::sign_in(&fresh, Some(&why)))).into_response());
+        }
+    };
+    tracing::info!(actor = %caller.actor(), "console: signed in");
+    let id = sessions.start(caller);
     let jar = jar
         .remove(Cookie::build(SIGN_IN_COOKIE).path("/console"))
         .add(cookie(&state, COOKIE, id));
-    tracing::info!("console: signed in");
     Ok((jar, Redirect::to("/console/tenants")).into_response())
 }
 
@@ -206,7 +217,11 @@ async fn sign_out(
 }
 
 async fn tenants(State(state): State<AppState>, signed: SignedIn) -> Result<impl IntoResponse, ConsoleError> {
-    let names: Vec<String> = state.tenants.keys().cloned().collect();
+    // A tenant's token sees its own tenant only.
+    let names: Vec<String> = match signed.0.caller.tenant() {
+        Some(own) => vec![own.to_string()],
+        None => state.tenants.keys().cloned().collect(),
+    };
     let activity = state.db.tenant_activity(names, crate::storage::now_ms()).await?;
     let paused = state.db.paused_plugins().await?;
     let rows: Vec<pages::TenantRow> = activity
@@ -233,16 +248,18 @@ async fn tenant(
     Path(tenant): Path<String>,
     Query(notice): Query<Notice>,
 ) -> Result<impl IntoResponse, ConsoleError> {
+    signed.reads(&state, &tenant)?;
     let plugins = crate::admin::plugin_statuses(&state, &tenant).await?;
+    let audit = state.db.audit_log(&tenant, None, 20).await?;
     let notice = notice
         .resumed
         .map(|p| format!("Resumed {p}: {} held deliveries released.", notice.released.unwrap_or(0)));
-    Ok(page(pages::tenant(&signed.0, &tenant, &plugins, notice.as_deref())))
+    Ok(page(pages::tenant(&signed.0, &tenant, &plugins, &audit, notice.as_deref())))
 }
 
 /// The charts' data: the last hour, a point a minute.
-async fn activity(State(state): State<AppState>, _signed: SignedIn, Path(tenant): Path<String>) -> Result<Response, ConsoleError> {
-    crate::admin::known_tenant(&state, &tenant)?;
+async fn activity(State(state): State<AppState>, signed: SignedIn, Path(tenant): Path<String>) -> Result<Response, ConsoleError> {
+    signed.reads(&state, &tenant)?;
     let now = crate::storage::now_ms();
     let minutes = state.db.minutes(&tenant, now - 3_600_000, now).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(minutes)).into_response())
@@ -255,7 +272,7 @@ async fn resume(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     signed.check(&form.csrf)?;
-    let released = crate::admin::resume_plugin(&state, &tenant, &plugin).await?;
+    let released = crate::admin::resume_plugin(&state, &signed.0.caller, &tenant, &plugin).await?;
     let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
     let to = format!("/console/tenants/{}?resumed={}&released={released}", seg(&tenant), seg(&plugin));
     Ok(Redirect::to(&to).into_response())
@@ -267,7 +284,7 @@ async fn deliveries(
     Path(tenant): Path<String>,
     Query(params): Query<SearchParams>,
 ) -> Result<impl IntoResponse, ConsoleError> {
-    crate::admin::known_tenant(&state, &tenant)?;
+    signed.reads(&state, &tenant)?;
     let search = params.to_search()?;
     let found = state.db.search(&tenant, search.clone()).await.map_err(AdminError::from)?;
     let plugins: Vec<String> = state.registry.plugins(&tenant).iter().map(|p| p.name.clone()).collect();
@@ -286,7 +303,7 @@ async fn delivery(
     Path((tenant, id)): Path<(String, String)>,
     Query(from): Query<Replayed>,
 ) -> Result<impl IntoResponse, ConsoleError> {
-    crate::admin::known_tenant(&state, &tenant)?;
+    signed.reads(&state, &tenant)?;
     let not_found = || AdminError::NotFound(format!("delivery `{id}` of tenant `{tenant}`"));
     let n: i64 = id.parse().map_err(|_| not_found())?;
     let detail = state.db.delivery_detail(&tenant, n).await?.ok_or_else(not_found)?;
@@ -302,16 +319,11 @@ async fn replay(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     signed.check(&form.csrf)?;
-    crate::admin::known_tenant(&state, &tenant)?;
+    signed.0.caller.may(&tenant, Scope::Operate)?;
+    signed.reads(&state, &tenant)?;
     let not_found = || AdminError::NotFound(format!("delivery `{id}` of tenant `{tenant}`"));
     let detail = state.db.delivery_detail(&tenant, id).await?.ok_or_else(not_found)?;
-    let event_id = detail.delivery.event_id;
-    let accepted = match crate::engine::accept::replay(&state, &tenant, &event_id).await? {
-        Replay::Replayed(a) => a,
-        Replay::NotFound => return Err(not_found().into()),
-        Replay::NotVerified(why) => return Err(AdminError::Conflict(format!("event `{event_id}` is not replayed: {why}")).into()),
-    };
-    tracing::info!(%tenant, event = %event_id, deliveries = accepted.deliveries.len(), "event replayed from the console");
+    let accepted = crate::admin::replay_event(&state, &signed.0.caller, &tenant, &detail.delivery.event_id).await?;
     let new = accepted
         .deliveries
         .iter()

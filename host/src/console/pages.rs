@@ -13,7 +13,7 @@ use super::session::Session;
 use crate::admin::SearchParams;
 use crate::domain::EventKind;
 use crate::engine::tail::TailEvent;
-use crate::storage::{DeliveryDetail, DeliveryStatus, Found, Page, TenantActivity};
+use crate::storage::{AuditEntry, DeliveryDetail, DeliveryStatus, Found, Page, TenantActivity};
 
 fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -30,7 +30,7 @@ fn when(at: &str) -> String {
 
 fn badge(status: &str) -> Markup {
     let class = match status {
-        "done" | "active" => "ok",
+        "done" | "active" | "ok" => "ok",
         "failed" | "refused" | "rejected" => "bad",
         "held" | "paused" | "removed" => "held",
         _ => "wait",
@@ -82,9 +82,9 @@ pub fn sign_in(csrf: &str, error: Option<&str>) -> Markup {
     let main = html! {
         form.card.signin method="post" action="/console/sign-in" {
             h1 { "Sign in" }
-            p.muted { "Use the server's admin token (" code { "admin_token" } " in its config)." }
+            p.muted { "Use the server's admin token (" code { "admin_token" } " in its config), or a tenant's API token (" code { "sbt_…" } ")." }
             @if let Some(e) = error { p.error role="alert" { (e) } }
-            label for="token" { "Admin token" }
+            label for="token" { "Token" }
             input #token type="password" name="token" autocomplete="current-password" required autofocus;
             input type="hidden" name="csrf" value=(csrf);
             button.primary type="submit" { "Sign in" }
@@ -154,7 +154,7 @@ fn crumbs(tenant: &str) -> Vec<(String, String)> {
     ]
 }
 
-pub fn tenant(session: &Session, tenant: &str, plugins: &[Value], notice: Option<&str>) -> Markup {
+pub fn tenant(session: &Session, tenant: &str, plugins: &[Value], audit: &[AuditEntry], notice: Option<&str>) -> Markup {
     let base = tenant_url(tenant);
     let main = html! {
         @if let Some(n) = notice { p.notice role="status" { (n) } }
@@ -194,6 +194,26 @@ pub fn tenant(session: &Session, tenant: &str, plugins: &[Value], notice: Option
             figure { figcaption { "Events per second" } div.chart data-chart="events" {} }
             figure { figcaption { "Ack to done, ms (p50, p99)" } div.chart data-chart="latency" {} }
             figure { figcaption { "Failed attempts per plugin" } div.chart data-chart="failures" {} }
+        }
+        h2 { "Audit log" }
+        @if audit.is_empty() { p.muted { "Nothing resumed, replayed, deployed or changed yet." } }
+        @else {
+            div.scroll {
+                table #audit {
+                    thead { tr { th { "When (UTC)" } th { "Who" } th { "What" } th { "On" } th { "Result" } } }
+                    tbody {
+                        @for e in audit {
+                            tr {
+                                td.nowrap { (when(&e.at)) }
+                                td { code { (e.actor) } }
+                                td { (e.action) }
+                                td { code { (e.target) } }
+                                td.small { @if e.result == "ok" { (badge("ok")) } @else { span.error { (e.result) } } }
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
     layout(tenant, Some(session), &crumbs(tenant), main)

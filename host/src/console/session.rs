@@ -1,5 +1,6 @@
 //! Console sessions: a random id in an HttpOnly, SameSite=Strict cookie,
-//! each with its own CSRF token that every state-changing form carries, and
+//! each with who signed in (the operator or a tenant's token) and its own
+//! CSRF token that every state-changing form carries, and
 //! the sign-in form's own double-submitted token. Sessions live in memory
 //! (a restart signs everyone out), are looked up by the SHA-256 of their id,
 //! and end after [`TTL`] or at sign-out.
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::admin::Caller;
 
 /// How long a session lasts from sign-in.
 pub const TTL: Duration = Duration::from_secs(12 * 3600);
@@ -35,6 +38,7 @@ pub fn same(given: &str, expected: &str) -> bool {
 #[derive(Debug, Clone)]
 struct Entry {
     csrf: String,
+    caller: Caller,
     started: Instant,
 }
 
@@ -43,6 +47,8 @@ struct Entry {
 pub struct Session {
     /// The token its forms must carry.
     pub csrf: String,
+    /// Who signed in: the operator, or a tenant's token (its tenant and scopes).
+    pub caller: Caller,
 }
 
 /// The signed-in sessions.
@@ -56,8 +62,8 @@ fn key(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// Starts a session; returns its id (for the cookie).
-    pub fn start(&self) -> String {
+    /// Starts a session for `caller`; returns its id (for the cookie).
+    pub fn start(&self, caller: Caller) -> String {
         let id = token();
         let mut all = crate::sync::lock(&self.by_hash);
         all.retain(|_, e| e.started.elapsed() < TTL);
@@ -70,6 +76,7 @@ impl Sessions {
             key(&id),
             Entry {
                 csrf: token(),
+                caller,
                 started: Instant::now(),
             },
         );
@@ -81,7 +88,10 @@ impl Sessions {
         let mut all = crate::sync::lock(&self.by_hash);
         let k = key(id);
         match all.get(&k) {
-            Some(e) if e.started.elapsed() < TTL => Some(Session { csrf: e.csrf.clone() }),
+            Some(e) if e.started.elapsed() < TTL => Some(Session {
+                csrf: e.csrf.clone(),
+                caller: e.caller.clone(),
+            }),
             Some(_) => {
                 all.remove(&k);
                 None
@@ -103,8 +113,9 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_id_only_and_ends() {
         let sessions = Sessions::default();
-        let id = sessions.start();
+        let id = sessions.start(Caller::Operator);
         let s = sessions.get(&id).expect("just started");
+        assert_eq!(s.caller, Caller::Operator);
         assert_eq!(s.csrf.len(), 64);
         assert_ne!(s.csrf, id);
         assert!(sessions.get(&token()).is_none());
@@ -115,9 +126,9 @@ mod tests {
     #[test]
     fn the_oldest_session_gives_way_past_the_cap() {
         let sessions = Sessions::default();
-        let first = sessions.start();
+        let first = sessions.start(Caller::Operator);
         for _ in 0..MAX_SESSIONS {
-            sessions.start();
+            sessions.start(Caller::Operator);
         }
         assert!(sessions.get(&first).is_none());
         assert_eq!(crate::sync::lock(&sessions.by_hash).len(), MAX_SESSIONS);

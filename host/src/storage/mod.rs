@@ -6,7 +6,8 @@
 //! `policy` (the pure retry verdict), `journal` (side effects), `verification`
 //! (events checked with JustCall before they run), `attempts` (what each
 //! delivery attempt did), `search` (finding deliveries), `activity` (recent
-//! activity for the console) and `kv`.
+//! activity for the console), `tokens` (tenants' API tokens, the audit log)
+//! and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -31,6 +32,7 @@ mod policy;
 mod retention;
 mod schema;
 mod search;
+mod tokens;
 mod verification;
 mod writer;
 
@@ -43,6 +45,7 @@ pub use kv::{KvQuota, KvRefusal};
 pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
 pub use search::{Found, MAX_PAGE, Page, Search, SearchError, normalise_number};
+pub use tokens::{AuditEntry, StoredToken};
 pub use verification::{Released, Verification, VerificationState};
 
 use writer::Write;

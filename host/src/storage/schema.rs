@@ -176,6 +176,29 @@ pub(super) fn migrations() -> Migrations<'static> {
             INSERT INTO delivery_text (rowid, body)
                 SELECT d.id, json_extract(e.event_json, '$.body') FROM deliveries d JOIN events e ON e.id = d.event_id;",
         ),
+        // 9: tenants' API tokens (the secret only as its hash) and the audit log.
+        M::up(
+            "CREATE TABLE tokens (
+                id TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                label TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                revoked_at TEXT
+            ) WITHOUT ROWID;
+            CREATE INDEX tokens_by_tenant ON tokens (tenant);
+            CREATE TABLE audit (
+                id INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                result TEXT NOT NULL
+            );
+            CREATE INDEX audit_by_tenant ON audit (tenant, id);",
+        ),
     ])
 }
 

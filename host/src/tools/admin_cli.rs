@@ -12,7 +12,7 @@ pub struct AdminArgs {
     /// The admin API's base URL (the config's `admin_listen`).
     #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
-    /// The admin bearer token (the config's `admin_token`).
+    /// The bearer token: the config's `admin_token`, or a tenant's API token.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
     #[command(subcommand)]
@@ -82,6 +82,23 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Tenants' API tokens: create (printed once), list, revoke. The
+    /// operator's admin token only.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Who did what to a tenant (resumes, replays, token changes), newest first.
+    Audit {
+        /// Tenant id.
+        tenant: String,
+        /// Only entries older than this id (the previous page's `next`).
+        #[arg(long)]
+        before: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// A plugin's KV entries, in key order.
     Kv {
         /// Tenant id.
@@ -99,6 +116,39 @@ pub enum AdminCommand {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+/// `switchboard admin token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// A new token for one tenant, with its scopes; its text is printed
+    /// once and never again (only its hash is kept).
+    Create {
+        /// The tenant it opens (and no other).
+        #[arg(long)]
+        tenant: String,
+        /// read (see plugins, deliveries, the tail, KV, the audit log),
+        /// operate (resume, replay) or deploy; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// What to call it.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// The tenant's tokens (ids, scopes, labels; never secrets).
+    List {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The token's id (from `list`).
+        id: String,
     },
 }
 
@@ -180,6 +230,20 @@ impl AdminCommand {
             AdminCommand::Verifications { tenant, state, limit } => client
                 .get(format!("{base}/admin/tenants/{}/verifications", seg(tenant)))
                 .query(&[("state", state.clone()), ("limit", limit.to_string())]),
+            AdminCommand::Token { command } => match command {
+                TokenCommand::Create { tenant, scopes, label } => client
+                    .post(format!("{base}/admin/tenants/{}/tokens", seg(tenant)))
+                    .json(&serde_json::json!({ "scopes": scopes, "label": label })),
+                TokenCommand::List { tenant } => client.get(format!("{base}/admin/tenants/{}/tokens", seg(tenant))),
+                TokenCommand::Revoke { tenant, id } => client.delete(format!("{base}/admin/tenants/{}/tokens/{}", seg(tenant), seg(id))),
+            },
+            AdminCommand::Audit { tenant, before, limit } => {
+                let mut q = vec![("limit", limit.to_string())];
+                if let Some(b) = before {
+                    q.push(("before", b.to_string()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/audit", seg(tenant))).query(&q)
+            }
             AdminCommand::Kv {
                 tenant,
                 plugin,

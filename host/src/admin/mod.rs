@@ -1,8 +1,13 @@
-//! The admin API under `/admin`, behind the configured bearer token: what each
-//! tenant's plugins are doing (version serving, rejections, pause state and
-//! failures), resuming paused plugins, searching deliveries, event
-//! verifications and a plugin's KV, and replaying events. HTTP errors for it are mapped here
-//! only.
+//! The admin API under `/admin`, behind a bearer token (the operator's, or a
+//! tenant's with its scopes, see [`auth`]): what each tenant's plugins are
+//! doing (version serving, rejections, pause state and failures), resuming
+//! paused plugins, searching deliveries, event verifications and a plugin's
+//! KV, replaying events, tenants' tokens and the audit log. HTTP errors for
+//! it are mapped here only.
+
+pub mod auth;
+mod search;
+mod tokens;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
-use crate::domain::EventKind;
 use crate::domain::MAX_RECORD;
-use crate::engine::accept::Replay;
+use crate::engine::accept::{Accepted, Replay};
 use crate::engine::state::AppState;
-use crate::storage::{DeliveryStatus, Search, SearchError, VerificationState};
+use crate::storage::VerificationState;
+pub use auth::{Caller, Scope};
+pub use search::SearchParams;
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,9 @@ pub enum AdminError {
     /// The database could not answer.
     #[error("unavailable: {0}")]
     Unavailable(#[from] crate::storage::DbError),
+    /// The token may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// Too many failed authentications: refused without looking at the token.
     #[error("too many failed authentications; retry in {0} s")]
     Locked(u64),
@@ -46,6 +54,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match self {
             AdminError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -73,6 +82,9 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
         .route("/tenants/{tenant}/verifications", get(verifications))
         .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
+        .route("/tenants/{tenant}/tokens", get(tokens::list).post(tokens::create))
+        .route("/tenants/{tenant}/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/tenants/{tenant}/audit", get(tokens::audit_log))
 }
 
 /// Refuses a tenant the config does not name.
@@ -84,41 +96,46 @@ pub(crate) fn known_tenant(state: &AppState, tenant: &str) -> Result<(), AdminEr
     }
 }
 
-/// Checks the bearer token. Failed attempts are counted: past
-/// `MAX_ADMIN_FAILURES` a minute, every request is refused (429) without its
-/// token being looked at until the minute is over, and failures are logged
-/// at warn (at most once a second, with the count not logged).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
+/// Who sent this request's bearer token (see [`auth::identify`]).
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, AdminError> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    check_token(state, given)
+    auth::identify(state, given).await
 }
 
-/// Checks a given admin token (the bearer token, or the console's sign-in),
-/// counting failures toward the lockout.
-pub(crate) fn check_token(state: &AppState, given: Option<&str>) -> Result<(), AdminError> {
-    let Some(token) = &state.config.admin_token else {
-        return Err(AdminError::Unauthorized("the admin API is off: set admin_token in the config"));
+/// Whether `caller` may act on `tenant` within `scope`, and `tenant` exists.
+async fn allowed(state: &AppState, headers: &HeaderMap, tenant: &str, scope: Scope) -> Result<Caller, AdminError> {
+    let caller = authorize(state, headers).await?;
+    caller.may(tenant, scope)?;
+    known_tenant(state, tenant)?;
+    Ok(caller)
+}
+
+/// Records `action` on `target` by `caller` in the tenant's audit log, with
+/// how it ended, and passes the result on. A log that cannot be written is
+/// logged; the action has happened either way.
+pub(crate) async fn audited<T>(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    action: &str,
+    target: &str,
+    result: Result<T, AdminError>,
+) -> Result<T, AdminError> {
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
     };
-    if let Some(wait) = state.guards.admin_locked_for() {
-        return Err(AdminError::Locked(wait.as_secs().max(1)));
+    if let Err(e) = state.db.audit(tenant, &caller.actor(), action, target, &outcome).await {
+        tracing::error!(%tenant, action, error = %e, "cannot write the audit log");
     }
-    let refusal = match given {
-        Some(g) if bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())) => return Ok(()),
-        Some(_) => AdminError::Unauthorized("wrong bearer token"),
-        None => AdminError::Unauthorized("missing bearer token"),
-    };
-    state.guards.admin_failed();
-    if let Some(suppressed) = state.guards.admin_failure_log.check() {
-        tracing::warn!(reason = %refusal, suppressed, "admin authentication failed");
-    }
-    Err(refusal)
+    result
 }
 
 async fn plugins(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Json<Value>, AdminError> {
-    authorize(&state, &headers)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     let out = plugin_statuses(&state, &tenant).await?;
     Ok(Json(
         json!({ "tenant": tenant, "plugins": out, "compile": state.registry.runtime().stats() }),
@@ -183,125 +200,40 @@ async fn resume(
     headers: HeaderMap,
     Path((tenant, plugin)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&state, &headers)?;
-    let released = resume_plugin(&state, &tenant, &plugin).await?;
+    let caller = allowed(&state, &headers, &tenant, Scope::Operate).await?;
+    let released = resume_plugin(&state, &caller, &tenant, &plugin).await?;
     Ok(Json(
         json!({ "tenant": tenant, "plugin": plugin, "status": "active", "released": released }),
     ))
 }
 
-/// Resumes a paused plugin; how many held deliveries it released.
-pub(crate) async fn resume_plugin(state: &AppState, tenant: &str, plugin: &str) -> Result<usize, AdminError> {
+/// Resumes a paused plugin (audited); how many held deliveries it released.
+pub(crate) async fn resume_plugin(state: &AppState, caller: &Caller, tenant: &str, plugin: &str) -> Result<usize, AdminError> {
+    caller.may(tenant, Scope::Operate)?;
     known_tenant(state, tenant)?;
-    match state.dispatcher.resume(tenant, plugin).await? {
-        Some(released) => Ok(released),
-        None if state.registry.get(tenant, plugin).is_some() => Err(AdminError::Conflict(format!("plugin `{plugin}` is not paused"))),
-        None => Err(AdminError::NotFound(format!("plugin `{plugin}` of tenant `{tenant}`"))),
-    }
+    let result = match state.dispatcher.resume(tenant, plugin).await {
+        Err(e) => Err(e.into()),
+        Ok(Some(released)) => Ok(released),
+        Ok(None) if state.registry.get(tenant, plugin).is_some() => Err(AdminError::Conflict(format!("plugin `{plugin}` is not paused"))),
+        Ok(None) => Err(AdminError::NotFound(format!("plugin `{plugin}` of tenant `{tenant}`"))),
+    };
+    audited(state, caller, tenant, "resume", plugin, result).await
 }
 
-/// A deliveries search as given in a query string (the admin API's and the
-/// console's). Empty values count as not given, as an HTML form sends them.
-#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
-pub struct SearchParams {
-    /// Sender or recipient number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub number: Option<String>,
-    /// Words in the body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// Event kind (`sms.received`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// Plugin name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<String>,
-    /// Delivery status (`outcome` is the same).
-    #[serde(default, alias = "outcome", skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// RFC 3339 time, or a duration ago (`15m`, `2h`, `7d`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<String>,
-    /// RFC 3339 time, or a duration ago.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<String>,
-    /// The previous page's `next`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
-    /// Page size (default 100, at most 500).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-}
-
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
-/// `at` as unix ms: an RFC 3339 time, or a duration (`90s`, `15m`, `2h`, `7d`) before now.
-fn time_param(name: &str, at: &str) -> Result<i64, AdminError> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) {
-        return Ok(t.timestamp_millis());
+/// Replays a stored event (audited): its new deliveries.
+pub(crate) async fn replay_event(state: &AppState, caller: &Caller, tenant: &str, event_id: &str) -> Result<Accepted, AdminError> {
+    caller.may(tenant, Scope::Operate)?;
+    known_tenant(state, tenant)?;
+    let result = match crate::engine::accept::replay(state, tenant, event_id).await {
+        Err(e) => Err(e.into()),
+        Ok(Replay::Replayed(a)) => Ok(a),
+        Ok(Replay::NotFound) => Err(AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`"))),
+        Ok(Replay::NotVerified(why)) => Err(AdminError::Conflict(format!("event `{event_id}` is not replayed: {why}"))),
+    };
+    if let Ok(a) = &result {
+        tracing::info!(%tenant, event = %event_id, deliveries = a.deliveries.len(), actor = %caller.actor(), "event replayed");
     }
-    match humantime::parse_duration(at) {
-        Ok(ago) => Ok(crate::storage::now_ms() - ago.as_millis() as i64),
-        Err(_) => Err(AdminError::BadRequest(format!(
-            "{name} `{at}` is neither an RFC 3339 time nor a duration like 15m, 2h or 7d"
-        ))),
-    }
-}
-
-impl SearchParams {
-    /// The search these parameters ask for, or why they make no sense.
-    pub fn to_search(&self) -> Result<Search, AdminError> {
-        let kind = given(&self.kind)
-            .map(|k| {
-                EventKind::from_name(k).ok_or_else(|| {
-                    let all: Vec<&str> = EventKind::ALL.iter().map(|s| s.seed_name()).collect();
-                    AdminError::BadRequest(format!("kind `{k}` is not one of {}", all.join(", ")))
-                })
-            })
-            .transpose()?;
-        let status = given(&self.status)
-            .map(|s| {
-                DeliveryStatus::parse(s).ok_or_else(|| {
-                    let all: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
-                    AdminError::BadRequest(format!("status `{s}` is not one of {}", all.join(", ")))
-                })
-            })
-            .transpose()?;
-        let number = given(&self.number).map(str::to_string);
-        if let Some(n) = &number
-            && !n.chars().any(|c| c.is_ascii_digit())
-        {
-            return Err(AdminError::BadRequest(format!("number `{n}` has no digits")));
-        }
-        let before = given(&self.before)
-            .map(|b| {
-                b.parse::<i64>()
-                    .map_err(|_| AdminError::BadRequest(format!("before `{b}` is not a delivery id")))
-            })
-            .transpose()?;
-        Ok(Search {
-            number,
-            text: given(&self.text).map(str::to_string),
-            kind,
-            plugin: given(&self.plugin).map(str::to_string),
-            status,
-            since_ms: given(&self.since).map(|t| time_param("since", t)).transpose()?,
-            until_ms: given(&self.until).map(|t| time_param("until", t)).transpose()?,
-            before,
-            limit: self.limit.unwrap_or(100).clamp(1, crate::storage::MAX_PAGE),
-        })
-    }
-}
-
-impl From<SearchError> for AdminError {
-    fn from(e: SearchError) -> Self {
-        match e {
-            SearchError::NoWords(_) => AdminError::BadRequest(e.to_string()),
-            SearchError::Db(e) => AdminError::Unavailable(e),
-        }
-    }
+    audited(state, caller, tenant, "replay", event_id, result).await
 }
 
 /// Searches the tenant's deliveries (every filter of [`SearchParams`]),
@@ -312,8 +244,7 @@ async fn deliveries(
     Path(tenant): Path<String>,
     Query(q): Query<SearchParams>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     let page = state.db.search(&tenant, q.to_search()?).await?;
     Ok(Json(json!({ "tenant": tenant, "deliveries": page.deliveries, "next": page.next })))
 }
@@ -325,8 +256,7 @@ async fn delivery(
     headers: HeaderMap,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     let not_found = || AdminError::NotFound(format!("delivery `{id}` of tenant `{tenant}`"));
     let n: i64 = id.parse().map_err(|_| not_found())?;
     let detail = state.db.delivery_detail(&tenant, n).await?.ok_or_else(not_found)?;
@@ -336,7 +266,7 @@ async fn delivery(
 /// `GET /metrics` (on the admin listener, behind the admin token): the
 /// Prometheus text exposition, with gauges read now.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AdminError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?.operator("read the server's metrics")?;
     let load = state.dispatcher.load();
     let rejected = state.tenants.keys().map(|t| state.registry.rejections(t).len() as u64).sum();
     let gauges = crate::metrics::Gauges {
@@ -363,19 +293,13 @@ async fn replay(
     headers: HeaderMap,
     Path((tenant, event_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
-    let accepted = match crate::engine::accept::replay(&state, &tenant, &event_id).await? {
-        Replay::Replayed(a) => a,
-        Replay::NotFound => return Err(AdminError::NotFound(format!("event `{event_id}` of tenant `{tenant}`"))),
-        Replay::NotVerified(why) => return Err(AdminError::Conflict(format!("event `{event_id}` is not replayed: {why}"))),
-    };
+    let caller = authorize(&state, &headers).await?;
+    let accepted = replay_event(&state, &caller, &tenant, &event_id).await?;
     let out: Vec<Value> = accepted
         .deliveries
         .iter()
         .map(|d| json!({ "id": d.id, "plugin": d.plugin, "status": if d.held { "held" } else { "pending" } }))
         .collect();
-    tracing::info!(%tenant, event = %event_id, deliveries = out.len(), "event replayed");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "tenant": tenant, "event_id": event_id, "deliveries": out })),
@@ -396,8 +320,7 @@ async fn verifications(
     Path(tenant): Path<String>,
     Query(q): Query<VerificationsQuery>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     let name = q.state.as_deref().unwrap_or("refused");
     let wanted = VerificationState::parse(name).ok_or_else(|| {
         let all: Vec<&str> = VerificationState::ALL.iter().map(|s| s.as_str()).collect();
@@ -430,8 +353,7 @@ async fn kv(
     Query(q): Query<KvQuery>,
 ) -> Result<Json<Value>, AdminError> {
     use base64::Engine as _;
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     let prefix = q.prefix.unwrap_or_default();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = state
@@ -482,8 +404,7 @@ async fn tail(
     Query(q): Query<TailQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, AdminError> {
     use crate::engine::tail::Missed;
-    authorize(&state, &headers)?;
-    known_tenant(&state, &tenant)?;
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
     if let Some(o) = q.outcome.as_deref().filter(|o| !matches!(*o, "done" | "failed")) {
         return Err(AdminError::BadRequest(format!("outcome `{o}` is not done or failed")));
     }
