@@ -8,6 +8,7 @@
 //! CSRF token is refused. Each step's screenshot is saved under
 //! `target/console/`.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +36,9 @@ fn shots_dir() -> PathBuf {
 impl Browser {
     async fn open(journey: &'static str) -> Browser {
         let port = crate::process::free_port();
+        // Its own process group, so the browser it starts goes with it.
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -147,8 +150,11 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and the chromium it started (their process group),
+    /// even when a journey failed before closing its session.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
@@ -261,6 +267,12 @@ async fn resume_a_paused_plugin_from_its_page_and_see_the_charts() {
     assert!(row.contains("active") && !row.contains("paused"), "{row}");
     let (_, plugins) = host.admin("GET", "/tenants/acme/plugins", Some(ADMIN_TOKEN)).await;
     assert_eq!(plugins["plugins"][0]["status"], "active");
+    // The audit log on the same page says who resumed it.
+    let audit = b.text("#audit tbody").await;
+    assert!(
+        audit.contains("operator") && audit.contains("resume") && audit.contains("flaky"),
+        "{audit}"
+    );
     b.shot("resumed").await;
 
     // On a phone: the pages fit the screen's width (wide tables scroll
