@@ -200,9 +200,19 @@ pub struct TestHostBuilder {
     dir: Option<tempfile::TempDir>,
     delivery: switchboard::config::DbOptions,
     front_door: switchboard::config::FrontDoor,
+    operator: Option<switchboard::config::OperatorWebhook>,
 }
 
 impl TestHostBuilder {
+    /// Sends operational notices to `url`, signed with `secret`.
+    pub fn operator_webhook(mut self, url: &str, secret: &str) -> Self {
+        self.operator = Some(switchboard::config::OperatorWebhook {
+            url: url.to_string(),
+            secret: Secret::new(secret),
+        });
+        self
+    }
+
     /// Starts over this data dir (a restart) instead of a fresh one.
     pub fn in_dir(mut self, dir: tempfile::TempDir) -> Self {
         self.dir = Some(dir);
@@ -229,7 +239,7 @@ impl TestHostBuilder {
 
     pub async fn start(self) -> TestHost {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door).await
+        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator).await
     }
 }
 
@@ -251,6 +261,7 @@ impl TestHost {
                 ..Default::default()
             },
             front_door: Default::default(),
+            operator: None,
         }
     }
 
@@ -259,6 +270,7 @@ impl TestHost {
         tenants: Vec<TenantSpec>,
         delivery: switchboard::config::DbOptions,
         front_door: switchboard::config::FrontDoor,
+        operator_webhook: Option<switchboard::config::OperatorWebhook>,
     ) -> TestHost {
         init_tracing();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -311,6 +323,7 @@ impl TestHost {
             max_concurrent_invocations: 16,
             metrics_max_label_sets: 1000,
             otlp_endpoint: None,
+            operator_webhook,
             max_wasm_memory_mb: 4096,
             long_run_cpu_percent: switchboard::config::DEFAULT_LONG_RUN_CPU_PERCENT,
             admin_token: Some(Secret::new(ADMIN_TOKEN)),

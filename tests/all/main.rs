@@ -14,6 +14,7 @@ mod front_door;
 mod harness;
 mod host_calls;
 mod hostile;
+mod notices;
 mod otlp;
 mod plugins;
 #[path = "../support/process.rs"]

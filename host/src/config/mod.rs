@@ -110,6 +110,9 @@ pub struct Config {
     /// Where to send OpenTelemetry traces (an OTLP/HTTP collector's base
     /// URL); none are made without it.
     pub otlp_endpoint: Option<String>,
+    /// Where operational notices go (`operator_webhook_url`), signed with
+    /// Standard Webhooks by `operator_webhook_secret`.
+    pub operator_webhook: Option<OperatorWebhook>,
     /// Wasm linear memory, MiB, that running invocations may hold between
     /// them (by their memory limits); default half the machine's memory.
     pub max_wasm_memory_mb: u64,
@@ -201,6 +204,21 @@ impl Config {
             None => format!("http://{listen}"),
         };
         let otlp_endpoint = raw.otlp_endpoint.as_ref().map(|u| http_url("otlp_endpoint", u)).transpose()?;
+        let operator_webhook = match (&raw.operator_webhook_url, &raw.operator_webhook_secret) {
+            (None, None) => None,
+            (Some(u), Some(s)) => Some(OperatorWebhook {
+                url: http_url("operator_webhook_url", u)?,
+                secret: resolve_strong_secret(path, src, "operator_webhook_secret", s, env, MIN_WEBHOOK_SECRET_LEN)?,
+            }),
+            (Some(u), None) => {
+                let why = "needs operator_webhook_secret to sign the notices";
+                return Err(ConfigError::new(path, src, Some(u.span()), "operator_webhook_url", why));
+            }
+            (None, Some(s)) => {
+                let why = "is set without operator_webhook_url";
+                return Err(ConfigError::new(path, src, Some(s.span()), "operator_webhook_secret", why));
+            }
+        };
         let mut tenants = BTreeMap::new();
         for (id, t) in &raw.tenants {
             let tenant = resolve_tenant(path, src, id, t, env)?;
@@ -257,6 +275,7 @@ impl Config {
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
             metrics_max_label_sets: raw.metrics_max_label_sets.unwrap_or(1000),
             otlp_endpoint,
+            operator_webhook,
             max_wasm_memory_mb: match &raw.max_wasm_memory_mb {
                 Some(mb) if *mb.get_ref() < 64 => {
                     return Err(ConfigError::new(
@@ -306,6 +325,8 @@ struct RawConfig {
     max_wasm_memory_mb: Option<Spanned<u64>>,
     metrics_max_label_sets: Option<usize>,
     otlp_endpoint: Option<Spanned<String>>,
+    operator_webhook_url: Option<Spanned<String>>,
+    operator_webhook_secret: Option<Spanned<String>>,
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
@@ -435,6 +456,15 @@ fn without_quoted(message: &str) -> String {
 
 /// Shortest `webhook_secret` accepted: a guessable secret signs anything.
 pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+/// Where the operator's notices go, and the key they are signed with.
+#[derive(Debug, Clone)]
+pub struct OperatorWebhook {
+    /// An http(s) URL.
+    pub url: String,
+    /// The Standard Webhooks secret (`whsec_…` or any string of 16+ characters).
+    pub secret: Secret,
+}
+
 /// Shortest `admin_token` accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 /// Longest signature window accepted, seconds: a captured signature can be

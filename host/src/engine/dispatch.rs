@@ -155,6 +155,8 @@ pub struct DispatchCtx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where attempt ends are broadcast to watchers.
     pub tail: Arc<crate::engine::tail::Tail>,
+    /// Where the operator is told of exhausted deliveries and paused plugins.
+    pub notices: crate::engine::notify::Notices,
 }
 
 /// Runs one plugin on one event in a fresh store: the core of dispatch,
@@ -498,6 +500,9 @@ impl Dispatcher {
             Some(Finished::Retry(delay)) => self.retry_later(job, delay),
             Some(Finished::Paused) => {
                 ctx.paused.set(&job.event.tenant, &job.plugin, true);
+                let about = serde_json::json!({ "tenant": job.event.tenant, "plugin": job.plugin, "delivery_id": job.delivery_id, "event_id": job.event.event_id });
+                ctx.notices.file("delivery.exhausted", about.clone());
+                ctx.notices.file("plugin.paused", about);
                 tracing::warn!(
                     tenant = %job.event.tenant,
                     plugin = %job.plugin,

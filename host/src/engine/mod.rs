@@ -11,6 +11,7 @@ pub mod effects;
 pub mod egress;
 pub mod justcall;
 pub mod lanes;
+pub mod notify;
 pub mod plugins;
 pub mod runtime;
 pub mod scheduler;

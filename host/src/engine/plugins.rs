@@ -121,6 +121,8 @@ pub struct Registry {
     /// Versions loaded and rejected since start.
     loads: std::sync::atomic::AtomicU64,
     rejections_total: std::sync::atomic::AtomicU64,
+    /// Where a rejected version is reported to the operator.
+    notices: crate::engine::notify::Notices,
 }
 
 impl Registry {
@@ -134,7 +136,14 @@ impl Registry {
             rejected: Mutex::new(HashMap::new()),
             loads: Default::default(),
             rejections_total: Default::default(),
+            notices: Default::default(),
         }
+    }
+
+    /// Reports each rejected version to the operator through `notices`.
+    pub fn with_notices(mut self, notices: crate::engine::notify::Notices) -> Registry {
+        self.notices = notices;
+        self
     }
 
     /// Plugin versions loaded, and rejected, since start.
@@ -319,6 +328,11 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::error!(%tenant, plugin = %name, serving = old.as_ref().map(|o| &o.hash[..12]), error = %e, "plugin version rejected");
+                    self.notices.file(
+                        "version.rejected",
+                        serde_json::json!({ "tenant": tenant, "plugin": name, "hash": hash, "error": e.to_string(),
+                                            "serving": old.as_ref().map(|o| o.hash.clone()) }),
+                    );
                     rejections.insert(
                         name.clone(),
                         Rejection {

@@ -1,9 +1,10 @@
 //! Wiring and serving: builds the runtime, database, registry and dispatcher
 //! from a [`Config`], exposes the routes in [`app`], and runs until shutdown
 //! behind the connection limits of [`listener`], over HTTPS if configured
-//! ([`tls`]).
+//! ([`tls`]), with operational notices sent to the operator by [`operator`].
 
 mod listener;
+mod operator;
 mod tls;
 
 use std::collections::HashMap;
@@ -171,9 +172,19 @@ pub async fn run_with_routes(
     })?);
     let db = Db::open(&config.data_dir, config.delivery.clone())
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    // Operational notices go to the operator's webhook, when there is one.
+    let notices = match &config.operator_webhook {
+        Some(hook) => {
+            let (notices, rx) = crate::engine::notify::Notices::channel();
+            tokio::spawn(operator::send_notices(hook.clone(), rx));
+            notices
+        }
+        None => Default::default(),
+    };
     let registry = Arc::new(
         Registry::new(runtime, config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect())
-            .with_memory_budget((config.max_wasm_memory_mb as usize).saturating_mul(1 << 20)),
+            .with_memory_budget((config.max_wasm_memory_mb as usize).saturating_mul(1 << 20))
+            .with_notices(notices.clone()),
     );
     let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
     let loader = registry.clone();
@@ -227,6 +238,7 @@ pub async fn run_with_routes(
             paused: Arc::default(),
             metrics: metrics.clone(),
             tail: tail.clone(),
+            notices: notices.clone(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,

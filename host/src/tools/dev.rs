@@ -13,6 +13,9 @@ use crate::tools::guest_build::{BuiltPlugin, GuestWorkspace};
 
 /// The demo tenant's id.
 pub const DEMO_TENANT: &str = "demo";
+/// What signs operator notices in dev mode.
+pub const DEV_OPERATOR_SECRET: &str = "dev-operator-notices";
+
 /// The admin API's bearer token in dev mode.
 pub const DEV_ADMIN_TOKEN: &str = "dev-admin";
 /// How long after `sms.sent` the simulator reports an SMS delivered.
@@ -56,6 +59,11 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         max_concurrent_invocations: 64,
         metrics_max_label_sets: 1000,
         otlp_endpoint: None,
+        // Notices (a plugin paused, a version rejected) land in the dev sink.
+        operator_webhook: Some(crate::config::OperatorWebhook {
+            url: format!("{origin}/dev/sink/operator"),
+            secret: Secret::new(DEV_OPERATOR_SECRET),
+        }),
         max_wasm_memory_mb: crate::config::default_wasm_memory_mb(),
         long_run_cpu_percent: crate::config::DEFAULT_LONG_RUN_CPU_PERCENT,
         admin_token: Some(Secret::new(DEV_ADMIN_TOKEN)),
@@ -306,6 +314,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool, p
         "\nSwitchboard dev is listening on {origin}\n\
          tenant `{DEMO_TENANT}` (number {DEMO_NUMBER}, no webhook auth) runs: {}\n\
          JustCall simulator: {origin}/justcall   dev sink (CRM, booking): {origin}/dev/sink/NAME\n\
+         operator notices (plugin paused, version rejected): GET {origin}/dev/sink/operator\n\
          admin API: http://{admin}/admin (token `{DEV_ADMIN_TOKEN}`; `switchboard admin --token {DEV_ADMIN_TOKEN} plugins {DEMO_TENANT}`)\n\
          console: http://{admin}/console (sign in with `{DEV_ADMIN_TOKEN}`)\n\n\
          Try it:\n  curl -s -X POST {origin}/webhooks/{DEMO_TENANT} -H 'content-type: application/json' \\\n    \
