@@ -318,3 +318,31 @@ fn otlp_endpoint_is_an_http_url_when_given() {
     let err = Config::parse(Path::new("sb.toml"), &src, &env).unwrap_err();
     assert_eq!(err.to_string(), "sb.toml:3: otlp_endpoint: must be an http(s) URL");
 }
+
+#[test]
+fn operator_webhook_needs_its_url_and_a_strong_secret_together() {
+    let with = |lines: &str| GOOD.replace("public_url", &format!("{lines}\npublic_url"));
+    let parse = |src: &str| Config::parse(Path::new("sb.toml"), src, &env);
+    let cfg = parse(&with(
+        "operator_webhook_url = \"https://ops.example.com/hooks\"\noperator_webhook_secret = \"0123456789abcdef\"",
+    ))
+    .unwrap();
+    let hook = cfg.operator_webhook.unwrap();
+    assert_eq!(
+        (hook.url.as_str(), hook.secret.expose()),
+        ("https://ops.example.com/hooks", "0123456789abcdef")
+    );
+    let err = parse(&with("operator_webhook_url = \"https://ops.example.com/hooks\"")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sb.toml:3: operator_webhook_url: needs operator_webhook_secret to sign the notices"
+    );
+    let err = parse(&with(
+        "operator_webhook_url = \"https://ops.example.com/hooks\"\noperator_webhook_secret = \"short\"",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sb.toml:4: operator_webhook_secret: is 5 characters; use at least 16 (a random string)"
+    );
+}
