@@ -10,7 +10,9 @@ use switchboard::config::WebhookAuth;
 use switchboard::domain::EventKind;
 use switchboard::tools::send::{SendRequest, SignWith, WireFormat};
 
-use crate::harness::{ADMIN_TOKEN, PluginSpec, RECEIVED_BODY, Recorder, TenantSpec, TestHost, fixture, fixtures_dir, guest, wait_for};
+use crate::harness::{
+    ADMIN_TOKEN, PluginSpec, RECEIVED_BODY, Recorder, TenantSpec, TestHost, fixture, fixtures_dir, guest, paused_flaky, wait_for,
+};
 use crate::process::{Process, free_port, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -343,19 +345,7 @@ async fn admin_cli(host: &TestHost, token: &str, args: &[&str]) -> (bool, String
 #[tokio::test]
 async fn admin_commands_mirror_the_admin_api() {
     let jc = Recorder::start().await;
-    let tenant = TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("flaky", "flaky", "events = [\"received\"]\n"));
-    let host = TestHost::builder(vec![tenant])
-        .retries(vec![Duration::from_millis(20)])
-        .start()
-        .await;
-    let (_, resp) = host
-        .post("acme", fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"), &[])
-        .await;
-    let event = resp["event_id"].as_str().unwrap().to_string();
-    wait_for("the plugin to pause", Duration::from_secs(10), || {
-        host.deliveries(&event).first().is_some_and(|d| d.1 == "failed")
-    })
-    .await;
+    let (host, event) = paused_flaky(&jc.url).await;
 
     let (ok, out, _) = admin_cli(&host, ADMIN_TOKEN, &["plugins", "acme"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

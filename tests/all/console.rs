@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::harness::{ADMIN_TOKEN, FakeJustCall, PluginSpec, RECEIVED_BODY, TenantSpec, TestHost, fixture, wait_for};
+use crate::harness::{ADMIN_TOKEN, FakeJustCall, PluginSpec, TenantSpec, TestHost, fixture, paused_flaky, wait_for};
 
 /// A headless chromium behind its own chromedriver; both end on drop.
 struct Browser {
@@ -230,19 +230,7 @@ async fn sign_in_watch_a_delivery_arrive_open_it_and_replay_it() {
 #[tokio::test]
 async fn resume_a_paused_plugin_from_its_page_and_see_the_charts() {
     let jc = FakeJustCall::start().await;
-    let tenant = TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("flaky", "flaky", "events = [\"received\"]\n"));
-    let host = TestHost::builder(vec![tenant])
-        .retries(vec![Duration::from_millis(20)])
-        .start()
-        .await;
-    let (_, resp) = host
-        .post("acme", fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"), &[])
-        .await;
-    let event = resp["event_id"].as_str().unwrap().to_string();
-    wait_for("the plugin to pause", Duration::from_secs(10), || {
-        host.deliveries(&event).first().is_some_and(|d| d.1 == "failed")
-    })
-    .await;
+    let (host, _) = paused_flaky(&jc.url).await;
 
     let mut b = Browser::open("resume").await;
     b.sign_in(&host, ADMIN_TOKEN).await;

@@ -177,6 +177,25 @@ pub fn flaky(sink: &str, reply: bool, timeout_ms: u64) -> PluginSpec {
     )
 }
 
+/// Tenant `acme` whose `flaky` plugin failed an event's every retry (20 ms
+/// apart) and is now paused, with JustCall at `justcall`; and that event's id.
+pub async fn paused_flaky(justcall: &str) -> (TestHost, String) {
+    let tenant = TenantSpec::new("acme", justcall).plugin(PluginSpec::new("flaky", "flaky", "events = [\"received\"]\n"));
+    let host = TestHost::builder(vec![tenant])
+        .retries(vec![Duration::from_millis(20)])
+        .start()
+        .await;
+    let (_, resp) = host
+        .post("acme", fixture("seed-format/sms.received.json").replace(RECEIVED_BODY, "FAIL"), &[])
+        .await;
+    let event = resp["event_id"].as_str().unwrap().to_string();
+    wait_for("the plugin to pause", Duration::from_secs(10), || {
+        host.deliveries(&event).first().is_some_and(|d| d.1 == "failed")
+    })
+    .await;
+    (host, event)
+}
+
 pub const NUMBER: &str = "+15125550100";
 pub const API_KEY: &str = "test-key";
 pub const API_SECRET: &str = "test-secret";
