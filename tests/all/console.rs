@@ -161,6 +161,8 @@ impl Drop for Browser {
 
 #[tokio::test]
 async fn sign_in_watch_a_delivery_arrive_open_it_and_replay_it() {
+    // "Within 2 s" is a deadline: not beside the tests that load every core.
+    let _load = crate::harness::deadline_bound().await;
     let jc = FakeJustCall::start().await;
     let tenant = TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("appointment-confirm", "confirmer", "events = [\"received\"]\n"));
     let host = TestHost::start(vec![tenant]).await;
