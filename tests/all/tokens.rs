@@ -155,6 +155,10 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         (status, bad["error"].as_str()),
         (400, Some("bad request: scope `root` is not one of read, deploy, operate"))
     );
+    let body = Some(json!({ "label": "no scopes" }));
+    let (status, bad) = call(&host, "POST", "/admin/tenants/acme/tokens", ADMIN_TOKEN, body).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("missing field `scopes`"), "{bad}");
 
     // Its own tenant, within its scopes.
     let (status, plugins) = call(&host, "GET", "/admin/tenants/acme/plugins", &full, None).await;

@@ -128,7 +128,9 @@ pub(crate) async fn audited<T>(
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    if let Err(e) = state.db.audit(tenant, &caller.actor(), action, target, &outcome).await {
+    // Targets come from request paths: kept within a record's size.
+    let target = crate::domain::cap(target, MAX_RECORD);
+    if let Err(e) = state.db.audit(tenant, &caller.actor(), action, &target, &outcome).await {
         tracing::error!(%tenant, action, error = %e, "cannot write the audit log");
     }
     result

@@ -26,11 +26,12 @@ pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-    Json(req): Json<NewToken>,
+    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     let caller = authorize(&state, &headers).await?;
     caller.operator("create tokens")?;
     known_tenant(&state, &tenant)?;
+    let Json(req) = body.map_err(|e| AdminError::BadRequest(format!("{e}: send {{\"scopes\": [\"read\", …], \"label\": \"…\"}}")))?;
     let mut scopes = Vec::new();
     for s in &req.scopes {
         let scope = Scope::parse(s).ok_or_else(|| {
