@@ -332,6 +332,38 @@ async fn the_admin_api_refuses_bad_tokens_unknown_ids_and_bad_filters() {
         body["error"],
         "bad request: status `lost` is not one of verifying, pending, running, done, failed, held, refused"
     );
+    // Each search filter says precisely what it could not use.
+    for (query, error) in [
+        (
+            "since=yesterday",
+            "since `yesterday` is neither an RFC 3339 time nor a duration like 15m, 2h or 7d",
+        ),
+        (
+            "until=2026-13-01",
+            "until `2026-13-01` is neither an RFC 3339 time nor a duration like 15m, 2h or 7d",
+        ),
+        ("number=call-me", "number `call-me` has no digits"),
+        ("text=%3F%21", "text `?!` has no words to search for"),
+        ("before=last", "before `last` is not a delivery id"),
+    ] {
+        let (status, body) = host
+            .admin("GET", &format!("/tenants/acme/deliveries?{query}"), Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(format!("bad request: {error}").as_str())),
+            "{query}"
+        );
+    }
+    // Empty filters (as a form sends them) are no filter.
+    let (status, body) = host
+        .admin(
+            "GET",
+            "/tenants/acme/deliveries?number=&text=&kind=&plugin=&status=&since=&until=",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!((status, body["next"].clone()), (200, serde_json::Value::Null), "{body}");
 }
 
 #[tokio::test]
