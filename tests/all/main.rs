@@ -20,6 +20,8 @@ mod plugins;
 #[path = "../support/process.rs"]
 mod process;
 mod reload;
+#[path = "../support/sign_in.rs"]
+mod sign_in;
 mod signatures;
 mod tls;
 mod tokens;

@@ -47,35 +47,14 @@ async fn new_token(host: &TestHost, tenant: &str, scopes: &[&str]) -> (String, S
 }
 
 /// Signs in to the console with `token` as a browser would: a client that
-/// keeps no redirects, the session cookie, and the page's CSRF token.
+/// keeps no redirects, the session cookie, and the tenants page it shows.
 async fn console(host: &TestHost, token: &str) -> (reqwest::Client, String, String) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let cookie_of = |resp: &reqwest::Response, name: &str| {
-        resp.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| {
-                c.strip_prefix(&format!("{name}="))
-                    .map(|r| r.split(';').next().unwrap().to_string())
-            })
-            .unwrap_or_else(|| panic!("no {name} cookie"))
-    };
-    let form = client.get(format!("{}/console/sign-in", host.admin_url)).send().await.unwrap();
-    let signin = cookie_of(&form, "sb_console_signin");
-    let signed = client
-        .post(format!("{}/console/sign-in", host.admin_url))
-        .header("cookie", format!("sb_console_signin={signin}"))
-        .form(&[("token", token), ("csrf", signin.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed.status(), 303, "{:?}", signed.text().await);
-    let cookie = format!("sb_console={}", cookie_of(&signed, "sb_console"));
-    let page = client
+    let cookie = crate::sign_in::sign_in(&client, &host.admin_url, token).await;
+    let overview = client
         .get(format!("{}/console/tenants", host.admin_url))
         .header("cookie", &cookie)
         .send()
@@ -84,13 +63,7 @@ async fn console(host: &TestHost, token: &str) -> (reqwest::Client, String, Stri
         .text()
         .await
         .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF token in the page")
-        .to_string();
-    (client, cookie, csrf)
+    (client, cookie, overview)
 }
 
 #[tokio::test]
@@ -207,7 +180,13 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         let (status, answer) = call(&host, method, path, &full, body).await;
         assert!(matches!(status, 403 | 404), "{method} {path} with acme's token: {status} {answer}");
     }
-    let (client, cookie, csrf) = console(&host, &full).await;
+    let (client, cookie, overview) = console(&host, &full).await;
+    let csrf = overview
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_string();
     let cx = "/console/tenants/globex";
     let pages: Vec<(&str, String)> = vec![
         ("GET", cx.to_string()),
@@ -228,15 +207,6 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         let status = req.header("cookie", &cookie).send().await.unwrap().status().as_u16();
         assert!(matches!(status, 403 | 404), "console {method} {path} with acme's token: {status}");
     }
-    let overview = client
-        .get(format!("{}/console/tenants", host.admin_url))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(overview.contains(">acme<") && !overview.contains("globex"), "{overview}");
     // And nothing changed: globex's plugin is still paused, its event not replayed.
     let (_, after) = call(&host, "GET", "/admin/tenants/globex/plugins", ADMIN_TOKEN, None).await;

@@ -19,6 +19,8 @@ mod neighbour;
 mod process;
 mod reload;
 mod search;
+#[path = "../../../tests/support/sign_in.rs"]
+mod sign_in;
 mod storage;
 
 use serde_json::{Map, Value, json};

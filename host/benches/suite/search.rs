@@ -154,35 +154,6 @@ fn searches(round: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The value of the `name` cookie a response sets.
-fn set_cookie(resp: &reqwest::Response, name: &str) -> String {
-    let prefix = format!("{name}=");
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|c| {
-            c.strip_prefix(&prefix)
-                .map(|rest| rest.split(';').next().unwrap_or_default().to_string())
-        })
-        .unwrap_or_else(|| panic!("no {name} cookie set"))
-}
-
-/// Signs in to the console as a browser would; the `Cookie` header to send.
-async fn console_session(client: &reqwest::Client, admin: &str) -> String {
-    let form = client.get(format!("{admin}/console/sign-in")).send().await.expect("sign-in page");
-    let csrf = set_cookie(&form, "sb_console_signin");
-    let signed = client
-        .post(format!("{admin}/console/sign-in"))
-        .header("cookie", format!("sb_console_signin={csrf}"))
-        .form(&[("token", TOKEN), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(signed.status(), 303, "sign-in refused");
-    format!("sb_console={}", set_cookie(&signed, "sb_console"))
-}
-
 pub async fn run(guests: &Guests) -> Map<String, Value> {
     let dir = tempfile::tempdir().unwrap();
     let fill_s = fill(&dir.path().join("data")).await;
@@ -234,7 +205,7 @@ pub async fn run(guests: &Guests) -> Map<String, Value> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let cookie = console_session(&browser, &server.admin_url()).await;
+    let cookie = crate::sign_in::sign_in(&browser, &server.admin_url(), TOKEN).await;
     let page = format!("{}/console/tenants/acme/deliveries", server.admin_url());
     let mut pages = Vec::new();
     for round in 0..100 {

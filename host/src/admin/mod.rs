@@ -405,7 +405,7 @@ async fn tail(
     Path(tenant): Path<String>,
     Query(q): Query<TailQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, AdminError> {
-    use crate::engine::tail::Missed;
+    use futures_util::StreamExt as _;
     allowed(&state, &headers, &tenant, Scope::Read).await?;
     if let Some(o) = q.outcome.as_deref().filter(|o| !matches!(*o, "done" | "failed")) {
         return Err(AdminError::BadRequest(format!("outcome `{o}` is not done or failed")));
@@ -413,25 +413,14 @@ async fn tail(
     let wanted = move |e: &crate::engine::tail::TailEvent| {
         e.tenant == tenant && q.plugin.as_deref().is_none_or(|p| p == e.plugin) && q.outcome.as_deref().is_none_or(|o| o == e.outcome)
     };
-    let stream = futures_util::stream::unfold(Some(state.tail.watch()), move |watcher| {
-        let wanted = wanted.clone();
-        async move {
-            let mut watcher = watcher?;
-            loop {
-                match watcher.next().await {
-                    Ok(e) if wanted(&e) => {
-                        let event = SseEvent::default().event("delivery").json_data(&*e).unwrap_or_default();
-                        return Some((Ok(event), Some(watcher)));
-                    }
-                    Ok(_) => continue,
-                    Err(Missed::Lagged(n)) => {
-                        let notice = format!("{n} attempts were dropped: this watcher fell too far behind; reconnect to go on");
-                        return Some((Ok(SseEvent::default().event("dropped").data(notice)), None));
-                    }
-                    Err(Missed::Closed) => return None,
-                }
+    let stream = state.tail.follow(wanted).map(|ended| {
+        Ok(match ended {
+            Ok(e) => SseEvent::default().event("delivery").json_data(&*e).unwrap_or_default(),
+            Err(n) => {
+                let notice = format!("{n} attempts were dropped: this watcher fell too far behind; reconnect to go on");
+                SseEvent::default().event("dropped").data(notice)
             }
-        }
+        })
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -5,11 +5,12 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::StreamExt as _;
 
 use super::{ConsoleError, SignedIn, pages};
 use crate::admin::SearchParams;
 use crate::engine::state::AppState;
-use crate::engine::tail::{Missed, TailEvent};
+use crate::engine::tail::TailEvent;
 use crate::storage::{DeliveryStatus, Search, normalise_number};
 
 /// Whether an attempt's end belongs in a table showing `search`'s results.
@@ -42,27 +43,20 @@ pub async fn rows(
     signed.0.caller.may(&tenant, crate::admin::Scope::Read)?;
     crate::admin::known_tenant(&state, &tenant)?;
     let search = params.to_search()?;
-    let stream = futures_util::stream::unfold(Some(state.tail.watch()), move |watcher| {
-        let (search, tenant) = (search.clone(), tenant.clone());
-        async move {
-            let mut watcher = watcher?;
-            loop {
-                match watcher.next().await {
-                    Ok(e) if e.tenant == tenant && matches(&search, &e) => {
-                        let row = pages::live_row(&tenant, &e).into_string();
-                        return Some((Ok(SseEvent::default().event("row").data(row)), Some(watcher)));
-                    }
-                    Ok(_) => continue,
-                    Err(Missed::Lagged(n)) => {
-                        let notice =
-                            format!("Live updates stopped: {n} deliveries went by faster than this page could show them. Reload to go on.");
-                        return Some((Ok(SseEvent::default().event("dropped").data(notice)), None));
-                    }
-                    Err(Missed::Closed) => return None,
+    let own = tenant.clone();
+    let stream = state
+        .tail
+        .follow(move |e| e.tenant == own && matches(&search, e))
+        .map(move |ended| {
+            Ok(match ended {
+                Ok(e) => SseEvent::default().event("row").data(pages::live_row(&tenant, &e).into_string()),
+                Err(n) => {
+                    let notice =
+                        format!("Live updates stopped: {n} deliveries went by faster than this page could show them. Reload to go on.");
+                    SseEvent::default().event("dropped").data(notice)
                 }
-            }
-        }
-    });
+            })
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -124,6 +124,30 @@ impl Tail {
         }
     }
 
+    /// The attempt ends `wanted` keeps, from now on, as a stream: it ends
+    /// when the server stops, or after `Err(n)`, its last item, when the
+    /// watcher fell `n` attempts behind and was dropped.
+    pub fn follow<F>(&self, wanted: F) -> impl futures_util::Stream<Item = Result<Arc<TailEvent>, u64>> + Send + use<F>
+    where
+        F: Fn(&TailEvent) -> bool + Send + Sync + 'static,
+    {
+        let wanted = Arc::new(wanted);
+        futures_util::stream::unfold(Some(self.watch()), move |watcher| {
+            let wanted = wanted.clone();
+            async move {
+                let mut watcher = watcher?;
+                loop {
+                    match watcher.next().await {
+                        Ok(e) if wanted(&e) => return Some((Ok(e), Some(watcher))),
+                        Ok(_) => continue,
+                        Err(Missed::Lagged(n)) => return Some((Err(n), None)),
+                        Err(Missed::Closed) => return None,
+                    }
+                }
+            }
+        })
+    }
+
     /// Ends every watcher's stream (the server is stopping).
     pub fn close(&self) {
         self.stop.cancel();
@@ -183,5 +207,22 @@ mod tests {
         tail.close();
         let mut late = tail.watch();
         assert_eq!(late.next().await.unwrap_err(), Missed::Closed);
+    }
+
+    #[tokio::test]
+    async fn following_keeps_the_wanted_ends_and_stops_after_a_lag() {
+        use futures_util::StreamExt as _;
+        let tail = Tail::default();
+        let mut odd = Box::pin(tail.follow(|e| e.delivery_id % 2 == 1));
+        for n in 0..4 {
+            tail.publish(event(n));
+        }
+        assert_eq!(odd.next().await.unwrap().unwrap().delivery_id, 1);
+        assert_eq!(odd.next().await.unwrap().unwrap().delivery_id, 3);
+        for n in 0..(BACKLOG as i64 + 2) {
+            tail.publish(event(n));
+        }
+        assert_eq!(odd.next().await.unwrap().unwrap_err(), 2);
+        assert!(odd.next().await.is_none());
     }
 }

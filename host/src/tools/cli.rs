@@ -268,13 +268,18 @@ pub fn main(cli: Cli) -> ExitCode {
         (false, true) => "warn,switchboard::tools=info",
         (false, false) => "info",
     };
-    // `serve` with `otlp_endpoint` also exports traces: set up with the logs,
-    // before the runtime (the exporter's client blocks). A config that does
-    // not load is reported by the command itself.
-    let otlp = match &cli.command {
-        Command::Serve { config, .. } => Config::load(config).ok().and_then(|c| c.otlp_endpoint),
+    // `serve` reads its config once, here: with `otlp_endpoint` it also
+    // exports traces, set up with the logs before the runtime (the
+    // exporter's client blocks). A config that does not load is reported by
+    // the command itself, after logging is set up.
+    let serve_config = match &cli.command {
+        Command::Serve { config, .. } => Some(Config::load(config)),
         _ => None,
     };
+    let otlp = serve_config
+        .as_ref()
+        .and_then(|c| c.as_ref().ok())
+        .and_then(|c| c.otlp_endpoint.clone());
     let (telemetry, traces) = match otlp.as_deref().map(crate::telemetry::start) {
         Some(Ok((t, layer))) => (Some(t), Some(layer)),
         Some(Err(e)) => {
@@ -296,7 +301,7 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(execute(cli.command)) {
+    match rt.block_on(execute(cli.command, serve_config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -305,14 +310,18 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs `command`; `serve` takes `serve_config` (already read) when given.
+async fn execute(command: Command, serve_config: Option<Result<Config, crate::config::ConfigError>>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve {
             config,
             listen,
             admin_listen,
         } => {
-            let mut cfg = Config::load(&config)?;
+            let mut cfg = match serve_config {
+                Some(loaded) => loaded?,
+                None => Config::load(&config)?,
+            };
             if let Some(l) = listen {
                 // A defaulted admin address follows the webhook address.
                 if cfg.admin_listen == AdminListen::default_for(cfg.listen) {
