@@ -8,6 +8,7 @@ mod console;
 mod conventions;
 mod crash;
 mod delivery;
+mod deploy;
 mod dev;
 mod fairness;
 mod front_door;

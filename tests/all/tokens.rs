@@ -158,6 +158,7 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         (403, Some("forbidden: this token lacks the `operate` scope"))
     );
 
+    let (_, before) = call(&host, "GET", "/admin/tenants/globex/plugins", ADMIN_TOKEN, None).await;
     // Nothing of another tenant's, through any route.
     let gx = "/admin/tenants/globex";
     let routes: Vec<(&str, String)> = vec![
@@ -169,6 +170,9 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         ("POST", format!("{gx}/events/{globex_event}/replay")),
         ("GET", format!("{gx}/verifications")),
         ("GET", format!("{gx}/plugins/flaky/kv")),
+        ("GET", format!("{gx}/plugins/flaky/versions")),
+        ("POST", format!("{gx}/plugins/flaky/versions")),
+        ("POST", format!("{gx}/plugins/flaky/rollback")),
         ("GET", format!("{gx}/audit")),
         ("GET", format!("{gx}/tokens")),
         ("POST", format!("{gx}/tokens")),
@@ -211,6 +215,7 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
     // And nothing changed: globex's plugin is still paused, its event not replayed.
     let (_, after) = call(&host, "GET", "/admin/tenants/globex/plugins", ADMIN_TOKEN, None).await;
     assert_eq!(after["plugins"][0]["status"], "paused", "{after}");
+    assert_eq!(after["plugins"][0]["version"], before["plugins"][0]["version"], "{after}");
     assert_eq!(host.deliveries(&globex_event).len(), 1);
 
     // The operator resumes globex; revokes acme's token, which then opens nothing.

@@ -2,10 +2,12 @@
 //! tenant's with its scopes, see [`auth`]): what each tenant's plugins are
 //! doing (version serving, rejections, pause state and failures), resuming
 //! paused plugins, searching deliveries, event verifications and a plugin's
-//! KV, replaying events, tenants' tokens and the audit log. HTTP errors for
-//! it are mapped here only.
+//! KV, replaying events, plugin versions (upload, history, rollback: see
+//! [`deploy`]), tenants' tokens and the audit log. HTTP errors for it are
+//! mapped here only.
 
 pub mod auth;
+mod deploy;
 mod search;
 mod tokens;
 
@@ -45,6 +47,9 @@ pub enum AdminError {
     /// The token may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// An uploaded plugin version would not load; nothing changed.
+    #[error("rejected: {0}")]
+    Rejected(String),
     /// Too many failed authentications: refused without looking at the token.
     #[error("too many failed authentications; retry in {0} s")]
     Locked(u64),
@@ -60,6 +65,7 @@ impl IntoResponse for AdminError {
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
+            AdminError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if let AdminError::Locked(secs) = self
@@ -85,6 +91,13 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/tokens", get(tokens::list).post(tokens::create))
         .route("/tenants/{tenant}/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/tenants/{tenant}/audit", get(tokens::audit_log))
+        .route(
+            "/tenants/{tenant}/plugins/{plugin}/versions",
+            get(deploy::list)
+                .post(deploy::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(deploy::MAX_UPLOAD)),
+        )
+        .route("/tenants/{tenant}/plugins/{plugin}/rollback", post(deploy::rollback))
 }
 
 /// Refuses a tenant the config does not name.
@@ -175,6 +188,7 @@ pub(crate) async fn plugin_statuses(state: &AppState, tenant: &str) -> Result<Ve
             "status": status(true, h.paused),
             "summary": summary,
             "hash": p.hash,
+            "version": p.version,
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
             "rejected": rejected,

@@ -75,6 +75,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::Admin(AdminError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             ConsoleError::Admin(AdminError::Conflict(_)) => StatusCode::CONFLICT,
             ConsoleError::Admin(AdminError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Admin(AdminError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         (status, page(pages::error(status, &self.to_string()))).into_response()
     }

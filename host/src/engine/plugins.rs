@@ -17,8 +17,10 @@ use crate::engine::runtime::{LoadError, Prepared, Runtime};
 pub struct LoadedPlugin {
     /// The file stem, e.g. `crm-logger`.
     pub name: String,
-    /// SHA-256 of the `.wasm`: identifies the version.
+    /// SHA-256 of the `.wasm`: identifies the code.
     pub hash: String,
+    /// The version id: the code and the manifest it serves with ([`version_id`]).
+    pub version: String,
     /// Its manifest (defaults when there is no `.toml`).
     pub manifest: Arc<Manifest>,
     /// Pre-instantiated component, ready for a fresh instance per event.
@@ -123,6 +125,38 @@ pub struct Registry {
     rejections_total: std::sync::atomic::AtomicU64,
     /// Where a rejected version is reported to the operator.
     notices: crate::engine::notify::Notices,
+    /// Where each version that starts serving is kept, with its code.
+    history: Option<crate::storage::Db>,
+    /// Held by whatever changes a tenant's set (a reload, an install), so
+    /// two changes never interleave.
+    changing: Mutex<()>,
+}
+
+/// How many versions of each plugin are kept.
+pub const KEEP_VERSIONS: usize = 20;
+
+/// A version id: the first 16 hex digits of the SHA-256 of the code's hash
+/// and the manifest text, so the same code with another manifest is another
+/// version.
+pub fn version_id(hash: &str, manifest_src: Option<&str>) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(hash.as_bytes());
+    h.update([0]);
+    if let Some(m) = manifest_src {
+        h.update([1]);
+        h.update(m.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// A version installed by [`Registry::install`].
+#[derive(Debug)]
+pub struct Installed {
+    /// What serves now.
+    pub serving: Arc<LoadedPlugin>,
+    /// What served before, if anything did.
+    pub previous: Option<Arc<LoadedPlugin>>,
 }
 
 impl Registry {
@@ -137,7 +171,104 @@ impl Registry {
             loads: Default::default(),
             rejections_total: Default::default(),
             notices: Default::default(),
+            history: None,
+            changing: Mutex::new(()),
         }
+    }
+
+    /// Keeps every version that starts serving (its code and manifest) in
+    /// `db`, the newest [`KEEP_VERSIONS`] of each plugin, for rollbacks.
+    pub fn with_history(mut self, db: crate::storage::Db) -> Registry {
+        self.history = Some(db);
+        self
+    }
+
+    /// Keeps `p` (whose code is `bytes`) as the plugin's newest version.
+    fn keep(&self, tenant: &str, p: &LoadedPlugin, bytes: &[u8], source: &str, actor: &str) {
+        let Some(db) = &self.history else { return };
+        if let Err(e) = db.keep_code(&p.hash, bytes) {
+            tracing::error!(%tenant, plugin = %p.name, error = %e, "cannot keep the plugin's code for rollbacks");
+            return;
+        }
+        db.keep_version(
+            crate::storage::NewVersion {
+                tenant: tenant.to_string(),
+                plugin: p.name.clone(),
+                id: p.version.clone(),
+                hash: p.hash.clone(),
+                manifest: p.manifest_src.clone(),
+                source: source.to_string(),
+                actor: actor.to_string(),
+            },
+            KEEP_VERSIONS,
+        );
+    }
+
+    /// Makes `bytes` + `manifest_src` the serving version of `tenant`'s
+    /// plugin `name`, validated exactly as a file in its folder would be. On
+    /// success the files are written into `plugins_dir/<tenant>/` (beside,
+    /// then renamed into place: the folder always holds what serves, so the
+    /// watcher finds nothing new) and the set is swapped at once; on failure
+    /// nothing changes and the operator is told (`version.rejected`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn install(
+        &self,
+        plugins_dir: &Path,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        manifest_src: Option<String>,
+        source: &str,
+        actor: &str,
+    ) -> Result<Installed, PluginLoadError> {
+        let _changing = crate::sync::lock(&self.changing);
+        let folder = plugins_dir.join(tenant);
+        let wasm = folder.join(format!("{name}.wasm"));
+        let hash = Runtime::content_hash(bytes);
+        let loaded = match self.load_bytes(&wasm, bytes, hash.clone(), manifest_src) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::warn!(%tenant, plugin = %name, %actor, error = %e, "uploaded plugin version rejected");
+                self.notices.file(
+                    "version.rejected",
+                    serde_json::json!({ "tenant": tenant, "plugin": name, "hash": hash, "error": e.to_string(), "source": source }),
+                );
+                return Err(e);
+            }
+        };
+        let write = |path: &Path, contents: Option<&[u8]>| -> std::io::Result<()> {
+            match contents {
+                Some(c) => {
+                    let tmp = folder.join(format!(".{name}.{}.upload", std::process::id()));
+                    std::fs::write(&tmp, c)?;
+                    std::fs::rename(&tmp, path)
+                }
+                None => match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            }
+        };
+        std::fs::create_dir_all(&folder)
+            .and_then(|()| write(&wasm.with_extension("toml"), loaded.manifest_src.as_deref().map(str::as_bytes)))
+            .and_then(|()| write(&wasm, Some(bytes)))
+            .map_err(|source| PluginLoadError::Read {
+                path: wasm.clone(),
+                source,
+            })?;
+        let current = self.plugins(tenant);
+        let previous = current.iter().find(|p| p.name == name).cloned();
+        let mut next: Vec<Arc<LoadedPlugin>> = current.iter().filter(|p| p.name != name).cloned().collect();
+        next.push(loaded.clone());
+        next.sort_by(|a, b| a.name.cmp(&b.name));
+        self.replace(tenant, next);
+        if let Some(r) = crate::sync::lock(&self.rejected).get_mut(tenant) {
+            r.remove(name);
+        }
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%tenant, plugin = %name, version = %loaded.version, replaced = previous.as_ref().map(|o| o.version.as_str()), %source, %actor, "installed plugin version");
+        self.keep(tenant, &loaded, bytes, source, actor);
+        Ok(Installed { serving: loaded, previous })
     }
 
     /// Reports each rejected version to the operator through `notices`.
@@ -236,6 +367,7 @@ impl Registry {
                 source,
             })?;
         Ok(LoadedPlugin {
+            version: version_id(&hash, manifest_src.as_deref()),
             name,
             hash,
             manifest: Arc::new(manifest),
@@ -254,6 +386,7 @@ impl Registry {
     /// `settle` ago are left for a later pass (`retry_after`), so a copy in
     /// progress is never read. The new set is swapped in at once.
     pub fn reload_tenant(&self, plugins_dir: &Path, tenant: &str, complete: &HashSet<PathBuf>, settle: Duration) -> ReloadReport {
+        let _changing = crate::sync::lock(&self.changing);
         let folder = plugins_dir.join(tenant);
         let mut report = ReloadReport::default();
         let current = self.plugins(tenant);
@@ -323,6 +456,7 @@ impl Registry {
                 Ok(p) => {
                     tracing::info!(%tenant, plugin = %p.name, hash = %&p.hash[..12], replaced = old.as_ref().map(|o| &o.hash[..12]), "loaded plugin");
                     rejections.remove(&name);
+                    self.keep(tenant, &p, &bytes, "folder", "folder");
                     report.loaded.push(name);
                     next.push(Arc::new(p));
                 }

@@ -184,7 +184,8 @@ pub async fn run_with_routes(
     let registry = Arc::new(
         Registry::new(runtime, config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect())
             .with_memory_budget((config.max_wasm_memory_mb as usize).saturating_mul(1 << 20))
-            .with_notices(notices.clone()),
+            .with_notices(notices.clone())
+            .with_history(db.clone()),
     );
     let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
     let loader = registry.clone();

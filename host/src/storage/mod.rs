@@ -6,8 +6,8 @@
 //! `policy` (the pure retry verdict), `journal` (side effects), `verification`
 //! (events checked with JustCall before they run), `attempts` (what each
 //! delivery attempt did), `search` (finding deliveries), `activity` (recent
-//! activity for the console), `tokens` (tenants' API tokens, the audit log)
-//! and `kv`.
+//! activity for the console), `tokens` (tenants' API tokens, the audit log),
+//! `versions` (each plugin's kept versions and their code) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -34,6 +34,7 @@ mod schema;
 mod search;
 mod tokens;
 mod verification;
+mod versions;
 mod writer;
 
 pub use activity::{Minute, TenantActivity};
@@ -47,6 +48,7 @@ pub use schema::now_ms;
 pub use search::{Found, MAX_PAGE, Page, Search, SearchError, normalise_number};
 pub use tokens::{AuditEntry, StoredToken};
 pub use verification::{Released, Verification, VerificationState};
+pub use versions::{BlobError, KeptVersion, NewVersion};
 
 use writer::Write;
 

@@ -199,6 +199,24 @@ pub(super) fn migrations() -> Migrations<'static> {
             );
             CREATE INDEX audit_by_tenant ON audit (tenant, id);",
         ),
+        // 10: each plugin's kept versions (the code itself is a file under
+        // `versions/`, named by its SHA-256).
+        M::up(
+            "CREATE TABLE versions (
+                tenant TEXT NOT NULL,
+                plugin TEXT NOT NULL,
+                id TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                manifest TEXT,
+                source TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                served_ms INTEGER NOT NULL,
+                PRIMARY KEY (tenant, plugin, id)
+            ) WITHOUT ROWID;
+            CREATE INDEX versions_by_served ON versions (tenant, plugin, served_ms);
+            CREATE INDEX versions_by_hash ON versions (hash);",
+        ),
     ])
 }
 

@@ -99,6 +99,29 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// A plugin's kept versions (the newest 20), which one serves, and
+    /// where each came from.
+    Versions {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+    },
+    /// Serve a kept version again (at once: its compiled code is cached).
+    Rollback {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+        /// The version id (from `versions`); default: the one that served
+        /// before the current one.
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// A plugin's KV entries, in key order.
     Kv {
         /// Tenant id.
@@ -244,6 +267,12 @@ impl AdminCommand {
                 }
                 client.get(format!("{base}/admin/tenants/{}/audit", seg(tenant))).query(&q)
             }
+            AdminCommand::Versions { tenant, plugin } => {
+                client.get(format!("{base}/admin/tenants/{}/plugins/{}/versions", seg(tenant), seg(plugin)))
+            }
+            AdminCommand::Rollback { tenant, plugin, version } => client
+                .post(format!("{base}/admin/tenants/{}/plugins/{}/rollback", seg(tenant), seg(plugin)))
+                .json(&serde_json::json!({ "version": version })),
             AdminCommand::Kv {
                 tenant,
                 plugin,

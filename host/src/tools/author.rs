@@ -237,9 +237,11 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
         .load_with_stack(&bytes, &Runtime::content_hash(&bytes), manifest.limits.wasm_stack_bytes)
         .map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let hash = Runtime::content_hash(&bytes);
     let plugin = crate::engine::plugins::LoadedPlugin {
         name: name.clone(),
-        hash: Runtime::content_hash(&bytes),
+        version: crate::engine::plugins::version_id(&hash, None),
+        hash,
         manifest: Arc::new(manifest),
         pre,
         ticker,

@@ -76,6 +76,9 @@ enum Command {
     },
     /// Operate a running Switchboard through its admin API.
     Admin(crate::tools::admin_cli::AdminArgs),
+    /// Build (given a plugin folder), check and upload a plugin version to a
+    /// tenant; prints the version id and what changed.
+    Deploy(crate::tools::deploy::DeployArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,6 +260,7 @@ pub fn main(cli: Cli) -> ExitCode {
             command: PluginCommand::Check { .. } | PluginCommand::Test { .. }
         } | Command::Admin(_)
             | Command::Send(_)
+            | Command::Deploy(_)
     );
     // Output-first commands print the plugin's log lines and refused calls
     // themselves.
@@ -370,6 +374,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             })
         }
         Command::Admin(args) => crate::tools::admin_cli::run(args).await,
+        Command::Deploy(args) => crate::tools::deploy::run(args).await,
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {

@@ -1,0 +1,243 @@
+//! Plugin versions over the API (`deploy` scope to change, `read` to list):
+//! uploading a version (`.wasm` + manifest, validated exactly as the plugin
+//! folder's files are), the kept versions of a plugin, and rolling back to
+//! one of them. Every upload and rollback is audited; the answer says what
+//! changed from the version it replaced.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::auth::Scope;
+use super::{AdminError, Caller, allowed, audited};
+use crate::config::LIMITS;
+use crate::engine::plugins::{Installed, LoadedPlugin, plugin_name};
+use crate::engine::state::AppState;
+
+/// The largest upload: a componentized Python plugin is ~40 MB.
+pub const MAX_UPLOAD: usize = 128 << 20;
+
+/// `POST …/plugins/{p}/versions`, multipart: `wasm` (the component) and,
+/// optionally, `manifest` (its TOML). A version that would be rejected from
+/// the folder is 422 with the same reason, and nothing changes.
+pub async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let caller = allowed(&state, &headers, &tenant, Scope::Deploy).await?;
+    let target = plugin.clone();
+    let result = async {
+        valid_name(&plugin)?;
+        let (wasm, manifest) = read_upload(multipart?).await?;
+        install(&state, &caller, &tenant, &plugin, wasm, manifest, "api").await
+    }
+    .await;
+    let result = audited(&state, &caller, &tenant, "deploy", &target, result).await?;
+    Ok((StatusCode::CREATED, Json(result)))
+}
+
+/// `GET …/plugins/{p}/versions`: the kept versions, the one that served
+/// last first, and which serves now.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
+    let serving = state.registry.get(&tenant, &plugin).map(|p| p.version.clone());
+    let versions = state.db.versions(&tenant, &plugin).await?;
+    if versions.is_empty() && serving.is_none() {
+        return Err(AdminError::NotFound(format!("plugin `{plugin}` of tenant `{tenant}`")));
+    }
+    let versions: Vec<Value> = versions
+        .into_iter()
+        .map(|v| {
+            let serves = serving.as_deref() == Some(v.id.as_str());
+            json!({ "version": v.id, "hash": v.hash, "serving": serves, "source": v.source, "actor": v.actor,
+                    "created_at": v.created_at, "served_at": v.served_at, "manifest": v.manifest })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "tenant": tenant, "plugin": plugin, "serving": serving, "versions": versions }),
+    ))
+}
+
+/// What a rollback asks for.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackTo {
+    /// The kept version to serve (default: the one that served before the
+    /// current one).
+    version: Option<String>,
+}
+
+/// `POST …/plugins/{p}/rollback` `{"version": id}`: serves a kept version
+/// again, from its kept code (compiled code comes from the cache).
+pub async fn rollback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+    body: Option<Json<RollbackTo>>,
+) -> Result<Json<Value>, AdminError> {
+    let caller = allowed(&state, &headers, &tenant, Scope::Deploy).await?;
+    let to = body.map(|Json(b)| b).unwrap_or_default();
+    let result = async {
+        let serving = state.registry.get(&tenant, &plugin).map(|p| p.version.clone());
+        let kept = state.db.versions(&tenant, &plugin).await?;
+        let version = match &to.version {
+            Some(id) => kept.into_iter().find(|v| &v.id == id).ok_or_else(|| {
+                AdminError::NotFound(format!("version `{id}` of plugin `{plugin}` (see GET …/plugins/{plugin}/versions)"))
+            })?,
+            None => kept
+                .into_iter()
+                .find(|v| Some(&v.id) != serving.as_ref())
+                .ok_or_else(|| AdminError::Conflict(format!("plugin `{plugin}` has no earlier version kept")))?,
+        };
+        if Some(&version.id) == serving.as_ref() {
+            return Err(AdminError::Conflict(format!("version `{}` is already serving", version.id)));
+        }
+        let db = state.db.clone();
+        let v = version.clone();
+        let code = tokio::task::spawn_blocking(move || db.kept_code(&v))
+            .await
+            .map_err(|e| AdminError::Conflict(e.to_string()))?
+            .map_err(|e| AdminError::Conflict(e.to_string()))?;
+        install(&state, &caller, &tenant, &plugin, code, version.manifest, "rollback").await
+    }
+    .await;
+    let target = match &to.version {
+        Some(v) => format!("{plugin}@{v}"),
+        None => plugin.clone(),
+    };
+    Ok(Json(audited(&state, &caller, &tenant, "rollback", &target, result).await?))
+}
+
+fn valid_name(plugin: &str) -> Result<(), AdminError> {
+    match plugin_name(std::path::Path::new(&format!("{plugin}.wasm"))) {
+        Some(n) if n == plugin => Ok(()),
+        _ => Err(AdminError::BadRequest(format!(
+            "`{plugin}` is not a plugin name: use a-z, 0-9, '-' and '_', at most 64"
+        ))),
+    }
+}
+
+impl From<axum::extract::multipart::MultipartRejection> for AdminError {
+    fn from(e: axum::extract::multipart::MultipartRejection) -> Self {
+        AdminError::BadRequest(format!(
+            "{e}: send multipart/form-data with a `wasm` part and, optionally, a `manifest` part"
+        ))
+    }
+}
+
+/// The `wasm` and `manifest` parts of an upload.
+async fn read_upload(mut multipart: Multipart) -> Result<(Vec<u8>, Option<String>), AdminError> {
+    let bad = |e: axum::extract::multipart::MultipartError| AdminError::BadRequest(format!("reading the upload: {}", e.body_text()));
+    let (mut wasm, mut manifest) = (None, None);
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or_default() {
+            "wasm" => wasm = Some(field.bytes().await.map_err(bad)?.to_vec()),
+            "manifest" => {
+                let text = field.text().await.map_err(bad)?;
+                manifest = Some(text);
+            }
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown part `{other}`: send `wasm` and, optionally, `manifest`"
+                )));
+            }
+        }
+    }
+    let wasm = wasm.ok_or_else(|| AdminError::BadRequest("no `wasm` part: the component is required".into()))?;
+    Ok((wasm, manifest))
+}
+
+/// Installs a version on a blocking thread (it may compile) and describes it.
+async fn install(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    plugin: &str,
+    wasm: Vec<u8>,
+    manifest: Option<String>,
+    source: &'static str,
+) -> Result<Value, AdminError> {
+    let registry = state.registry.clone();
+    let (dir, t, p, actor) = (
+        state.config.plugins_dir.clone(),
+        tenant.to_string(),
+        plugin.to_string(),
+        caller.actor(),
+    );
+    let installed = tokio::task::spawn_blocking(move || registry.install(&dir, &t, &p, &wasm, manifest, source, &actor))
+        .await
+        .map_err(|e| AdminError::Conflict(format!("the install stopped: {e}")))?
+        .map_err(|e| AdminError::Rejected(e.to_string()))?;
+    let Installed { serving, previous } = installed;
+    Ok(json!({
+        "tenant": tenant,
+        "plugin": plugin,
+        "version": serving.version,
+        "hash": serving.hash,
+        "previous": previous.as_ref().map(|p| p.version.clone()),
+        "changes": changes(previous.as_deref(), &serving),
+        "limits_clamped": serving.manifest.limits_clamped,
+    }))
+}
+
+/// What changed from `old` to `new`: imports, subscribed events, limits as
+/// written, allowed hosts and config keys (names only: values may be
+/// credentials).
+pub fn changes(old: Option<&LoadedPlugin>, new: &LoadedPlugin) -> Value {
+    fn diff(old: BTreeSet<String>, new: BTreeSet<String>) -> Value {
+        json!({ "added": new.difference(&old).collect::<Vec<_>>(), "removed": old.difference(&new).collect::<Vec<_>>() })
+    }
+    let imports = |p: &LoadedPlugin| -> BTreeSet<String> {
+        let component = p.pre.instance_pre().component();
+        component
+            .component_type()
+            .imports(component.engine())
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    let hosts = |p: &LoadedPlugin| -> BTreeSet<String> { p.manifest.allowed_hosts.iter().map(|h| h.to_string()).collect() };
+    let events = |p: &LoadedPlugin| -> BTreeSet<String> {
+        match &p.manifest.events {
+            Some(k) => k.iter().map(|k| k.as_str().to_string()).collect(),
+            None => ["*".to_string()].into(),
+        }
+    };
+    let keys = |p: &LoadedPlugin| -> BTreeSet<String> { p.manifest.config.keys().cloned().collect() };
+    let empty = BTreeSet::new;
+    let limits: Vec<Value> = LIMITS
+        .iter()
+        .filter_map(|spec| {
+            let before = old.and_then(|o| o.manifest.limit_overrides.get(spec.limit));
+            let after = new.manifest.limit_overrides.get(spec.limit);
+            (before != after).then(|| json!({ "limit": spec.key, "from": before, "to": after, "default": spec.default }))
+        })
+        .collect();
+    let changed_values: Vec<&String> = match old {
+        Some(o) => new
+            .manifest
+            .config
+            .iter()
+            .filter(|(k, v)| o.manifest.config.get(*k).is_some_and(|ov| ov != *v))
+            .map(|(k, _)| k)
+            .collect(),
+        None => vec![],
+    };
+    let old_set = |f: &dyn Fn(&LoadedPlugin) -> BTreeSet<String>| old.map(f).unwrap_or_else(empty);
+    json!({
+        "code": old.is_none_or(|o| o.hash != new.hash),
+        "imports": diff(old_set(&imports), imports(new)),
+        "events": diff(old_set(&events), events(new)),
+        "limits": limits,
+        "allowed_hosts": diff(old_set(&hosts), hosts(new)),
+        "config_keys": { "added": diff(old_set(&keys), keys(new))["added"], "removed": diff(old_set(&keys), keys(new))["removed"], "changed": changed_values },
+    })
+}
