@@ -27,5 +27,6 @@ mod signatures;
 mod tls;
 mod tokens;
 mod traces;
+mod trials;
 mod verification;
 mod webhooks;

@@ -99,6 +99,7 @@ impl Invoker {
             event_id: self.event_id.clone(),
             effects: std::sync::Arc::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
             trace: Default::default(),
+            kv: Default::default(),
         }
     }
 }

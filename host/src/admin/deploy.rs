@@ -1,13 +1,14 @@
 //! Plugin versions over the API (`deploy` scope to change, `read` to list):
 //! uploading a version (`.wasm` + manifest, validated exactly as the plugin
-//! folder's files are), the kept versions of a plugin, and rolling back to
-//! one of them. Every upload and rollback is audited; the answer says what
-//! changed from the version it replaced.
+//! folder's files are) to serve at once or on trial (canary, shadow), the
+//! trial's report, promoting or stopping it, the kept versions of a plugin,
+//! and rolling back to one of them. Every change is audited; the answer says
+//! what changed from the version it replaced.
 
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -16,29 +17,208 @@ use super::{AdminError, Caller, allowed, audited};
 use crate::config::LIMITS;
 use crate::engine::plugins::{Installed, LoadedPlugin, plugin_name};
 use crate::engine::state::AppState;
+use crate::engine::trials::{CanaryPolicy, Trial, TrialKind};
 
 /// The largest upload: a componentized Python plugin is ~40 MB.
 pub const MAX_UPLOAD: usize = 128 << 20;
 
-/// `POST …/plugins/{p}/versions`, multipart: `wasm` (the component) and,
-/// optionally, `manifest` (its TOML). A version that would be rejected from
-/// the folder is 422 with the same reason, and nothing changes.
+/// How an upload is to serve: at once (the default), as a canary, or as a
+/// shadow.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadMode {
+    /// Serve this share of contacts (1–99 %), compared with the serving version.
+    canary: Option<u8>,
+    /// Roll the canary back when its failure rate is this many points above
+    /// the serving version's (default 5).
+    failure_margin: Option<f64>,
+    /// … or its p99 this much (%) above (default 50).
+    latency_margin: Option<f64>,
+    /// Judge the canary after this many of its runs in the window (default 20).
+    min_runs: Option<usize>,
+    /// The window both are compared over (`10m`, `1h`; default 10 minutes).
+    window: Option<String>,
+    /// Run on every event beside the serving version, effects noted, not made.
+    #[serde(default)]
+    shadow: bool,
+}
+
+impl UploadMode {
+    fn trial(&self) -> Result<Option<TrialKind>, AdminError> {
+        let bad = |m: String| Err(AdminError::BadRequest(m));
+        match (self.canary, self.shadow) {
+            (Some(_), true) => bad("give `canary` or `shadow`, not both".into()),
+            (None, true) => Ok(Some(TrialKind::Shadow)),
+            (None, false) => Ok(None),
+            (Some(percent), false) => {
+                if !(1..=99).contains(&percent) {
+                    return bad(format!("canary = {percent}: give a share of 1 to 99 %"));
+                }
+                let d = CanaryPolicy::default();
+                let window = match &self.window {
+                    Some(w) => humantime::parse_duration(w)
+                        .map_err(|e| AdminError::BadRequest(format!("window = `{w}`: {e} (e.g. 10m, 1h)")))?
+                        .as_secs()
+                        .max(1),
+                    None => d.window_secs,
+                };
+                Ok(Some(TrialKind::Canary(CanaryPolicy {
+                    percent,
+                    failure_margin_pct: self.failure_margin.unwrap_or(d.failure_margin_pct),
+                    latency_margin_pct: self.latency_margin.unwrap_or(d.latency_margin_pct),
+                    min_runs: self.min_runs.unwrap_or(d.min_runs).max(1),
+                    window_secs: window,
+                })))
+            }
+        }
+    }
+}
+
+/// `POST …/plugins/{p}/versions[?canary=N|shadow=true]`, multipart: `wasm`
+/// (the component) and, optionally, `manifest` (its TOML). A version that
+/// would be rejected from the folder is 422 with the same reason, and
+/// nothing changes. With `canary` or `shadow` it goes on trial beside the
+/// serving version instead of replacing it.
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((tenant, plugin)): Path<(String, String)>,
+    mode: Result<Query<UploadMode>, axum::extract::rejection::QueryRejection>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     let caller = allowed(&state, &headers, &tenant, Scope::Deploy).await?;
     let target = plugin.clone();
+    let mut action = "deploy";
     let result = async {
         valid_name(&plugin)?;
+        let Query(mode) = mode.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+        let trial = mode.trial()?;
         let (wasm, manifest) = read_upload(multipart?).await?;
-        install(&state, &caller, &tenant, &plugin, wasm, manifest, "api").await
+        match trial {
+            None => install(&state, &caller, &tenant, &plugin, wasm, manifest, "api").await,
+            Some(kind) => {
+                action = if kind == TrialKind::Shadow {
+                    "deploy.shadow"
+                } else {
+                    "deploy.canary"
+                };
+                start_trial(&state, &caller, &tenant, &plugin, wasm, manifest, kind).await
+            }
+        }
     }
     .await;
-    let result = audited(&state, &caller, &tenant, "deploy", &target, result).await?;
+    let result = audited(&state, &caller, &tenant, action, &target, result).await?;
     Ok((StatusCode::CREATED, Json(result)))
+}
+
+/// Puts a version on trial beside the serving one.
+async fn start_trial(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    plugin: &str,
+    wasm: Vec<u8>,
+    manifest: Option<String>,
+    kind: TrialKind,
+) -> Result<Value, AdminError> {
+    let Some(serving) = state.registry.get(tenant, plugin) else {
+        return Err(AdminError::Conflict(format!(
+            "plugin `{plugin}` has no serving version to compare with: deploy it first"
+        )));
+    };
+    let source = if kind == TrialKind::Shadow { "shadow" } else { "canary" };
+    let registry = state.registry.clone();
+    let (dir, t, p, actor) = (
+        state.config.plugins_dir.clone(),
+        tenant.to_string(),
+        plugin.to_string(),
+        caller.actor(),
+    );
+    let prepared = tokio::task::spawn_blocking(move || registry.prepare(&dir, &t, &p, &wasm, manifest, source, &actor))
+        .await
+        .map_err(|e| AdminError::Conflict(format!("the upload stopped: {e}")))?
+        .map_err(|e| AdminError::Rejected(e.to_string()))?;
+    let changes = changes(Some(&serving), &prepared);
+    let trial = Trial::new(prepared, kind, Some(serving.version.clone()), caller.actor());
+    let trial = state.trials.start(tenant, plugin, trial);
+    tracing::info!(%tenant, %plugin, version = %trial.plugin.version, mode = source, actor = %caller.actor(), "plugin version on trial");
+    let mut out = trial.report();
+    out["tenant"] = json!(tenant);
+    out["plugin"] = json!(plugin);
+    out["changes"] = changes;
+    Ok(out)
+}
+
+/// `GET …/plugins/{p}/trial` (also `…/canary`, `…/shadow`): the version on
+/// trial and how it compares — a canary's runs, failure rate and p99 beside
+/// the serving version's; a shadow's agreement and its first differing
+/// events, side by side — or how the last trial ended.
+pub async fn trial(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    allowed(&state, &headers, &tenant, Scope::Read).await?;
+    let report = match state.trials.get(&tenant, &plugin) {
+        Some(t) => t.report(),
+        None => state
+            .trials
+            .last_ended(&tenant, &plugin)
+            .ok_or_else(|| AdminError::NotFound(format!("a trial of plugin `{plugin}` (none since the server started)")))?,
+    };
+    Ok(Json(json!({ "tenant": tenant, "plugin": plugin, "trial": report })))
+}
+
+/// `POST …/plugins/{p}/promote`: the version on trial serves everything.
+pub async fn promote(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let caller = allowed(&state, &headers, &tenant, Scope::Deploy).await?;
+    let result = async {
+        let trial = state
+            .trials
+            .get(&tenant, &plugin)
+            .ok_or_else(|| AdminError::Conflict(format!("plugin `{plugin}` has no version on trial")))?;
+        let kept = state
+            .db
+            .version(&tenant, &plugin, &trial.plugin.version)
+            .await?
+            .ok_or_else(|| AdminError::Conflict(format!("version `{}` is no longer kept", trial.plugin.version)))?;
+        let db = state.db.clone();
+        let code = tokio::task::spawn_blocking(move || db.kept_code(&kept))
+            .await
+            .map_err(|e| AdminError::Conflict(e.to_string()))?
+            .map_err(|e| AdminError::Conflict(e.to_string()))?;
+        install(
+            &state,
+            &caller,
+            &tenant,
+            &plugin,
+            code,
+            trial.plugin.manifest_src.clone(),
+            "promote",
+        )
+        .await
+    }
+    .await;
+    Ok(Json(audited(&state, &caller, &tenant, "promote", &plugin, result).await?))
+}
+
+/// `POST …/plugins/{p}/trial/stop`: ends the trial; the serving version
+/// keeps serving everything.
+pub async fn stop_trial(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let caller = allowed(&state, &headers, &tenant, Scope::Deploy).await?;
+    let result = match state.trials.end(&tenant, &plugin, &format!("stopped by {}", caller.actor())) {
+        Some(t) => Ok(json!({ "tenant": tenant, "plugin": plugin, "stopped": t.plugin.version })),
+        None => Err(AdminError::Conflict(format!("plugin `{plugin}` has no version on trial"))),
+    };
+    Ok(Json(audited(&state, &caller, &tenant, "trial.stop", &plugin, result).await?))
 }
 
 /// `GET …/plugins/{p}/versions`: the kept versions, the one that served
@@ -178,6 +358,11 @@ async fn install(
         .map_err(|e| AdminError::Conflict(format!("the install stopped: {e}")))?
         .map_err(|e| AdminError::Rejected(e.to_string()))?;
     let Installed { serving, previous } = installed;
+    // A trial compares with the version serving when it began: a new
+    // serving version (its own promotion included) ends it.
+    state
+        .trials
+        .end(tenant, plugin, &format!("{source} of version {}", serving.version));
     Ok(json!({
         "tenant": tenant,
         "plugin": plugin,

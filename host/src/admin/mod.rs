@@ -98,6 +98,11 @@ pub fn router() -> Router<AppState> {
                 .layer(axum::extract::DefaultBodyLimit::max(deploy::MAX_UPLOAD)),
         )
         .route("/tenants/{tenant}/plugins/{plugin}/rollback", post(deploy::rollback))
+        .route("/tenants/{tenant}/plugins/{plugin}/trial", get(deploy::trial))
+        .route("/tenants/{tenant}/plugins/{plugin}/canary", get(deploy::trial))
+        .route("/tenants/{tenant}/plugins/{plugin}/shadow", get(deploy::trial))
+        .route("/tenants/{tenant}/plugins/{plugin}/promote", post(deploy::promote))
+        .route("/tenants/{tenant}/plugins/{plugin}/trial/stop", post(deploy::stop_trial))
 }
 
 /// Refuses a tenant the config does not name.

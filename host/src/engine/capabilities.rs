@@ -61,6 +61,8 @@ pub struct Invocation {
     pub effects: Arc<dyn Effects>,
     /// Where the attempt's logs and host calls are traced.
     pub trace: Arc<Tracer>,
+    /// Where its KV reads and writes go (a shadow run's writes stay apart).
+    pub kv: crate::engine::overlay::KvView,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -481,7 +483,7 @@ impl kv::Host for PluginCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
         let traced = self.inv.trace.begin("kv.get", &key);
         let t = &self.inv.tenant.config.id;
-        let result = self.inv.db.kv_get(t, &self.inv.plugin, &key).await.map_err(kv_storage);
+        let result = self.inv.kv.get(&self.inv.db, t, &self.inv.plugin, &key).await.map_err(kv_storage);
         let summary = kv_result(&result, |v| v.as_ref().map_or("absent".into(), |v| format!("{} bytes", v.len())));
         self.inv.trace.end(traced, summary);
         Ok(result)
@@ -501,7 +503,12 @@ impl kv::Host for PluginCtx {
         let traced = self.inv.trace.begin("kv.delete", &key);
         self.inv.effects.kv_written(&key, None);
         let t = &self.inv.tenant.config.id;
-        let result = self.inv.db.kv_put(t, &self.inv.plugin, &key, None).await.map_err(kv_storage);
+        let result = self
+            .inv
+            .kv
+            .delete(&self.inv.db, t, &self.inv.plugin, &key)
+            .await
+            .map_err(kv_storage);
         let summary = kv_result(&result, |_| String::new());
         self.inv.trace.end(traced, summary);
         Ok(result)
@@ -510,7 +517,12 @@ impl kv::Host for PluginCtx {
     async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
         let traced = self.inv.trace.begin("kv.list-keys", &prefix);
         let t = &self.inv.tenant.config.id;
-        let result = self.inv.db.kv_keys(t, &self.inv.plugin, &prefix).await.map_err(kv_storage);
+        let result = self
+            .inv
+            .kv
+            .keys(&self.inv.db, t, &self.inv.plugin, &prefix)
+            .await
+            .map_err(kv_storage);
         let summary = kv_result(&result, |k| format!("{} keys", k.len()));
         self.inv.trace.end(traced, summary);
         Ok(result)
@@ -536,7 +548,12 @@ impl PluginCtx {
             tenant_keys: config.kv_total.keys,
             tenant_bytes: config.kv_total.bytes,
         };
-        match self.inv.db.kv_set(&config.id, &self.inv.plugin, &key, value.clone(), quota).await {
+        match self
+            .inv
+            .kv
+            .set(&self.inv.db, &config.id, &self.inv.plugin, &key, value.clone(), quota)
+            .await
+        {
             Ok(Ok(())) => {
                 self.inv.effects.kv_written(&key, Some(&value));
                 Ok(())

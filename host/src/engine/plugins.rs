@@ -176,6 +176,52 @@ impl Registry {
         }
     }
 
+    /// Validates `bytes` + `manifest_src` as the tenant's plugin `name`
+    /// exactly as a file in its folder would be, without serving it (a
+    /// version to put on trial); the code is kept. On failure the operator
+    /// is told (`version.rejected`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare(
+        &self,
+        plugins_dir: &Path,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        manifest_src: Option<String>,
+        source: &str,
+        actor: &str,
+    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
+        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
+        self.keep(tenant, &loaded, bytes, source, actor);
+        Ok(loaded)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn validate(
+        &self,
+        plugins_dir: &Path,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        manifest_src: Option<String>,
+        source: &str,
+        actor: &str,
+    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
+        let wasm = plugins_dir.join(tenant).join(format!("{name}.wasm"));
+        let hash = Runtime::content_hash(bytes);
+        match self.load_bytes(&wasm, bytes, hash.clone(), manifest_src) {
+            Ok(p) => Ok(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(%tenant, plugin = %name, %actor, error = %e, "uploaded plugin version rejected");
+                self.notices.file(
+                    "version.rejected",
+                    serde_json::json!({ "tenant": tenant, "plugin": name, "hash": hash, "error": e.to_string(), "source": source }),
+                );
+                Err(e)
+            }
+        }
+    }
+
     /// Keeps every version that starts serving (its code and manifest) in
     /// `db`, the newest [`KEEP_VERSIONS`] of each plugin, for rollbacks.
     pub fn with_history(mut self, db: crate::storage::Db) -> Registry {
@@ -224,18 +270,7 @@ impl Registry {
         let _changing = crate::sync::lock(&self.changing);
         let folder = plugins_dir.join(tenant);
         let wasm = folder.join(format!("{name}.wasm"));
-        let hash = Runtime::content_hash(bytes);
-        let loaded = match self.load_bytes(&wasm, bytes, hash.clone(), manifest_src) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                tracing::warn!(%tenant, plugin = %name, %actor, error = %e, "uploaded plugin version rejected");
-                self.notices.file(
-                    "version.rejected",
-                    serde_json::json!({ "tenant": tenant, "plugin": name, "hash": hash, "error": e.to_string(), "source": source }),
-                );
-                return Err(e);
-            }
-        };
+        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
         let write = |path: &Path, contents: Option<&[u8]>| -> std::io::Result<()> {
             match contents {
                 Some(c) => {

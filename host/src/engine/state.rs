@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Attempt ends, for the live tail.
     pub tail: Arc<crate::engine::tail::Tail>,
+    /// Versions on trial (canaries, shadows).
+    pub trials: Arc<crate::engine::trials::Trials>,
 }
 
 /// Shared state of the HTTP edges' defences.

@@ -222,6 +222,7 @@ pub async fn run_with_routes(
     let tenants = Arc::new(tenants);
 
     let tail = Arc::new(crate::engine::tail::Tail::default());
+    let trials = Arc::new(crate::engine::trials::Trials::default());
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),
@@ -240,6 +241,8 @@ pub async fn run_with_routes(
             metrics: metrics.clone(),
             tail: tail.clone(),
             notices: notices.clone(),
+            trials: trials.clone(),
+            shadows: Arc::default(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
@@ -284,6 +287,7 @@ pub async fn run_with_routes(
         tenants,
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
         metrics,
+        trials,
         tail: tail.clone(),
     };
     let router = app(state.clone()).merge(extra_routes);

@@ -122,6 +122,40 @@ pub enum AdminCommand {
         #[arg(long)]
         version: Option<String>,
     },
+    /// The version on trial (canary or shadow) and how it compares with
+    /// the serving version: a canary's failure rate and p99 beside the
+    /// serving version's; a shadow's agreement rate and its first differing
+    /// events, side by side. Or how the last trial ended.
+    #[command(visible_aliases = ["shadow", "canary"])]
+    Trial {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the version on trial serve everything.
+    Promote {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+    },
+    /// End the trial; the serving version keeps serving everything.
+    StopTrial {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Plugin name.
+        #[arg(long)]
+        plugin: String,
+    },
     /// A plugin's KV entries, in key order.
     Kv {
         /// Tenant id.
@@ -273,6 +307,15 @@ impl AdminCommand {
             AdminCommand::Rollback { tenant, plugin, version } => client
                 .post(format!("{base}/admin/tenants/{}/plugins/{}/rollback", seg(tenant), seg(plugin)))
                 .json(&serde_json::json!({ "version": version })),
+            AdminCommand::Trial { tenant, plugin, .. } => {
+                client.get(format!("{base}/admin/tenants/{}/plugins/{}/trial", seg(tenant), seg(plugin)))
+            }
+            AdminCommand::Promote { tenant, plugin } => {
+                client.post(format!("{base}/admin/tenants/{}/plugins/{}/promote", seg(tenant), seg(plugin)))
+            }
+            AdminCommand::StopTrial { tenant, plugin } => {
+                client.post(format!("{base}/admin/tenants/{}/plugins/{}/trial/stop", seg(tenant), seg(plugin)))
+            }
             AdminCommand::Kv {
                 tenant,
                 plugin,
@@ -312,7 +355,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(text);
     if status.is_success() {
-        println!("{shown}");
+        match (&args.command, serde_json::from_str::<serde_json::Value>(&shown)) {
+            (AdminCommand::Trial { json: false, .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_trial(&v["trial"])),
+            _ => println!("{shown}"),
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("error: {status}: {shown}");

@@ -274,6 +274,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let log = CallLog::default();
     let inv = Invocation {
         trace: Default::default(),
+        kv: Default::default(),
         tenant: Arc::new(Tenant {
             justcall: crate::engine::justcall::JustCallClient::new(&tenant, reqwest::Client::new()),
             config: tenant,

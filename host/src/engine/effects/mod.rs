@@ -4,8 +4,8 @@
 //! the implementation; only the act differs:
 //! - [`Live`]: journaled, egress-checked, reconciled; the server's.
 //! - [`Recording`]: records the call and answers locally; `plugin test`'s.
-//!
-//! Shadow runs will be a third implementation.
+//! - [`Shadow`]: a shadow version's: side effects noted, not made; reads
+//!   made. [`Witness`] notes the serving version's beside it.
 
 use std::time::Instant;
 
@@ -15,9 +15,11 @@ use crate::engine::justcall::{ApiMessage, JustCallError};
 pub mod journal;
 mod live;
 mod recording;
+mod shadow;
 
 pub use live::Live;
 pub use recording::{CallLog, HostCall, Recording};
+pub use shadow::{Act, Acts, Footprint, Shadow, Witness};
 
 /// An SMS a plugin asked to send, already checked: `from` is the tenant's,
 /// `to` is E.164 and not opted out, the body is within bounds.
