@@ -13,7 +13,8 @@ pub const QUEUE: usize = 1024;
 /// One notice: its type, when, and what about.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Notice {
-    /// `delivery.exhausted`, `plugin.paused`, `version.rejected`.
+    /// `delivery.exhausted`, `plugin.paused`, `version.rejected`,
+    /// `canary.rolled_back`, `shadow.diverged`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// When it happened, RFC 3339.
