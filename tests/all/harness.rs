@@ -220,9 +220,19 @@ pub struct TestHostBuilder {
     delivery: switchboard::config::DbOptions,
     front_door: switchboard::config::FrontDoor,
     operator: Option<switchboard::config::OperatorWebhook>,
+    secrets: switchboard::config::SecretsKeys,
 }
 
+/// The key test servers seal plugin secrets with.
+pub const SECRETS_KEY: &str = "5b9c3f0e1a2d4c6b8e7f90a1b2c3d4e5f60718293a4b5c6d7e8f9012a3b4c5d6";
+
 impl TestHostBuilder {
+    /// Seals plugin secrets with these keys (default: [`SECRETS_KEY`]).
+    pub fn secrets_keys(mut self, keys: switchboard::config::SecretsKeys) -> Self {
+        self.secrets = keys;
+        self
+    }
+
     /// Sends operational notices to `url`, signed with `secret`.
     pub fn operator_webhook(mut self, url: &str, secret: &str) -> Self {
         self.operator = Some(switchboard::config::OperatorWebhook {
@@ -258,7 +268,7 @@ impl TestHostBuilder {
 
     pub async fn start(self) -> TestHost {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator).await
+        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator, self.secrets).await
     }
 }
 
@@ -281,6 +291,10 @@ impl TestHost {
             },
             front_door: Default::default(),
             operator: None,
+            secrets: switchboard::config::SecretsKeys {
+                current: Some(switchboard::config::SecretsKey::parse(SECRETS_KEY).unwrap()),
+                previous: Vec::new(),
+            },
         }
     }
 
@@ -290,6 +304,7 @@ impl TestHost {
         delivery: switchboard::config::DbOptions,
         front_door: switchboard::config::FrontDoor,
         operator_webhook: Option<switchboard::config::OperatorWebhook>,
+        secrets: switchboard::config::SecretsKeys,
     ) -> TestHost {
         init_tracing();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -350,6 +365,7 @@ impl TestHost {
             delivery,
             front_door,
             tls: None,
+            secrets,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let listeners = switchboard::server::Listeners {

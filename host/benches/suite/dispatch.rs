@@ -100,6 +100,7 @@ impl Invoker {
             effects: std::sync::Arc::new(Live::new(self.tenant.clone(), self.http.clone(), self.manifest.clone(), None)),
             trace: Default::default(),
             kv: Default::default(),
+            secrets: Default::default(),
         }
     }
 }

@@ -2,13 +2,14 @@
 //! tenant's with its scopes, see [`auth`]): what each tenant's plugins are
 //! doing (version serving, rejections, pause state and failures), resuming
 //! paused plugins, searching deliveries, event verifications and a plugin's
-//! KV, replaying events, plugin versions (upload, history, rollback: see
-//! [`deploy`]), tenants' tokens and the audit log. HTTP errors for it are
+//! KV, replaying events, plugin versions (upload, trials, history, rollback:
+//! see [`deploy`]), plugin secrets, tenants' tokens and the audit log. HTTP errors for it are
 //! mapped here only.
 
 pub mod auth;
 mod deploy;
 mod search;
+mod secrets;
 mod tokens;
 
 use axum::extract::{Path, Query, State};
@@ -103,6 +104,11 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/plugins/{plugin}/shadow", get(deploy::trial))
         .route("/tenants/{tenant}/plugins/{plugin}/promote", post(deploy::promote))
         .route("/tenants/{tenant}/plugins/{plugin}/trial/stop", post(deploy::stop_trial))
+        .route("/tenants/{tenant}/plugins/{plugin}/secrets", get(secrets::list))
+        .route(
+            "/tenants/{tenant}/plugins/{plugin}/secrets/{key}",
+            axum::routing::put(secrets::set).delete(secrets::delete),
+        )
 }
 
 /// Refuses a tenant the config does not name.

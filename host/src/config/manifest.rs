@@ -1,5 +1,6 @@
 //! Plugin manifests (`<name>.toml` beside the `.wasm`): subscribed events,
-//! `allowed_hosts`, `[config]`, `[limits]` and the `[dev]` section.
+//! `allowed_hosts`, `[config]` (values, and keys declared `{ secret = true }`),
+//! `[limits]` and the `[dev]` section.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -94,6 +95,9 @@ pub struct Manifest {
     pub allowed_hosts: Vec<AllowedHost>,
     /// The `[config]` values, as strings.
     pub config: BTreeMap<String, String>,
+    /// `[config]` keys declared `{ secret = true }`: set as the plugin's
+    /// secrets (never in the manifest), required before a version serves.
+    pub secret_keys: Vec<String>,
     /// Effective limits (see [`Manifest::with_tenant_limits`]).
     pub limits: Limits,
     /// The `[limits]` table as written.
@@ -133,8 +137,22 @@ impl Manifest {
             );
         }
         let mut config = BTreeMap::new();
+        let mut secret_keys = Vec::new();
         for (k, v) in &raw.config {
             let s = match v.get_ref() {
+                toml::Value::Table(t) if t.len() == 1 && t.get("secret") == Some(&toml::Value::Boolean(true)) => {
+                    secret_keys.push(k.clone());
+                    continue;
+                }
+                toml::Value::Table(_) => {
+                    return Err(ConfigError::new(
+                        path,
+                        src,
+                        Some(v.span()),
+                        format!("config.{k}"),
+                        "a table here can only be { secret = true } (a value set with `switchboard secret set`)",
+                    ));
+                }
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
@@ -159,6 +177,7 @@ impl Manifest {
             events: raw.events,
             allowed_hosts,
             config,
+            secret_keys,
             limits: Limits::default(),
             limit_overrides,
             limits_clamped: Vec::new(),

@@ -12,11 +12,13 @@ use toml::Spanned;
 
 mod delivery;
 mod front_door;
+mod keys;
 mod limits;
 mod manifest;
 mod tenant;
 
 pub use front_door::FrontDoor;
+pub use keys::{SecretsKey, SecretsKeys};
 
 pub use delivery::{DbOptions, MAX_RETRIES};
 pub use limits::*;
@@ -130,6 +132,9 @@ pub struct Config {
     /// HTTPS for the webhook listener (`tls_cert` + `tls_key`); without it,
     /// plain HTTP (behind a terminating proxy).
     pub tls: Option<TlsFiles>,
+    /// What plugin secrets are sealed with (`secrets_key`,
+    /// `secrets_previous_keys`).
+    pub secrets: SecretsKeys,
 }
 
 /// The PEM files the webhook listener serves HTTPS with; reloaded when they
@@ -261,6 +266,7 @@ impl Config {
             })?),
         };
         let tls = tls_files(path, src, base, &raw)?;
+        let secrets = secrets_keys(path, src, &raw, env)?;
         let cfg = Config {
             listen,
             admin_listen,
@@ -297,6 +303,7 @@ impl Config {
             delivery,
             front_door,
             tls,
+            secrets,
         };
         for t in cfg.tenants.values() {
             if t.webhook_auth == WebhookAuth::None {
@@ -330,6 +337,8 @@ struct RawConfig {
     long_run_cpu_percent: Option<Spanned<u32>>,
     admin_token: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
+    secrets_key: Option<Spanned<String>>,
+    secrets_previous_keys: Option<Vec<Spanned<String>>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
     dedupe_window_secs: Option<Spanned<u64>>,
     db_busy_timeout_ms: Option<Spanned<u64>>,
@@ -493,6 +502,31 @@ fn resolve_strong_secret(
         ));
     }
     Ok(secret)
+}
+
+/// `secrets_key` and `secrets_previous_keys`, each resolved (`env:NAME`)
+/// and read as a 32-byte key; an error names the key, never the value.
+fn secrets_keys(path: &Path, src: &str, raw: &RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<SecretsKeys, ConfigError> {
+    let read = |name: &str, v: &Spanned<String>| -> Result<SecretsKey, ConfigError> {
+        let text = resolve_secret(path, src, name, v, env)?;
+        SecretsKey::parse(text.expose()).map_err(|why| ConfigError::new(path, src, Some(v.span()), name, why))
+    };
+    let current = raw.secrets_key.as_ref().map(|v| read("secrets_key", v)).transpose()?;
+    let previous = match &raw.secrets_previous_keys {
+        Some(keys) if current.is_none() => {
+            let span = keys.first().map(|k| k.span());
+            return Err(ConfigError::new(
+                path,
+                src,
+                span,
+                "secrets_previous_keys",
+                "needs a secrets_key to re-seal what they open",
+            ));
+        }
+        Some(keys) => keys.iter().map(|k| read("secrets_previous_keys", k)).collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(SecretsKeys { current, previous })
 }
 
 fn resolve_secret(

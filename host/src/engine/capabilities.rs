@@ -63,6 +63,9 @@ pub struct Invocation {
     pub trace: Arc<Tracer>,
     /// Where its KV reads and writes go (a shadow run's writes stay apart).
     pub kv: crate::engine::overlay::KvView,
+    /// Its secrets: `config.get` answers them (over the manifest's values),
+    /// and they are scrubbed from its log lines.
+    pub secrets: crate::engine::secrets::PluginSecrets,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -235,7 +238,8 @@ impl PluginCtx {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        let message = crate::domain::cap(message, crate::domain::MAX_RECORD);
+        let message = crate::engine::secrets::scrub(&self.inv.secrets, message);
+        let message = crate::domain::cap(&message, crate::domain::MAX_RECORD);
         self.inv.effects.logged(name, &message);
         self.inv.trace.log(name, &message);
         let message = crate::domain::escape_controls(&message);
@@ -566,11 +570,14 @@ impl PluginCtx {
 
 impl config::Host for PluginCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.inv.manifest.config.get(&key).cloned())
+        let secret = self.inv.secrets.get(&key).map(|s| s.expose().to_string());
+        Ok(secret.or_else(|| self.inv.manifest.config.get(&key).cloned()))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(self.inv.manifest.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        let mut all = self.inv.manifest.config.clone();
+        all.extend(self.inv.secrets.iter().map(|(k, s)| (k.clone(), s.expose().to_string())));
+        Ok(all.into_iter().collect())
     }
 }
 

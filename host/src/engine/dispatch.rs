@@ -62,6 +62,8 @@ pub struct DispatchCtx {
     pub trials: Arc<crate::engine::trials::Trials>,
     /// Where shadow runs wait.
     pub shadows: Arc<crate::engine::shadow::ShadowQueue>,
+    /// Plugins' secrets.
+    pub vault: Arc<crate::engine::secrets::Vault>,
 }
 
 /// Which (tenant, plugin) pairs are paused: the dispatcher's copy of the
@@ -286,6 +288,8 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let started = Instant::now();
     let started_ms = crate::storage::now_ms();
     let trace = Arc::new(Tracer::new());
+    let secrets = ctx.vault.for_plugin(tenant_id, &job.plugin);
+    trace.hide(secrets.clone());
     let mut plugin_hash = None;
     // A canary takes its share of contacts; a shadow needs what this run does.
     let (serving, canary) = match ctx.registry.get(tenant_id, &job.plugin) {
@@ -299,7 +303,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         .trials
         .get(tenant_id, &job.plugin)
         .filter(|t| t.kind == TrialKind::Shadow)
-        .map(|t| (t, Acts::default()));
+        .map(|t| (t, Acts::hiding(secrets.clone())));
     let result = match (ctx.tenants.get(tenant_id), serving) {
         (Some(tenant), Some(plugin)) => {
             plugin_hash = Some(plugin.hash.clone());
@@ -332,6 +336,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 effects,
                 trace: trace.clone(),
                 kv: Default::default(),
+                secrets: secrets.clone(),
             };
             invoke(&plugin, inv, &job.event, Some(&ctx.lane)).instrument(span).await
         }
@@ -341,7 +346,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let error = result
         .as_ref()
         .err()
-        .map(|e| crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned());
+        .map(|e| crate::domain::cap(&crate::engine::secrets::scrub(&secrets, &e.to_string()), crate::domain::MAX_RECORD).into_owned());
     if let Some((trial, arm)) = canary
         && let Some(why) = trial.observe(arm, result.is_ok(), micros as u64)
     {
@@ -357,6 +362,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             http: ctx.http.clone(),
             lane: ctx.lane.clone(),
             notices: ctx.notices.clone(),
+            secrets: secrets.clone(),
         });
     }
     if plugin_hash.is_some() {

@@ -17,6 +17,7 @@ pub mod overlay;
 pub mod plugins;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod shadow;
 pub mod state;
 pub mod stdio;

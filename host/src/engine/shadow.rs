@@ -59,6 +59,8 @@ pub struct ShadowRun {
     pub lane: Arc<LongLane>,
     /// Where `shadow.diverged` goes.
     pub notices: Notices,
+    /// The plugin's secrets.
+    pub secrets: crate::engine::secrets::PluginSecrets,
 }
 
 impl ShadowQueue {
@@ -81,9 +83,10 @@ impl ShadowQueue {
                 http,
                 lane,
                 notices,
+                secrets,
             } = run;
             let plugin = trial.plugin.clone();
-            let acts = Acts::default();
+            let acts = Acts::hiding(secrets.clone());
             let live = Live::new(tenant.clone(), http, plugin.manifest.clone(), None);
             let inv = Invocation {
                 tenant: tenant.clone(),
@@ -94,6 +97,7 @@ impl ShadowQueue {
                 effects: Arc::new(Shadow::new(live, acts.clone(), plugin.manifest.allowed_hosts.clone())),
                 trace: Default::default(),
                 kv: KvView::overlay(),
+                secrets,
             };
             let ev = event.clone();
             let outcome = match lane.run_low(async move { invoke(&plugin, inv, &ev, None).await }).await {

@@ -39,6 +39,8 @@ pub struct AppState {
     pub tail: Arc<crate::engine::tail::Tail>,
     /// Versions on trial (canaries, shadows).
     pub trials: Arc<crate::engine::trials::Trials>,
+    /// Plugins' secrets.
+    pub vault: Arc<crate::engine::secrets::Vault>,
 }
 
 /// Shared state of the HTTP edges' defences.

@@ -70,6 +70,8 @@ pub struct Tracer {
     wasm_us: AtomicU64,
     /// The delivery's span, parent of the host calls' (when traces are exported).
     span: std::sync::OnceLock<tracing::Span>,
+    /// Values never recorded: the plugin's secrets.
+    hidden: std::sync::OnceLock<crate::engine::secrets::PluginSecrets>,
 }
 
 impl Default for Tracer {
@@ -97,6 +99,20 @@ impl Tracer {
             peak_memory: AtomicUsize::new(0),
             wasm_us: AtomicU64::new(0),
             span: std::sync::OnceLock::new(),
+            hidden: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Never records these values (the plugin's secrets): each becomes
+    /// `[secret]` in call arguments, results and log lines.
+    pub fn hide(&self, secrets: crate::engine::secrets::PluginSecrets) {
+        let _ = self.hidden.set(secrets);
+    }
+
+    fn scrub<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.hidden.get() {
+            Some(s) if !s.is_empty() => crate::engine::secrets::scrub(s, text),
+            _ => std::borrow::Cow::Borrowed(text),
         }
     }
 
@@ -114,7 +130,7 @@ impl Tracer {
     pub fn log(&self, level: &str, message: &str) {
         let line = TracedLog {
             level: level.to_string(),
-            message: message.to_string(),
+            message: self.scrub(message).into_owned(),
             at_ms: self.ms_since_start(Instant::now()),
         };
         crate::sync::lock(&self.lines).logs.push(line);
@@ -122,6 +138,8 @@ impl Tracer {
 
     /// Starts timing a host call with these arguments (summarised).
     pub fn begin(&self, call: &'static str, args: &str) -> CallStart {
+        let args = self.scrub(args);
+        let args = args.as_ref();
         CallStart {
             _span: crate::telemetry::span(|| match self.span.get() {
                 Some(parent) => tracing::info_span!(parent: parent, "host_call", otel.name = call, args = %cap(args, MAX_SUMMARY)),
@@ -143,7 +161,7 @@ impl Tracer {
         let call = TracedCall {
             call: start.call.to_string(),
             args: start.args,
-            result: cap(&text, MAX_SUMMARY).into_owned(),
+            result: cap(&self.scrub(&text), MAX_SUMMARY).into_owned(),
             ok,
             at_ms: self.ms_since_start(start.at),
             ms: start.at.elapsed().as_secs_f64() * 1e3,

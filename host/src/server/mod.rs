@@ -172,6 +172,12 @@ pub async fn run_with_routes(
     })?);
     let db = Db::open(&config.data_dir, config.delivery.clone())
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    // Secrets open before any plugin loads: a version may require some.
+    let vault = Arc::new(
+        crate::engine::secrets::Vault::open(db.clone(), config.secrets.clone())
+            .await
+            .context("opening plugin secrets")?,
+    );
     // Operational notices go to the operator's webhook, when there is one.
     let notices = match &config.operator_webhook {
         Some(hook) => {
@@ -185,7 +191,8 @@ pub async fn run_with_routes(
         Registry::new(runtime, config.tenants.values().map(|t| (t.id.clone(), t.limits)).collect())
             .with_memory_budget((config.max_wasm_memory_mb as usize).saturating_mul(1 << 20))
             .with_notices(notices.clone())
-            .with_history(db.clone()),
+            .with_history(db.clone())
+            .with_vault(vault.clone()),
     );
     let (plugins_dir, tenant_ids) = (config.plugins_dir.clone(), config.tenants.clone());
     let loader = registry.clone();
@@ -243,6 +250,7 @@ pub async fn run_with_routes(
             notices: notices.clone(),
             trials: trials.clone(),
             shadows: Arc::default(),
+            vault: vault.clone(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
@@ -288,6 +296,7 @@ pub async fn run_with_routes(
         guards: Arc::new(Guards::new(config.front_door.max_inflight_body_bytes)),
         metrics,
         trials,
+        vault,
         tail: tail.clone(),
     };
     let router = app(state.clone()).merge(extra_routes);

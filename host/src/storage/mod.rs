@@ -7,7 +7,8 @@
 //! (events checked with JustCall before they run), `attempts` (what each
 //! delivery attempt did), `search` (finding deliveries), `activity` (recent
 //! activity for the console), `tokens` (tenants' API tokens, the audit log),
-//! `versions` (each plugin's kept versions and their code) and `kv`.
+//! `versions` (each plugin's kept versions and their code), `secrets`
+//! (plugin secrets, sealed) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -32,6 +33,7 @@ mod policy;
 mod retention;
 mod schema;
 mod search;
+mod secrets;
 mod tokens;
 mod verification;
 mod versions;
@@ -45,6 +47,7 @@ pub use journal::{JournalEntry, JournalState};
 pub use kv::{KvQuota, KvRefusal};
 pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
+pub use secrets::SealedSecret;
 pub use search::{Found, MAX_PAGE, Page, Search, SearchError, normalise_number};
 pub use tokens::{AuditEntry, StoredToken};
 pub use verification::{Released, Verification, VerificationState};

@@ -217,6 +217,19 @@ pub(super) fn migrations() -> Migrations<'static> {
             CREATE INDEX versions_by_served ON versions (tenant, plugin, served_ms);
             CREATE INDEX versions_by_hash ON versions (hash);",
         ),
+        // 11: plugin secrets, sealed (the key's id beside each value).
+        M::up(
+            "CREATE TABLE secrets (
+                tenant TEXT NOT NULL,
+                plugin TEXT NOT NULL,
+                key TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                nonce BLOB NOT NULL,
+                sealed BLOB NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (tenant, plugin, key)
+            ) WITHOUT ROWID;",
+        ),
     ])
 }
 

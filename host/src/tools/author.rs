@@ -275,6 +275,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let inv = Invocation {
         trace: Default::default(),
         kv: Default::default(),
+        secrets: Default::default(),
         tenant: Arc::new(Tenant {
             justcall: crate::engine::justcall::JustCallClient::new(&tenant, reqwest::Client::new()),
             config: tenant,

@@ -79,6 +79,8 @@ enum Command {
     /// Build (given a plugin folder), check and upload a plugin version to a
     /// tenant; prints the version id and what changed.
     Deploy(crate::tools::deploy::DeployArgs),
+    /// A plugin's secrets: set (value from stdin), list names, delete.
+    Secret(crate::tools::secret_cli::SecretArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -261,6 +263,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } | Command::Admin(_)
             | Command::Send(_)
             | Command::Deploy(_)
+            | Command::Secret(_)
     );
     // Output-first commands print the plugin's log lines and refused calls
     // themselves.
@@ -375,6 +378,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
         }
         Command::Admin(args) => crate::tools::admin_cli::run(args).await,
         Command::Deploy(args) => crate::tools::deploy::run(args).await,
+        Command::Secret(args) => crate::tools::secret_cli::run(args).await,
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {

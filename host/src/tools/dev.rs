@@ -71,7 +71,32 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         delivery: Default::default(),
         front_door: Default::default(),
         tls: None,
+        secrets: crate::config::SecretsKeys {
+            current: Some(dev_secrets_key(data_dir)?),
+            previous: Vec::new(),
+        },
     })
+}
+
+/// `dev`'s secrets key: made at first start and kept in the data dir
+/// (`secrets.key`, readable by its owner only), so secrets set in one dev
+/// session open in the next.
+fn dev_secrets_key(data_dir: &Path) -> anyhow::Result<crate::config::SecretsKey> {
+    use anyhow::Context as _;
+    let path = data_dir.join("secrets.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return crate::config::SecretsKey::parse(&text).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let key = crate::config::SecretsKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(
+        &mut options.open(&path).with_context(|| format!("creating {}", path.display()))?,
+        key.to_hex().as_bytes(),
+    )?;
+    Ok(key)
 }
 
 /// Deploys a built plugin into a tenant folder as `<name>.wasm` + `<name>.toml`.

@@ -1,6 +1,6 @@
 //! Operator and plugin-author tools: the command line, `dev` with its JustCall
-//! simulator, plugin scaffolding, building, checking and testing, `deploy`
-//! and `send`.
+//! simulator, plugin scaffolding, building, checking and testing, `deploy`,
+//! `secret` and `send`.
 //! Nothing below this layer imports it.
 
 pub mod admin_cli;
@@ -11,5 +11,6 @@ pub mod deploy;
 pub mod dev;
 pub mod guest_build;
 pub mod scaffold;
+pub mod secret_cli;
 pub mod send;
 pub mod simulator;

@@ -47,22 +47,32 @@ pub struct Footprint {
     pub outcome: String,
 }
 
-/// Acts noted as they happen; shared with whoever reads them after the run.
+/// Acts noted as they happen, the plugin's secrets scrubbed from them;
+/// shared with whoever reads them after the run.
 #[derive(Debug, Clone, Default)]
-pub struct Acts(Arc<Mutex<Vec<Act>>>);
+pub struct Acts(Arc<Mutex<Vec<Act>>>, crate::engine::secrets::PluginSecrets);
 
 impl Acts {
+    /// Notes acts with these values (the plugin's secrets) scrubbed.
+    pub fn hiding(secrets: crate::engine::secrets::PluginSecrets) -> Acts {
+        Acts(Arc::default(), secrets)
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        crate::engine::secrets::scrub(&self.1, text).into_owned()
+    }
+
     fn sms(&self, sms: &OutgoingSms<'_>) {
         lock(&self.0).push(Act::Sms {
             to: sms.to.to_string(),
-            body: sms.body.to_string(),
+            body: self.scrub(sms.body),
         });
     }
 
     fn http(&self, req: &http::Request) {
         lock(&self.0).push(Act::Http {
             method: req.method.to_ascii_uppercase(),
-            url: req.url.clone(),
+            url: self.scrub(&req.url),
             body_sha256: hex::encode(sha2::Sha256::digest(&req.body)),
         });
     }
@@ -71,7 +81,7 @@ impl Acts {
     pub fn footprint(&self, outcome: String) -> Footprint {
         Footprint {
             acts: lock(&self.0).clone(),
-            outcome,
+            outcome: self.scrub(&outcome),
         }
     }
 }

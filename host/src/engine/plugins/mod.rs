@@ -13,6 +13,9 @@ use crate::engine::bindings::PluginPre;
 use crate::engine::capabilities::PluginCtx;
 use crate::engine::runtime::{LoadError, Prepared, Runtime};
 
+mod versions;
+pub use versions::{Installed, KEEP_VERSIONS, version_id};
+
 /// One loaded plugin version.
 pub struct LoadedPlugin {
     /// The file stem, e.g. `crm-logger`.
@@ -97,6 +100,20 @@ pub enum PluginLoadError {
     /// The file name cannot name a plugin.
     #[error("{0}: plugin names use only a-z, 0-9, '-' and '_'")]
     BadName(PathBuf),
+    /// A secret its manifest requires is not set.
+    #[error(
+        "{path}: config.{key} is declared {{ secret = true }} but not set for this plugin: switchboard secret set --tenant {tenant} --plugin {plugin} {key}"
+    )]
+    SecretMissing {
+        /// The file.
+        path: PathBuf,
+        /// The secret's name.
+        key: String,
+        /// The tenant.
+        tenant: String,
+        /// The plugin.
+        plugin: String,
+    },
     /// Its memory limit is more than the host lets all invocations hold.
     #[error("{path}: memory_mb = {mb} is more than the host's max_wasm_memory_mb = {budget_mb}")]
     OverBudget {
@@ -127,36 +144,11 @@ pub struct Registry {
     notices: crate::engine::notify::Notices,
     /// Where each version that starts serving is kept, with its code.
     history: Option<crate::storage::Db>,
+    /// Plugins' secrets: a version whose manifest requires one not set is refused.
+    vault: Option<Arc<crate::engine::secrets::Vault>>,
     /// Held by whatever changes a tenant's set (a reload, an install), so
     /// two changes never interleave.
     changing: Mutex<()>,
-}
-
-/// How many versions of each plugin are kept.
-pub const KEEP_VERSIONS: usize = 20;
-
-/// A version id: the first 16 hex digits of the SHA-256 of the code's hash
-/// and the manifest text, so the same code with another manifest is another
-/// version.
-pub fn version_id(hash: &str, manifest_src: Option<&str>) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(hash.as_bytes());
-    h.update([0]);
-    if let Some(m) = manifest_src {
-        h.update([1]);
-        h.update(m.as_bytes());
-    }
-    hex::encode(&h.finalize()[..8])
-}
-
-/// A version installed by [`Registry::install`].
-#[derive(Debug)]
-pub struct Installed {
-    /// What serves now.
-    pub serving: Arc<LoadedPlugin>,
-    /// What served before, if anything did.
-    pub previous: Option<Arc<LoadedPlugin>>,
 }
 
 impl Registry {
@@ -172,138 +164,21 @@ impl Registry {
             rejections_total: Default::default(),
             notices: Default::default(),
             history: None,
+            vault: None,
             changing: Mutex::new(()),
         }
     }
 
-    /// Validates `bytes` + `manifest_src` as the tenant's plugin `name`
-    /// exactly as a file in its folder would be, without serving it (a
-    /// version to put on trial); the code is kept. On failure the operator
-    /// is told (`version.rejected`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn prepare(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
-        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
-        self.keep(tenant, &loaded, bytes, source, actor);
-        Ok(loaded)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn validate(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
-        let wasm = plugins_dir.join(tenant).join(format!("{name}.wasm"));
-        let hash = Runtime::content_hash(bytes);
-        match self.load_bytes(&wasm, bytes, hash.clone(), manifest_src) {
-            Ok(p) => Ok(Arc::new(p)),
-            Err(e) => {
-                tracing::warn!(%tenant, plugin = %name, %actor, error = %e, "uploaded plugin version rejected");
-                self.notices.file(
-                    "version.rejected",
-                    serde_json::json!({ "tenant": tenant, "plugin": name, "hash": hash, "error": e.to_string(), "source": source }),
-                );
-                Err(e)
-            }
-        }
-    }
-
-    /// Keeps every version that starts serving (its code and manifest) in
-    /// `db`, the newest [`KEEP_VERSIONS`] of each plugin, for rollbacks.
-    pub fn with_history(mut self, db: crate::storage::Db) -> Registry {
-        self.history = Some(db);
+    /// Refuses versions whose manifest requires a secret `vault` has not.
+    pub fn with_vault(mut self, vault: Arc<crate::engine::secrets::Vault>) -> Registry {
+        self.vault = Some(vault);
         self
     }
 
-    /// Keeps `p` (whose code is `bytes`) as the plugin's newest version.
-    fn keep(&self, tenant: &str, p: &LoadedPlugin, bytes: &[u8], source: &str, actor: &str) {
-        let Some(db) = &self.history else { return };
-        if let Err(e) = db.keep_code(&p.hash, bytes) {
-            tracing::error!(%tenant, plugin = %p.name, error = %e, "cannot keep the plugin's code for rollbacks");
-            return;
-        }
-        db.keep_version(
-            crate::storage::NewVersion {
-                tenant: tenant.to_string(),
-                plugin: p.name.clone(),
-                id: p.version.clone(),
-                hash: p.hash.clone(),
-                manifest: p.manifest_src.clone(),
-                source: source.to_string(),
-                actor: actor.to_string(),
-            },
-            KEEP_VERSIONS,
-        );
-    }
-
-    /// Makes `bytes` + `manifest_src` the serving version of `tenant`'s
-    /// plugin `name`, validated exactly as a file in its folder would be. On
-    /// success the files are written into `plugins_dir/<tenant>/` (beside,
-    /// then renamed into place: the folder always holds what serves, so the
-    /// watcher finds nothing new) and the set is swapped at once; on failure
-    /// nothing changes and the operator is told (`version.rejected`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn install(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Installed, PluginLoadError> {
-        let _changing = crate::sync::lock(&self.changing);
-        let folder = plugins_dir.join(tenant);
-        let wasm = folder.join(format!("{name}.wasm"));
-        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
-        let write = |path: &Path, contents: Option<&[u8]>| -> std::io::Result<()> {
-            match contents {
-                Some(c) => {
-                    let tmp = folder.join(format!(".{name}.{}.upload", std::process::id()));
-                    std::fs::write(&tmp, c)?;
-                    std::fs::rename(&tmp, path)
-                }
-                None => match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
-            }
-        };
-        std::fs::create_dir_all(&folder)
-            .and_then(|()| write(&wasm.with_extension("toml"), loaded.manifest_src.as_deref().map(str::as_bytes)))
-            .and_then(|()| write(&wasm, Some(bytes)))
-            .map_err(|source| PluginLoadError::Read {
-                path: wasm.clone(),
-                source,
-            })?;
-        let current = self.plugins(tenant);
-        let previous = current.iter().find(|p| p.name == name).cloned();
-        let mut next: Vec<Arc<LoadedPlugin>> = current.iter().filter(|p| p.name != name).cloned().collect();
-        next.push(loaded.clone());
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        self.replace(tenant, next);
-        if let Some(r) = crate::sync::lock(&self.rejected).get_mut(tenant) {
-            r.remove(name);
-        }
-        self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%tenant, plugin = %name, version = %loaded.version, replaced = previous.as_ref().map(|o| o.version.as_str()), %source, %actor, "installed plugin version");
-        self.keep(tenant, &loaded, bytes, source, actor);
-        Ok(Installed { serving: loaded, previous })
+    /// Forgets the plugin's rejected version, so the next reload tries it
+    /// again (after what it lacked, a secret, was set).
+    pub fn retry_rejected(&self, tenant: &str, name: &str) -> bool {
+        crate::sync::lock(&self.rejected).get_mut(tenant).and_then(|r| r.remove(name)).is_some()
     }
 
     /// Reports each rejected version to the operator through `notices`.
@@ -386,6 +261,17 @@ impl Registry {
         let manifest = manifest.with_tenant_limits(&self.tenant_limits.get(&tenant).copied().unwrap_or_default());
         for cut in &manifest.limits_clamped {
             tracing::warn!(%tenant, plugin = %name, "manifest limit above the tenant's: {cut}");
+        }
+        if let Some(vault) = &self.vault {
+            let set = vault.for_plugin(&tenant, &name);
+            if let Some(key) = manifest.secret_keys.iter().find(|k| !set.contains_key(*k)) {
+                return Err(PluginLoadError::SecretMissing {
+                    path: wasm.to_path_buf(),
+                    key: key.clone(),
+                    tenant,
+                    plugin: name,
+                });
+            }
         }
         if manifest.limits.memory_bytes > self.memory_budget {
             return Err(PluginLoadError::OverBudget {
