@@ -227,12 +227,6 @@ pub struct TestHostBuilder {
 pub const SECRETS_KEY: &str = "5b9c3f0e1a2d4c6b8e7f90a1b2c3d4e5f60718293a4b5c6d7e8f9012a3b4c5d6";
 
 impl TestHostBuilder {
-    /// Seals plugin secrets with these keys (default: [`SECRETS_KEY`]).
-    pub fn secrets_keys(mut self, keys: switchboard::config::SecretsKeys) -> Self {
-        self.secrets = keys;
-        self
-    }
-
     /// Sends operational notices to `url`, signed with `secret`.
     pub fn operator_webhook(mut self, url: &str, secret: &str) -> Self {
         self.operator = Some(switchboard::config::OperatorWebhook {

@@ -21,6 +21,7 @@ mod plugins;
 #[path = "../support/process.rs"]
 mod process;
 mod reload;
+mod secrets;
 #[path = "../support/sign_in.rs"]
 mod sign_in;
 mod signatures;

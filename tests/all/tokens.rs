@@ -18,6 +18,7 @@ async fn call(host: &TestHost, method: &str, path: &str, token: &str, body: Opti
     let url = format!("{}{path}", host.admin_url);
     let mut req = match method {
         "POST" => client.post(url),
+        "PUT" => client.put(url).body("a-value"),
         "DELETE" => client.delete(url),
         _ => client.get(url),
     }
@@ -173,6 +174,12 @@ async fn a_tenants_token_opens_its_own_tenant_only_and_every_change_is_audited()
         ("GET", format!("{gx}/plugins/flaky/versions")),
         ("POST", format!("{gx}/plugins/flaky/versions")),
         ("POST", format!("{gx}/plugins/flaky/rollback")),
+        ("GET", format!("{gx}/plugins/flaky/trial")),
+        ("POST", format!("{gx}/plugins/flaky/promote")),
+        ("POST", format!("{gx}/plugins/flaky/trial/stop")),
+        ("GET", format!("{gx}/plugins/flaky/secrets")),
+        ("PUT", format!("{gx}/plugins/flaky/secrets/token")),
+        ("DELETE", format!("{gx}/plugins/flaky/secrets/token")),
         ("GET", format!("{gx}/audit")),
         ("GET", format!("{gx}/tokens")),
         ("POST", format!("{gx}/tokens")),

@@ -23,9 +23,7 @@ impl From<VaultError> for AdminError {
 }
 
 fn valid_key(key: &str) -> Result<(), AdminError> {
-    let ok = !key.is_empty()
-        && key.len() <= 128
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let ok = !key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -64,7 +62,9 @@ pub async fn set(
         Ok(json!({ "tenant": tenant, "plugin": plugin, "key": key, "set": true }))
     }
     .await;
-    Ok(Json(audited(&state, &caller, &tenant, "secret.set", &format!("{plugin}/{key}"), result).await?))
+    Ok(Json(
+        audited(&state, &caller, &tenant, "secret.set", &format!("{plugin}/{key}"), result).await?,
+    ))
 }
 
 /// `GET …/plugins/{p}/secrets`: the names set, the names the serving
@@ -110,5 +110,7 @@ pub async fn delete(
         }
     }
     .await;
-    Ok(Json(audited(&state, &caller, &tenant, "secret.delete", &format!("{plugin}/{key}"), result).await?))
+    Ok(Json(
+        audited(&state, &caller, &tenant, "secret.delete", &format!("{plugin}/{key}"), result).await?,
+    ))
 }

@@ -523,7 +523,10 @@ fn secrets_keys(path: &Path, src: &str, raw: &RawConfig, env: &dyn Fn(&str) -> O
                 "needs a secrets_key to re-seal what they open",
             ));
         }
-        Some(keys) => keys.iter().map(|k| read("secrets_previous_keys", k)).collect::<Result<Vec<_>, _>>()?,
+        Some(keys) => keys
+            .iter()
+            .map(|k| read("secrets_previous_keys", k))
+            .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
     Ok(SecretsKeys { current, previous })

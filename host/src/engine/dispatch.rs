@@ -387,8 +387,10 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             tracing::info!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, "delivery done");
             DeliveryOutcome::Done
         }
-        Err(e) => {
-            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %crate::domain::escape_controls(&e.to_string()), "delivery failed");
+        Err(_) => {
+            // `error`: the failure as recorded, the plugin's secrets scrubbed.
+            let shown = crate::domain::escape_controls(error.as_deref().unwrap_or_default()).into_owned();
+            tracing::warn!(tenant = tenant_id, plugin = %job.plugin, event = %job.event.event_id, delivery = job.delivery_id, us = micros, error = %shown, "delivery failed");
             DeliveryOutcome::Failed(error.unwrap_or_default())
         }
     };

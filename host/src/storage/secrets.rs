@@ -70,9 +70,8 @@ impl Db {
     /// Every sealed secret, in (tenant, plugin, key) order.
     pub async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, DbError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT tenant, plugin, key, key_id, nonce, sealed, updated_at FROM secrets ORDER BY tenant, plugin, key",
-            )?;
+            let mut stmt =
+                conn.prepare("SELECT tenant, plugin, key, key_id, nonce, sealed, updated_at FROM secrets ORDER BY tenant, plugin, key")?;
             let rows = stmt.query_map([], sealed)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })

@@ -12,7 +12,12 @@ use clap::Subcommand;
 #[derive(Debug, clap::Args)]
 pub struct SecretArgs {
     /// The admin API's base URL.
-    #[arg(long = "server", env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    #[arg(
+        long = "server",
+        env = "SWITCHBOARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
     server: String,
     /// A token with the `deploy` scope (or the operator's admin token).
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true, global = true)]
@@ -60,9 +65,7 @@ pub enum SecretCommand {
 
 /// Runs `switchboard secret`.
 pub async fn run(args: SecretArgs) -> anyhow::Result<ExitCode> {
-    let token = args
-        .token
-        .context("no token: pass --token or set SWITCHBOARD_ADMIN_TOKEN")?;
+    let token = args.token.context("no token: pass --token or set SWITCHBOARD_ADMIN_TOKEN")?;
     let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
     let base = args.server.trim_end_matches('/');
     let at = |tenant: &str, plugin: &str| format!("{base}/admin/tenants/{}/plugins/{}/secrets", seg(tenant), seg(plugin));
@@ -70,14 +73,24 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<ExitCode> {
     let request = match &args.command {
         SecretCommand::Set { tenant, plugin, key } => {
             let mut value = String::new();
-            std::io::stdin().read_to_string(&mut value).context("reading the value from stdin")?;
-            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_string();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("reading the value from stdin")?;
+            let value = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value)
+                .to_string();
             client.put(format!("{}/{}", at(tenant, plugin), seg(key))).body(value)
         }
         SecretCommand::List { tenant, plugin } => client.get(at(tenant, plugin)),
         SecretCommand::Delete { tenant, plugin, key } => client.delete(format!("{}/{}", at(tenant, plugin), seg(key))),
     };
-    let resp = request.bearer_auth(token).send().await.with_context(|| format!("reaching {base}"))?;
+    let resp = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("reaching {base}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
@@ -86,7 +99,11 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let list = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_string)).collect()
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect()
     };
     match &args.command {
         SecretCommand::Set { key, .. } => println!("set {key}"),

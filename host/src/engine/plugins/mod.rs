@@ -178,7 +178,10 @@ impl Registry {
     /// Forgets the plugin's rejected version, so the next reload tries it
     /// again (after what it lacked, a secret, was set).
     pub fn retry_rejected(&self, tenant: &str, name: &str) -> bool {
-        crate::sync::lock(&self.rejected).get_mut(tenant).and_then(|r| r.remove(name)).is_some()
+        crate::sync::lock(&self.rejected)
+            .get_mut(tenant)
+            .and_then(|r| r.remove(name))
+            .is_some()
     }
 
     /// Reports each rejected version to the operator through `notices`.
