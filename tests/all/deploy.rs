@@ -372,3 +372,40 @@ async fn switchboard_deploy_uploads_a_built_file_and_says_what_changed() {
 fn work_cache() -> std::path::PathBuf {
     std::env::temp_dir().join("switchboard-test-deploy-cache")
 }
+
+#[tokio::test]
+async fn switchboard_deploy_builds_a_starter_folder_then_uploads_it() {
+    let _load = crate::harness::heavy().await;
+    crate::harness::guest("noop"); // the pinned JS tools are installed by the guest build
+    let jc = Recorder::start().await;
+    let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url)]).await;
+    let work = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["plugin", "new", "hello-js", "--lang", "js", "--dir"])
+        .arg(work.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new(BIN)
+        .arg("deploy")
+        .arg(work.path().join("hello-js"))
+        .args(["--tenant", "acme", "--server", &host.admin_url, "--token", ADMIN_TOKEN])
+        .env("SWITCHBOARD_CACHE", work_cache())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let serving = host.admin_plugin("acme", "hello-js").await.expect("deployed");
+    assert_eq!(serving["status"], "active");
+    let version = serving["version"].as_str().unwrap();
+    assert!(
+        stdout.starts_with(&format!("deployed acme/hello-js version {version} (first version)\n")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  imports    + switchboard:plugin/sms@0.1.0"), "{stdout}");
+    // The manifest went with it: the starter's plugin.toml is in the folder.
+    let manifest = std::fs::read_to_string(host.plugin_dir("acme").join("hello-js.toml")).unwrap();
+    assert_eq!(manifest, std::fs::read_to_string(work.path().join("hello-js/plugin.toml")).unwrap());
+}

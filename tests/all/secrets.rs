@@ -257,6 +257,15 @@ async fn a_planted_secret_reaches_its_plugin_and_no_output_and_survives_a_key_ro
         outputs.push(get(&format!("{admin}{page}"), Some(&cookie)).await);
     }
     outputs.push(get(&format!("{admin}/metrics"), None).await);
+    let audit: Value = serde_json::from_str(&get(&format!("{admin}/admin/tenants/acme/audit"), None).await).unwrap();
+    let sets: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "secret.set")
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(sets, ["leaky/token", "crm/crm_token"], "audited by name");
     let leaky_failed = outputs.iter().any(|o| o.contains("misbehave: failing with [secret]"));
     assert!(leaky_failed, "the leaky plugin's failure is recorded, scrubbed");
     for (i, o) in outputs.iter().enumerate() {

@@ -200,6 +200,7 @@ pub(crate) async fn plugin_statuses(state: &AppState, tenant: &str) -> Result<Ve
             "summary": summary,
             "hash": p.hash,
             "version": p.version,
+            "trial": state.trials.get(tenant, &p.name).map(|t| json!({ "mode": if t.kind == crate::engine::trials::TrialKind::Shadow { "shadow" } else { "canary" }, "version": t.plugin.version })),
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
             "rejected": rejected,
