@@ -23,8 +23,12 @@ use crate::storage::Db;
 
 /// Shadow runs waiting or running at once, across tenants; more are skipped.
 pub const QUEUED: usize = 64;
+/// Shadow runs running at once: the instance pool has this many slots more
+/// than the dispatcher's `max_concurrent_invocations`, and the wasm memory
+/// they hold is on top of `max_wasm_memory_mb`.
+pub const RUNNING: usize = 1;
 
-/// Where shadow runs wait: at most [`QUEUED`], one running at a time.
+/// Where shadow runs wait: at most [`QUEUED`], [`RUNNING`] at a time.
 #[derive(Debug)]
 pub struct ShadowQueue {
     slots: Arc<Semaphore>,
@@ -35,7 +39,7 @@ impl Default for ShadowQueue {
     fn default() -> Self {
         ShadowQueue {
             slots: Arc::new(Semaphore::new(QUEUED)),
-            running: Arc::new(Semaphore::new(1)),
+            running: Arc::new(Semaphore::new(RUNNING)),
         }
     }
 }

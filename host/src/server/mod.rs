@@ -166,7 +166,9 @@ pub async fn run_with_routes(
     // A certificate that does not load stops the start, naming the file.
     let tls = config.tls.clone().map(tls::acceptor).transpose()?;
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
-        max_instances: config.max_concurrent_invocations,
+        // Shadow runs have instance slots of their own, so one never takes a
+        // slot the dispatcher counted on.
+        max_instances: config.max_concurrent_invocations + crate::engine::shadow::RUNNING as u32,
         cache_dir: Some(config.cache_dir.clone().unwrap_or_else(|| config.data_dir.join("cache"))),
         compile_limit: config.compile_limit.unwrap_or(crate::engine::runtime::MAX_COMPILE_TIME),
     })?);
