@@ -226,11 +226,13 @@ async fn upload_then_rollback_under_a_stream_runs_every_event_once_and_is_audite
 
 #[tokio::test]
 async fn an_upload_the_folder_would_reject_is_refused_with_the_same_reason() {
-    let jc = Recorder::start().await;
-    let host = TestHost::start(vec![
+    let (jc, ops) = (Recorder::start().await, Recorder::start().await);
+    let host = TestHost::builder(vec![
         TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("answer-a", "answer", "")),
         TenantSpec::new("globex", &jc.url).number("+15125550199"),
     ])
+    .operator_webhook(&format!("{}/operator", ops.url), "operator-secret-0123456789")
+    .start()
     .await;
     let serving = host.admin_plugin("acme", "answer").await.unwrap()["version"].clone();
     let bad_manifest = "events = [\"received\"]\nallowed_hosts = [\"ftp://x\"]\n";
@@ -269,6 +271,24 @@ async fn an_upload_the_folder_would_reject_is_refused_with_the_same_reason() {
         );
     }
     assert_eq!(host.admin_plugin("acme", "answer").await.unwrap()["version"], serving);
+    // The operator hears of each refused upload, as of a refused file.
+    let refused = || -> Vec<Value> {
+        ops.to("/operator")
+            .into_iter()
+            .map(|r| r.body)
+            .filter(|b| b["type"] == "version.rejected" && b["data"]["source"] == "api")
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while refused().len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", refused());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        refused()
+            .iter()
+            .all(|n| n["data"]["tenant"] == "acme" && n["data"]["plugin"] == "answer")
+    );
 }
 
 #[tokio::test]
