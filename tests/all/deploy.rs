@@ -33,12 +33,17 @@ async fn token(host: &TestHost, tenant: &str, scopes: &[&str]) -> String {
 
 /// Uploads `wasm` (+ `manifest`) as `tenant`'s plugin `name`: status, answer.
 async fn upload(host: &TestHost, token: &str, tenant: &str, name: &str, wasm: Vec<u8>, manifest: Option<&str>) -> (u16, Value) {
+    upload_with(host, token, &format!("{tenant}/plugins/{name}/versions"), wasm, manifest).await
+}
+
+/// Uploads to `/admin/tenants/{path}` (with its query string): status, answer.
+pub async fn upload_with(host: &TestHost, token: &str, path: &str, wasm: Vec<u8>, manifest: Option<&str>) -> (u16, Value) {
     let mut form = reqwest::multipart::Form::new().part("wasm", reqwest::multipart::Part::bytes(wasm).file_name("p.wasm"));
     if let Some(m) = manifest {
         form = form.text("manifest", m.to_string());
     }
     let resp = reqwest::Client::new()
-        .post(format!("{}/admin/tenants/{tenant}/plugins/{name}/versions", host.admin_url))
+        .post(format!("{}/admin/tenants/{path}", host.admin_url))
         .bearer_auth(token)
         .multipart(form)
         .send()

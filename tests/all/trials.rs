@@ -23,18 +23,8 @@ fn from_contact(n: usize) -> String {
 }
 
 async fn upload(host: &TestHost, query: &str, wasm: Vec<u8>, manifest: &str) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new()
-        .part("wasm", reqwest::multipart::Part::bytes(wasm).file_name("v.wasm"))
-        .text("manifest", manifest.to_string());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/admin/tenants/acme/plugins/answer/versions?{query}", host.admin_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let path = format!("acme/plugins/answer/versions?{query}");
+    crate::deploy::upload_with(host, ADMIN_TOKEN, &path, wasm, Some(manifest)).await
 }
 
 async fn trial(host: &TestHost) -> Value {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::auth::Scope;
 use super::{AdminError, Caller, allowed, audited};
 use crate::config::LIMITS;
-use crate::engine::plugins::{Installed, LoadedPlugin, plugin_name};
+use crate::engine::plugins::{Installed, LoadedPlugin, PluginLoadError, Registry, Upload, plugin_name};
 use crate::engine::state::AppState;
 use crate::engine::trials::{CanaryPolicy, Trial, TrialKind};
 
@@ -127,17 +127,8 @@ async fn start_trial(
         )));
     };
     let source = if kind == TrialKind::Shadow { "shadow" } else { "canary" };
-    let registry = state.registry.clone();
-    let (dir, t, p, actor) = (
-        state.config.plugins_dir.clone(),
-        tenant.to_string(),
-        plugin.to_string(),
-        caller.actor(),
-    );
-    let prepared = tokio::task::spawn_blocking(move || registry.prepare(&dir, &t, &p, &wasm, manifest, source, &actor))
-        .await
-        .map_err(|e| AdminError::Conflict(format!("the upload stopped: {e}")))?
-        .map_err(|e| AdminError::Rejected(e.to_string()))?;
+    let up = upload_of(caller, tenant, plugin, wasm, manifest, source);
+    let prepared = on_registry(state, move |r, dir| r.prepare(dir, &up)).await?;
     let changes = changes(Some(&serving), &prepared);
     let trial = Trial::new(prepared, kind, Some(serving.version.clone()), caller.actor());
     let trial = state.trials.start(tenant, plugin, trial);
@@ -336,6 +327,30 @@ async fn read_upload(mut multipart: Multipart) -> Result<(Vec<u8>, Option<String
     Ok((wasm, manifest))
 }
 
+fn upload_of(caller: &Caller, tenant: &str, plugin: &str, code: Vec<u8>, manifest: Option<String>, source: &'static str) -> Upload {
+    Upload {
+        tenant: tenant.to_string(),
+        plugin: plugin.to_string(),
+        code,
+        manifest,
+        source,
+        actor: caller.actor(),
+    }
+}
+
+/// Runs `f` on the registry and the plugin folder on a blocking thread (it
+/// may compile); a version that does not load is 422 with its reason.
+async fn on_registry<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Registry, &std::path::Path) -> Result<T, PluginLoadError> + Send + 'static,
+) -> Result<T, AdminError> {
+    let (registry, dir) = (state.registry.clone(), state.config.plugins_dir.clone());
+    tokio::task::spawn_blocking(move || f(&registry, &dir))
+        .await
+        .map_err(|e| AdminError::Conflict(format!("the deploy stopped: {e}")))?
+        .map_err(|e| AdminError::Rejected(e.to_string()))
+}
+
 /// Installs a version on a blocking thread (it may compile) and describes it.
 async fn install(
     state: &AppState,
@@ -346,18 +361,8 @@ async fn install(
     manifest: Option<String>,
     source: &'static str,
 ) -> Result<Value, AdminError> {
-    let registry = state.registry.clone();
-    let (dir, t, p, actor) = (
-        state.config.plugins_dir.clone(),
-        tenant.to_string(),
-        plugin.to_string(),
-        caller.actor(),
-    );
-    let installed = tokio::task::spawn_blocking(move || registry.install(&dir, &t, &p, &wasm, manifest, source, &actor))
-        .await
-        .map_err(|e| AdminError::Conflict(format!("the install stopped: {e}")))?
-        .map_err(|e| AdminError::Rejected(e.to_string()))?;
-    let Installed { serving, previous } = installed;
+    let up = upload_of(caller, tenant, plugin, wasm, manifest, source);
+    let Installed { serving, previous } = on_registry(state, move |r, dir| r.install(dir, &up)).await?;
     // A trial compares with the version serving when it began: a new
     // serving version (its own promotion included) ends it.
     state

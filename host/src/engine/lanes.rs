@@ -161,17 +161,6 @@ impl LongLane {
         }
     }
 
-    /// Runs `fut` on the lane from the start, at its low priority (how
-    /// shadow runs stay out of the serving versions' way).
-    pub async fn run_low<F>(&self, fut: F) -> Result<F::Output, LaneClosed>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let rt = self.rt.as_ref().ok_or(LaneClosed)?;
-        join(AbortOnDropHandle::new(rt.spawn(fut))).await
-    }
-
     /// Counts of moved and running invocations.
     pub fn stats(&self) -> LaneStats {
         LaneStats {

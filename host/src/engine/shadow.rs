@@ -1,6 +1,7 @@
 //! Shadow runs: after the serving version has handled an event, the shadow
-//! version on trial runs on it too — on the long-run lane's low-priority
-//! threads, one at a time, within its own limits, with [`Shadow`] effects
+//! version on trial runs on it too — one at a time, within its own limits
+//! (past `LONG_RUN_AFTER` of wasm it moves to the low-priority long-run
+//! lane like any invocation), with [`Shadow`] effects
 //! (SMS and writes noted, not made) and an overlay KV (reads see the live
 //! KV, writes stay apart) — and the two footprints are compared. A run that
 //! finds the queue full is skipped and counted; a shadow's failure is only a
@@ -103,11 +104,11 @@ impl ShadowQueue {
                 kv: KvView::overlay(),
                 secrets,
             };
-            let ev = event.clone();
-            let outcome = match lane.run_low(async move { invoke(&plugin, inv, &ev, None).await }).await {
-                Ok(Ok(())) => "done".to_string(),
-                Ok(Err(e)) => crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned(),
-                Err(closed) => closed.to_string(),
+            // Like any invocation: past `LONG_RUN_AFTER` of wasm it moves to
+            // the low-priority lane, paced with its tenant's long runners.
+            let outcome = match invoke(&plugin, inv, &event, Some(&lane)).await {
+                Ok(()) => "done".to_string(),
+                Err(e) => crate::domain::cap(&e.to_string(), crate::domain::MAX_RECORD).into_owned(),
             };
             let shadow = acts.footprint(outcome);
             let tenant_id = &tenant.config.id;

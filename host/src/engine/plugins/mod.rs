@@ -14,7 +14,7 @@ use crate::engine::capabilities::PluginCtx;
 use crate::engine::runtime::{LoadError, Prepared, Runtime};
 
 mod versions;
-pub use versions::{Installed, KEEP_VERSIONS, version_id};
+pub use versions::{Installed, KEEP_VERSIONS, Upload, version_id};
 
 /// One loaded plugin version.
 pub struct LoadedPlugin {

@@ -26,6 +26,24 @@ pub fn version_id(hash: &str, manifest_src: Option<&str>) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// A version to deploy: whose it is, its code and manifest, and where it
+/// came from (for the history and the audit).
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The component.
+    pub code: Vec<u8>,
+    /// Its manifest text, if any.
+    pub manifest: Option<String>,
+    /// `api`, `rollback`, `promote`, `canary` or `shadow`.
+    pub source: &'static str,
+    /// Who: `operator` or `token:<id>`.
+    pub actor: String,
+}
+
 /// A version installed by [`Registry::install`].
 #[derive(Debug)]
 pub struct Installed {
@@ -40,36 +58,17 @@ impl Registry {
     /// exactly as a file in its folder would be, without serving it (a
     /// version to put on trial); the code is kept. On failure the operator
     /// is told (`version.rejected`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn prepare(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
-        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
-        self.keep(tenant, &loaded, bytes, source, actor);
+    pub fn prepare(&self, plugins_dir: &Path, up: &Upload) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
+        let loaded = self.validate(plugins_dir, up)?;
+        self.keep(&up.tenant, &loaded, &up.code, up.source, &up.actor);
         Ok(loaded)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn validate(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
+    fn validate(&self, plugins_dir: &Path, up: &Upload) -> Result<Arc<LoadedPlugin>, PluginLoadError> {
+        let (tenant, name, actor, source) = (&up.tenant, &up.plugin, &up.actor, up.source);
         let wasm = plugins_dir.join(tenant).join(format!("{name}.wasm"));
-        let hash = Runtime::content_hash(bytes);
-        match self.load_bytes(&wasm, bytes, hash.clone(), manifest_src) {
+        let hash = Runtime::content_hash(&up.code);
+        match self.load_bytes(&wasm, &up.code, hash.clone(), up.manifest.clone()) {
             Ok(p) => Ok(Arc::new(p)),
             Err(e) => {
                 tracing::warn!(%tenant, plugin = %name, %actor, error = %e, "uploaded plugin version rejected");
@@ -110,27 +109,18 @@ impl Registry {
         );
     }
 
-    /// Makes `bytes` + `manifest_src` the serving version of `tenant`'s
-    /// plugin `name`, validated exactly as a file in its folder would be. On
+    /// Makes `up` the serving version of its tenant's plugin, validated
+    /// exactly as a file in its folder would be. On
     /// success the files are written into `plugins_dir/<tenant>/` (beside,
     /// then renamed into place: the folder always holds what serves, so the
     /// watcher finds nothing new) and the set is swapped at once; on failure
     /// nothing changes and the operator is told (`version.rejected`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn install(
-        &self,
-        plugins_dir: &Path,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        manifest_src: Option<String>,
-        source: &str,
-        actor: &str,
-    ) -> Result<Installed, PluginLoadError> {
+    pub fn install(&self, plugins_dir: &Path, up: &Upload) -> Result<Installed, PluginLoadError> {
         let _changing = crate::sync::lock(&self.changing);
+        let (tenant, name, bytes) = (up.tenant.as_str(), up.plugin.as_str(), up.code.as_slice());
         let folder = plugins_dir.join(tenant);
         let wasm = folder.join(format!("{name}.wasm"));
-        let loaded = self.validate(plugins_dir, tenant, name, bytes, manifest_src, source, actor)?;
+        let loaded = self.validate(plugins_dir, up)?;
         let write = |path: &Path, contents: Option<&[u8]>| -> std::io::Result<()> {
             match contents {
                 Some(c) => {
@@ -161,8 +151,8 @@ impl Registry {
             r.remove(name);
         }
         self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(%tenant, plugin = %name, version = %loaded.version, replaced = previous.as_ref().map(|o| o.version.as_str()), %source, %actor, "installed plugin version");
-        self.keep(tenant, &loaded, bytes, source, actor);
+        tracing::info!(%tenant, plugin = %name, version = %loaded.version, replaced = previous.as_ref().map(|o| o.version.as_str()), source = up.source, actor = %up.actor, "installed plugin version");
+        self.keep(tenant, &loaded, bytes, up.source, &up.actor);
         Ok(Installed { serving: loaded, previous })
     }
 }
