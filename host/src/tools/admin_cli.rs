@@ -357,6 +357,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if status.is_success() {
         match (&args.command, serde_json::from_str::<serde_json::Value>(&shown)) {
             (AdminCommand::Trial { json: false, .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_trial(&v["trial"])),
+            (AdminCommand::Rollback { .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_switch("rolled back", &v)),
+            (AdminCommand::Promote { .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_switch("promoted", &v)),
             _ => println!("{shown}"),
         }
         Ok(ExitCode::SUCCESS)

@@ -220,6 +220,24 @@ pub fn describe(v: &serde_json::Value) -> String {
     out
 }
 
+/// A rollback's or a promotion's answer for a person (`verb`: what
+/// happened): the version that serves now, the one before, what changed.
+pub fn describe_switch(verb: &str, v: &serde_json::Value) -> String {
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+    let mut out = format!(
+        "{verb} {}/{}: version {} serves",
+        s(&v["tenant"]),
+        s(&v["plugin"]),
+        s(&v["version"])
+    );
+    if let Some(p) = v["previous"].as_str() {
+        out.push_str(&format!(" (was {p})"));
+    }
+    out.push('\n');
+    out.push_str(&describe_changes(&v["changes"], &v["limits_clamped"]));
+    out
+}
+
 /// What changed, a line each.
 fn describe_changes(c: &serde_json::Value, clamped: &serde_json::Value) -> String {
     let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
