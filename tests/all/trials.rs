@@ -3,7 +3,8 @@
 //! every event still answered once by the serving version, each contact
 //! kept on one version meanwhile; a shadow that would reply differently is
 //! reported side by side — and none of its SMS, POSTs or KV writes reached
-//! anything — until it is promoted.
+//! anything — until it is promoted; a trial resumes after a restart, with
+//! its policy, and a stopped one does not.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -251,4 +252,57 @@ async fn a_shadow_is_compared_side_by_side_and_never_acts_until_promoted() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["promote", "deploy.shadow"]);
+}
+
+#[tokio::test]
+async fn a_trial_resumes_after_a_restart_and_an_ended_one_does_not() {
+    let jc = Recorder::start().await;
+    let spec = || vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new("answer-a", "answer", "events = [\"received\"]\n"))];
+    let host = TestHost::start(spec()).await;
+    let (status, t) = upload(
+        &host,
+        "canary=25&min_runs=7&window=5m",
+        std::fs::read(guest("answer-b")).unwrap(),
+        "events = [\"received\"]\n",
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    let canary = t["version"].as_str().unwrap().to_string();
+    // An audited request writes behind the trial's write: once it is
+    // answered, the trial is stored.
+    host.admin("POST", "/tenants/acme/plugins/answer/resume", Some(ADMIN_TOKEN)).await;
+
+    let host = TestHost::builder(spec()).in_dir(host.stop().await).start().await;
+    let resumed = trial(&host).await;
+    assert!(resumed["ended"].is_null(), "{resumed}");
+    assert_eq!(
+        (resumed["mode"].as_str(), resumed["version"].as_str()),
+        (Some("canary"), Some(canary.as_str()))
+    );
+    assert_eq!(
+        (resumed["policy"]["percent"].as_u64(), resumed["policy"]["min_runs"].as_u64()),
+        (Some(25), Some(7))
+    );
+    assert_eq!(resumed["policy"]["window_secs"], 300);
+    // It serves its share again: across 40 contacts, some get the canary.
+    for n in 0..40 {
+        assert_eq!(host.post("acme", from_contact(n), &[]).await.0, 202);
+    }
+    host.idle().await;
+    let by: Vec<String> = jc
+        .to("/api/v2/texts/new")
+        .iter()
+        .map(|r| r.body["body"].as_str().unwrap().split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(by.len(), 40);
+    assert!(by.iter().any(|v| v == "answer-b") && by.iter().any(|v| v == "answer-a"), "{by:?}");
+
+    let (status, _) = host
+        .admin("POST", "/tenants/acme/plugins/answer/trial/stop", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    host.admin("POST", "/tenants/acme/plugins/answer/resume", Some(ADMIN_TOKEN)).await;
+    let host = TestHost::builder(spec()).in_dir(host.stop().await).start().await;
+    let (status, _) = host.admin("GET", "/tenants/acme/plugins/answer/trial", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404, "a stopped trial stays stopped");
 }

@@ -4,8 +4,9 @@
 //! failure rate and p99 — and rolled back past its margins; a **shadow**
 //! runs on every event after the serving version, its effects noted and not
 //! made, and the two versions' footprints are compared. Here is the state
-//! and the verdicts; `dispatch` picks versions and reports outcomes, and
-//! `shadow` runs shadows.
+//! and the verdicts (trials are stored as they start and end, and resumed
+//! at start, their tallies afresh); `dispatch` picks versions and reports
+//! outcomes, and `shadow` runs shadows.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -246,14 +247,66 @@ impl Trial {
 pub struct Trials {
     running: RwLock<HashMap<(String, String), Arc<Trial>>>,
     ended: Mutex<HashMap<(String, String), Value>>,
+    /// Where trials are kept, so a restart resumes them.
+    db: Option<crate::storage::Db>,
 }
 
 impl Trials {
+    /// Trials kept in `db` as they start and end.
+    pub fn persisted(db: crate::storage::Db) -> Trials {
+        Trials {
+            db: Some(db),
+            ..Trials::default()
+        }
+    }
+
     /// Starts `trial` for the tenant's plugin, ending any before it.
     pub fn start(&self, tenant: &str, plugin: &str, trial: Trial) -> Arc<Trial> {
         let trial = Arc::new(trial);
+        if let Some(db) = &self.db {
+            let (kind, policy) = match trial.kind {
+                TrialKind::Canary(p) => ("canary", serde_json::to_string(&p).ok()),
+                TrialKind::Shadow => ("shadow", None),
+            };
+            db.keep_trial(crate::storage::StoredTrial {
+                tenant: tenant.to_string(),
+                plugin: plugin.to_string(),
+                version: trial.plugin.version.clone(),
+                kind: kind.to_string(),
+                policy,
+                against: trial.against.clone(),
+                actor: trial.actor.clone(),
+                started_at: trial.started_at.to_rfc3339(),
+            });
+        }
         write(&self.running).insert((tenant.to_string(), plugin.to_string()), trial.clone());
         trial
+    }
+
+    /// Resumes the stored trials: each version from its kept code, validated
+    /// again (`prepare`); one that no longer loads is dropped, with a warning.
+    pub async fn resume(&self, registry: &Arc<crate::engine::plugins::Registry>, plugins_dir: &std::path::Path) {
+        let Some(db) = &self.db else { return };
+        let stored = match db.stored_trials().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored trials; none resumed");
+                return;
+            }
+        };
+        for s in stored {
+            let (tenant, plugin) = (s.tenant.clone(), s.plugin.clone());
+            match restore(db, registry, plugins_dir, s).await {
+                Ok(trial) => {
+                    tracing::info!(%tenant, %plugin, version = %trial.plugin.version, "trial resumed");
+                    write(&self.running).insert((tenant, plugin), Arc::new(trial));
+                }
+                Err(why) => {
+                    tracing::warn!(%tenant, %plugin, "trial not resumed: {why}");
+                    db.forget_trial(&tenant, &plugin);
+                }
+            }
+        }
     }
 
     /// The trial of the tenant's plugin, if one runs.
@@ -270,6 +323,9 @@ impl Trials {
     pub fn end(&self, tenant: &str, plugin: &str, how: &str) -> Option<Arc<Trial>> {
         let key = (tenant.to_string(), plugin.to_string());
         let trial = write(&self.running).remove(&key)?;
+        if let Some(db) = &self.db {
+            db.forget_trial(tenant, plugin);
+        }
         let mut report = trial.report();
         report["ended"] = json!(how);
         report["ended_at"] = json!(chrono::Utc::now());
@@ -297,6 +353,53 @@ impl Trials {
             (serving, Some((trial, Arm::Serving)))
         }
     }
+}
+
+/// A stored trial made whole again: its version from the kept code.
+async fn restore(
+    db: &crate::storage::Db,
+    registry: &Arc<crate::engine::plugins::Registry>,
+    plugins_dir: &std::path::Path,
+    s: crate::storage::StoredTrial,
+) -> Result<Trial, String> {
+    let (kind, source) = match (s.kind.as_str(), &s.policy) {
+        ("shadow", _) => (TrialKind::Shadow, "shadow"),
+        ("canary", Some(p)) => (
+            TrialKind::Canary(serde_json::from_str(p).map_err(|e| format!("its policy does not read: {e}"))?),
+            "canary",
+        ),
+        (other, _) => return Err(format!("unknown kind `{other}`")),
+    };
+    let kept = db
+        .version(&s.tenant, &s.plugin, &s.version)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("version {} is no longer kept", s.version))?;
+    let code = db.kept_code(&kept).map_err(|e| e.to_string())?;
+    let up = crate::engine::plugins::Upload {
+        tenant: s.tenant.clone(),
+        plugin: s.plugin.clone(),
+        code,
+        manifest: kept.manifest,
+        source,
+        actor: s.actor.clone(),
+    };
+    let (registry, dir) = (registry.clone(), plugins_dir.to_path_buf());
+    let plugin = tokio::task::spawn_blocking(move || registry.prepare(&dir, &up))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let started_at = chrono::DateTime::parse_from_rfc3339(&s.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    Ok(Trial {
+        plugin,
+        kind,
+        against: s.against,
+        actor: s.actor,
+        started_at,
+        state: Mutex::default(),
+    })
 }
 
 /// The customer's number on an event: the sender of what came in, the

@@ -231,7 +231,9 @@ pub async fn run_with_routes(
     let tenants = Arc::new(tenants);
 
     let tail = Arc::new(crate::engine::tail::Tail::default());
-    let trials = Arc::new(crate::engine::trials::Trials::default());
+    // Versions on trial before the restart are on trial again.
+    let trials = Arc::new(crate::engine::trials::Trials::persisted(db.clone()));
+    trials.resume(&registry, &config.plugins_dir).await;
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),

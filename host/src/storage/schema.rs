@@ -230,6 +230,20 @@ pub(super) fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (tenant, plugin, key)
             ) WITHOUT ROWID;",
         ),
+        // 12: versions on trial (canaries, shadows), resumed at start.
+        M::up(
+            "CREATE TABLE trials (
+                tenant TEXT NOT NULL,
+                plugin TEXT NOT NULL,
+                version TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                policy TEXT,
+                against TEXT,
+                actor TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                PRIMARY KEY (tenant, plugin)
+            ) WITHOUT ROWID;",
+        ),
     ])
 }
 
