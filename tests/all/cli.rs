@@ -329,17 +329,9 @@ fn the_shipped_example_config_is_valid() {
 
 /// Runs `switchboard admin …` against a host; returns (success, stdout, stderr).
 async fn admin_cli(host: &TestHost, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(["admin", "--url", &host.admin_url, "--token", token])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["admin", "--url", &host.admin_url, "--token", token];
+    all.extend_from_slice(args);
+    crate::harness::switchboard(&all, &[], None).await
 }
 
 #[tokio::test]

@@ -13,8 +13,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN, CONFIRM_ID, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
 fn confirm_event(id: &str) -> String {
     fixture("seed-format/sms.received-confirm.json").replace(CONFIRM_ID, id)
 }
@@ -314,21 +312,13 @@ async fn switchboard_deploy_uploads_a_built_file_and_says_what_changed() {
         "events = [\"received\", \"opt-out\"]\nallowed_hosts = [\"https://crm.example.com\"]\n[config]\ncrm_url = \"https://crm.example.com/x\"\n[limits]\ntimeout_ms = 2000\n",
     )
     .unwrap();
+    let cache = work_cache().display().to_string();
     let run = |args: Vec<String>| {
-        let token = deployer.clone();
+        let (token, cache) = (deployer.clone(), cache.clone());
         async move {
-            let out = tokio::process::Command::new(BIN)
-                .args(&args)
-                .env("SWITCHBOARD_ADMIN_TOKEN", token)
-                .env("SWITCHBOARD_CACHE", work_cache())
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env = [("SWITCHBOARD_ADMIN_TOKEN", token.as_str()), ("SWITCHBOARD_CACHE", cache.as_str())];
+            crate::harness::switchboard(&args, &env, None).await
         }
     };
     let was = host.admin_plugin("acme", "answer").await.unwrap()["version"]
@@ -409,23 +399,25 @@ async fn switchboard_deploy_builds_a_starter_folder_then_uploads_it() {
     let jc = Recorder::start().await;
     let host = TestHost::start(vec![TenantSpec::new("acme", &jc.url)]).await;
     let work = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .args(["plugin", "new", "hello-js", "--lang", "js", "--dir"])
-        .arg(work.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = tokio::process::Command::new(BIN)
-        .arg("deploy")
-        .arg(work.path().join("hello-js"))
-        .args(["--tenant", "acme", "--server", &host.admin_url, "--token", ADMIN_TOKEN])
-        .env("SWITCHBOARD_CACHE", work_cache())
-        .output()
-        .await
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let dir = work.path().display().to_string();
+    let (ok, _, err) = crate::harness::switchboard(&["plugin", "new", "hello-js", "--lang", "js", "--dir", &dir], &[], None).await;
+    assert!(ok, "{err}");
+    let (folder, cache) = (
+        work.path().join("hello-js").display().to_string(),
+        work_cache().display().to_string(),
+    );
+    let args = [
+        "deploy",
+        &folder,
+        "--tenant",
+        "acme",
+        "--server",
+        &host.admin_url,
+        "--token",
+        ADMIN_TOKEN,
+    ];
+    let (ok, stdout, stderr) = crate::harness::switchboard(&args, &[("SWITCHBOARD_CACHE", &cache)], None).await;
+    assert!(ok, "{stdout}\n{stderr}");
     let serving = host.admin_plugin("acme", "hello-js").await.expect("deployed");
     assert_eq!(serving["status"], "active");
     let version = serving["version"].as_str().unwrap();

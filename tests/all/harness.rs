@@ -553,6 +553,31 @@ pub async fn deadline_bound() -> tokio::sync::RwLockReadGuard<'static, ()> {
     LOAD.read().await
 }
 
+/// Runs the `switchboard` binary with `args`, extra `env` and, if given,
+/// `stdin`: (success, stdout, stderr).
+pub async fn switchboard(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Writes a file the way deploy tools should: to a temp name, then renamed.
 pub fn write_then_rename(path: &Path, bytes: &[u8]) {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));

@@ -7,7 +7,6 @@
 //! and are re-sealed under the new key.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -83,26 +82,8 @@ async fn post_confirm(server: &Process, id: &str) {
 }
 
 async fn cli(admin: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(args)
-        .env("SWITCHBOARD_ADMIN_URL", admin)
-        .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use tokio::io::AsyncWriteExt as _;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let env = [("SWITCHBOARD_ADMIN_URL", admin), ("SWITCHBOARD_ADMIN_TOKEN", TOKEN)];
+    crate::harness::switchboard(args, &env, stdin).await
 }
 
 async fn get(url: &str, cookie: Option<&str>) -> String {

@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN, CONFIRM_ID, PluginSpec, Recorder, TenantSpec, TestHost, fixture, guest, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const CUSTOMER: &str = "+15125551234";
 
 /// A CONFIRM from contact `+1512555{n:04}` with message id `m{n}`.
@@ -218,14 +217,20 @@ async fn a_shadow_is_compared_side_by_side_and_never_acts_until_promoted() {
     assert_eq!(notices(&ops, "shadow.diverged").len(), 1, "told once per trial");
 
     // The CLI shows the same report, side by side.
-    let out = tokio::process::Command::new(BIN)
-        .args(["admin", "--url", &host.admin_url, "--token", ADMIN_TOKEN])
-        .args(["shadow", "--tenant", "acme", "--plugin", "answer"])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = [
+        "admin",
+        "--url",
+        &host.admin_url,
+        "--token",
+        ADMIN_TOKEN,
+        "shadow",
+        "--tenant",
+        "acme",
+        "--plugin",
+        "answer",
+    ];
+    let (ok, text, err) = crate::harness::switchboard(&args, &[], None).await;
+    assert!(ok, "{err}");
     assert!(
         text.contains(&format!("agreement 0.0% over {N} events ({N} differ, 0 skipped)")),
         "{text}"

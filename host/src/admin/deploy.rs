@@ -177,11 +177,7 @@ pub async fn promote(
             .version(&tenant, &plugin, &trial.plugin.version)
             .await?
             .ok_or_else(|| AdminError::Conflict(format!("version `{}` is no longer kept", trial.plugin.version)))?;
-        let db = state.db.clone();
-        let code = tokio::task::spawn_blocking(move || db.kept_code(&kept))
-            .await
-            .map_err(|e| AdminError::Conflict(e.to_string()))?
-            .map_err(|e| AdminError::Conflict(e.to_string()))?;
+        let code = state.db.kept_code(&kept).await.map_err(|e| AdminError::Conflict(e.to_string()))?;
         install(
             &state,
             &caller,
@@ -272,11 +268,10 @@ pub async fn rollback(
         if Some(&version.id) == serving.as_ref() {
             return Err(AdminError::Conflict(format!("version `{}` is already serving", version.id)));
         }
-        let db = state.db.clone();
-        let v = version.clone();
-        let code = tokio::task::spawn_blocking(move || db.kept_code(&v))
+        let code = state
+            .db
+            .kept_code(&version)
             .await
-            .map_err(|e| AdminError::Conflict(e.to_string()))?
             .map_err(|e| AdminError::Conflict(e.to_string()))?;
         install(&state, &caller, &tenant, &plugin, code, version.manifest, "rollback").await
     }
@@ -383,9 +378,11 @@ async fn install(
 /// written, allowed hosts and config keys (names only: values may be
 /// credentials).
 pub fn changes(old: Option<&LoadedPlugin>, new: &LoadedPlugin) -> Value {
-    fn diff(old: BTreeSet<String>, new: BTreeSet<String>) -> Value {
-        json!({ "added": new.difference(&old).collect::<Vec<_>>(), "removed": old.difference(&new).collect::<Vec<_>>() })
-    }
+    // Each set's `added` and `removed` from the old version to the new.
+    let diff = |set: &dyn Fn(&LoadedPlugin) -> BTreeSet<String>| -> Value {
+        let (before, after) = (old.map(set).unwrap_or_default(), set(new));
+        json!({ "added": after.difference(&before).collect::<Vec<_>>(), "removed": before.difference(&after).collect::<Vec<_>>() })
+    };
     let imports = |p: &LoadedPlugin| -> BTreeSet<String> {
         let component = p.pre.instance_pre().component();
         component
@@ -402,7 +399,6 @@ pub fn changes(old: Option<&LoadedPlugin>, new: &LoadedPlugin) -> Value {
         }
     };
     let keys = |p: &LoadedPlugin| -> BTreeSet<String> { p.manifest.config.keys().cloned().collect() };
-    let empty = BTreeSet::new;
     let limits: Vec<Value> = LIMITS
         .iter()
         .filter_map(|spec| {
@@ -421,13 +417,14 @@ pub fn changes(old: Option<&LoadedPlugin>, new: &LoadedPlugin) -> Value {
             .collect(),
         None => vec![],
     };
-    let old_set = |f: &dyn Fn(&LoadedPlugin) -> BTreeSet<String>| old.map(f).unwrap_or_else(empty);
+    let mut config_keys = diff(&keys);
+    config_keys["changed"] = json!(changed_values);
     json!({
         "code": old.is_none_or(|o| o.hash != new.hash),
-        "imports": diff(old_set(&imports), imports(new)),
-        "events": diff(old_set(&events), events(new)),
+        "imports": diff(&imports),
+        "events": diff(&events),
         "limits": limits,
-        "allowed_hosts": diff(old_set(&hosts), hosts(new)),
-        "config_keys": { "added": diff(old_set(&keys), keys(new))["added"], "removed": diff(old_set(&keys), keys(new))["removed"], "changed": changed_values },
+        "allowed_hosts": diff(&hosts),
+        "config_keys": config_keys,
     })
 }

@@ -292,18 +292,18 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     trace.hide(secrets.clone());
     let mut plugin_hash = None;
     // A canary takes its share of contacts; a shadow needs what this run does.
-    let (serving, canary) = match ctx.registry.get(tenant_id, &job.plugin) {
-        Some(s) => {
-            let (p, c) = ctx.trials.pick(s, &job.event);
-            (Some(p), c)
+    let trial = ctx.trials.get(tenant_id, &job.plugin);
+    let (serving, arm) = match (ctx.registry.get(tenant_id, &job.plugin), &trial) {
+        (Some(s), Some(t)) => {
+            let (p, arm) = t.pick(s, &job.event);
+            (Some(p), arm)
         }
-        None => (None, None),
+        (s, _) => (s, None),
     };
-    let shadow = ctx
-        .trials
-        .get(tenant_id, &job.plugin)
+    let shadow = trial
+        .as_ref()
         .filter(|t| t.kind == TrialKind::Shadow)
-        .map(|t| (t, Acts::hiding(secrets.clone())));
+        .map(|t| (t.clone(), Acts::hiding(secrets.clone())));
     let result = match (ctx.tenants.get(tenant_id), serving) {
         (Some(tenant), Some(plugin)) => {
             plugin_hash = Some(plugin.hash.clone());
@@ -347,10 +347,10 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
         .as_ref()
         .err()
         .map(|e| crate::domain::cap(&crate::engine::secrets::scrub(&secrets, &e.to_string()), crate::domain::MAX_RECORD).into_owned());
-    if let Some((trial, arm)) = canary
+    if let (Some(trial), Some(arm)) = (&trial, arm)
         && let Some(why) = trial.observe(arm, result.is_ok(), micros as u64)
     {
-        roll_back_canary(ctx, tenant_id, &job.plugin, &trial, why);
+        roll_back_canary(ctx, tenant_id, &job.plugin, trial, why);
     }
     if let (Some((trial, acts)), Some(tenant)) = (shadow, ctx.tenants.get(tenant_id)) {
         ctx.shadows.submit(ShadowRun {

@@ -182,6 +182,16 @@ impl Trial {
         out
     }
 
+    /// The version to run `event` on, and its arm when this is a canary:
+    /// the canary for its share of contacts, else `serving`.
+    pub fn pick(&self, serving: Arc<LoadedPlugin>, event: &Event) -> (Arc<LoadedPlugin>, Option<Arm>) {
+        match self.kind {
+            TrialKind::Canary(policy) if bucket(&event.tenant, contact(event)) < policy.percent => (self.plugin.clone(), Some(Arm::Canary)),
+            TrialKind::Canary(_) => (serving, Some(Arm::Serving)),
+            TrialKind::Shadow => (serving, None),
+        }
+    }
+
     /// Notes one delivery's outcome on `arm`; the reason to roll the canary
     /// back, once it has run enough to judge and is past a margin.
     pub fn observe(&self, arm: Arm, ok: bool, micros: u64) -> Option<String> {
@@ -337,22 +347,6 @@ impl Trials {
     pub fn last_ended(&self, tenant: &str, plugin: &str) -> Option<Value> {
         lock(&self.ended).get(&(tenant.to_string(), plugin.to_string())).cloned()
     }
-
-    /// The version to run `event` on for the tenant's plugin, and the arm,
-    /// when a canary is deployed: the canary for its share of contacts.
-    pub fn pick(&self, serving: Arc<LoadedPlugin>, event: &Event) -> (Arc<LoadedPlugin>, Option<(Arc<Trial>, Arm)>) {
-        let Some(trial) = self.get(&event.tenant, &serving.name) else {
-            return (serving, None);
-        };
-        let TrialKind::Canary(policy) = trial.kind else {
-            return (serving, None);
-        };
-        if bucket(&event.tenant, contact(event)) < policy.percent {
-            (trial.plugin.clone(), Some((trial, Arm::Canary)))
-        } else {
-            (serving, Some((trial, Arm::Serving)))
-        }
-    }
 }
 
 /// A stored trial made whole again: its version from the kept code.
@@ -375,7 +369,7 @@ async fn restore(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("version {} is no longer kept", s.version))?;
-    let code = db.kept_code(&kept).map_err(|e| e.to_string())?;
+    let code = db.kept_code(&kept).await.map_err(|e| e.to_string())?;
     let up = crate::engine::plugins::Upload {
         tenant: s.tenant.clone(),
         plugin: s.plugin.clone(),

@@ -99,10 +99,16 @@ impl Db {
         std::fs::rename(&tmp, &path)
     }
 
-    /// The kept code of `version`.
-    pub fn kept_code(&self, version: &KeptVersion) -> Result<Vec<u8>, BlobError> {
+    /// The kept code of `version`, read on the blocking pool.
+    pub async fn kept_code(&self, version: &KeptVersion) -> Result<Vec<u8>, BlobError> {
         let path = self.blob_path(&version.hash);
-        std::fs::read(&path).map_err(|source| BlobError {
+        let blocking = self.blocking.clone().unwrap_or_else(tokio::runtime::Handle::current);
+        let file = path.clone();
+        let read = blocking
+            .spawn_blocking(move || std::fs::read(file))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        read.map_err(|source| BlobError {
             id: version.id.clone(),
             path,
             source,
@@ -208,7 +214,7 @@ mod tests {
         assert_eq!(kept.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["v4", "v3", "v2"]);
         assert!(!dir.path().join("versions/h0.wasm").exists());
         assert!(!dir.path().join("versions/h1.wasm").exists());
-        assert_eq!(db.kept_code(&kept[2]).unwrap(), b"h2");
+        assert_eq!(db.kept_code(&kept[2]).await.unwrap(), b"h2");
         // Serving an old version again makes it the newest.
         db.keep_version(version("v2", "h2"), 3);
         db.audit("acme", "test", "sync", "", "ok").await.unwrap();
