@@ -18,7 +18,7 @@ import * as witKv from 'switchboard:plugin/kv@0.1.0';
 import * as witConfig from 'switchboard:plugin/config@0.1.0';
 import * as witLog from 'switchboard:plugin/log@0.1.0';
 
-/** @typedef {import('switchboard:plugin/types@0.1.0').SmsEvent} SmsEvent */
+/** @typedef {import('switchboard:plugin/types@0.2.0').SmsEvent} SmsEvent */
 
 /** A failed host call: `call` is its name, `tag` the WIT error case. */
 export class HostError extends Error {

@@ -29,7 +29,7 @@ pub mod wit {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        world: "switchboard:plugin/plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_plugin",
         default_bindings_module: "switchboard_plugin_sdk::wit",
@@ -39,7 +39,7 @@ pub mod wit {
 
 pub use wit::Guest as Plugin;
 pub use wit::export_plugin;
-pub use wit::switchboard::plugin::types::{Direction, EventKind, PluginError, SmsEvent};
+pub use wit::switchboard::plugin0_2_0::types::{Direction, EventKind, PluginError, SmsEvent, TimerFiring};
 
 impl EventKind {
     /// The kind's name as the WIT `event-kind` spells it (`received`,
@@ -52,6 +52,7 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::OptOut => "opt-out",
             EventKind::OptIn => "opt-in",
+            EventKind::Timer => "timer",
         }
     }
 }
@@ -77,7 +78,7 @@ impl From<&str> for PluginError {
 
 /// Sending and reading SMS through the tenant's JustCall account.
 pub mod sms {
-    use crate::wit::switchboard::plugin::sms as raw;
+    use crate::wit::switchboard::plugin0_1_0::sms as raw;
     pub use raw::{Message, OutgoingSms, ProviderError, SmsError};
 
     /// Sends `body` from one of the tenant's numbers to `to`; returns
@@ -128,7 +129,7 @@ pub mod sms {
 
 /// Outbound HTTP to the hosts listed in the plugin's `allowed_hosts`.
 pub mod http {
-    use crate::wit::switchboard::plugin::http as raw;
+    use crate::wit::switchboard::plugin0_1_0::http as raw;
     pub use raw::{HttpError, Request, Response};
 
     /// Sends a request and returns the whole response. A non-2xx status is a
@@ -187,9 +188,57 @@ pub mod http {
     }
 }
 
+/// Acting later: timers private to this plugin within its tenant. A timer
+/// fires as an event of kind [`EventKind::Timer`](crate::EventKind::Timer)
+/// whose [`timer`](crate::SmsEvent::timer) holds its key and payload.
+///
+/// Changes take effect only if this event's handling succeeds, so a retried
+/// event never schedules twice.
+pub mod timers {
+    use crate::wit::switchboard::plugin0_2_0::timers as raw;
+    pub use raw::{Due, Timer, TimerError};
+
+    /// Schedules `key` to fire `after` from now, replacing a pending timer
+    /// with that key.
+    pub fn after(key: &str, after: std::time::Duration, payload: impl AsRef<[u8]>) -> Result<(), TimerError> {
+        raw::schedule(key, &Due::AfterMs(after.as_millis() as u64), payload.as_ref())
+    }
+
+    /// Schedules `key` to fire at an RFC 3339 instant (a past one fires at
+    /// once), replacing a pending timer with that key.
+    pub fn at(key: &str, at: &str, payload: impl AsRef<[u8]>) -> Result<(), TimerError> {
+        raw::schedule(key, &Due::At(at.to_string()), payload.as_ref())
+    }
+
+    /// Cancels the pending timer with this key; says whether there was one.
+    pub fn cancel(key: &str) -> Result<bool, TimerError> {
+        raw::cancel(key)
+    }
+
+    /// The pending timer with this key, if any.
+    pub fn get(key: &str) -> Result<Option<Timer>, TimerError> {
+        raw::get(key)
+    }
+
+    /// A one-line description of a timer error.
+    pub fn describe(e: &TimerError) -> String {
+        match e {
+            TimerError::QuotaExceeded(m) => format!("quota exceeded: {m}"),
+            TimerError::Invalid(m) => format!("invalid: {m}"),
+            TimerError::Storage(m) => format!("storage error: {m}"),
+        }
+    }
+
+    impl From<TimerError> for crate::PluginError {
+        fn from(e: TimerError) -> Self {
+            crate::PluginError::new(format!("timers: {}", describe(&e)))
+        }
+    }
+}
+
 /// A key-value store private to this plugin within its tenant.
 pub mod kv {
-    use crate::wit::switchboard::plugin::kv as raw;
+    use crate::wit::switchboard::plugin0_1_0::kv as raw;
     pub use raw::KvError;
 
     /// The value stored under `key`, if any.
@@ -234,7 +283,7 @@ pub mod kv {
 
 /// The `[config]` table of the plugin's manifest.
 pub mod config {
-    use crate::wit::switchboard::plugin::config as raw;
+    use crate::wit::switchboard::plugin0_1_0::config as raw;
 
     /// One value, if set.
     pub fn get(key: &str) -> Option<String> {
@@ -254,7 +303,7 @@ pub mod config {
 
 /// Logs recorded by the host with the tenant, plugin and event attached.
 pub mod log {
-    use crate::wit::switchboard::plugin::log as raw;
+    use crate::wit::switchboard::plugin0_1_0::log as raw;
     pub use raw::Level;
 
     /// Logs `message` at `level`.

@@ -7,7 +7,7 @@
 set -eu
 gen="$OUT_DIR/analytics-pipeline.gen"
 rm -rf "$gen" && mkdir -p "$gen"
-wit-bindgen c "$SWITCHBOARD_WIT" --world plugin --out-dir "$gen" > /dev/null
+wit-bindgen c "$SWITCHBOARD_WIT" --world switchboard:plugin/plugin@0.2.0 --out-dir "$gen" > /dev/null
 clang-14 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
   -I"$gen" -o "$gen/core.wasm" plugin.c "$gen/plugin.c" "$gen/plugin_component_type.o"
 wasm-tools component new "$gen/core.wasm" --adapt "wasi_snapshot_preview1=$SWITCHBOARD_WASI_ADAPTER" \

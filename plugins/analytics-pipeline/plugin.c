@@ -76,14 +76,15 @@ static void optional_field(buf_t *b, const char *name, const plugin_option_strin
   }
 }
 
-static const char *kind_name(switchboard_plugin_types_event_kind_t kind) {
+static const char *kind_name(switchboard_plugin_0_2_0_types_event_kind_t kind) {
   switch (kind) {
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_RECEIVED: return "received";
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_SENT: return "sent";
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_DELIVERED: return "delivered";
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_FAILED: return "failed";
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_OPT_OUT: return "opt-out";
-    case SWITCHBOARD_PLUGIN_TYPES_EVENT_KIND_OPT_IN: return "opt-in";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_RECEIVED: return "received";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_SENT: return "sent";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_DELIVERED: return "delivered";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_FAILED: return "failed";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_OPT_OUT: return "opt-out";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_OPT_IN: return "opt-in";
+    case SWITCHBOARD_PLUGIN_0_2_0_TYPES_EVENT_KIND_TIMER: return "timer";
     default: return "unknown";
   }
 }
@@ -97,7 +98,7 @@ static bool fail(plugin_plugin_error_t *err, const char *message) {
 static char *config_get(const char *key) {
   plugin_string_t k, v;
   plugin_string_set(&k, key);
-  if (!switchboard_plugin_config_get(&k, &v)) return NULL;
+  if (!switchboard_plugin_0_1_0_config_get(&k, &v)) return NULL;
   char *out = malloc(v.len + 1);
   if (!out) abort();
   memcpy(out, v.ptr, v.len);
@@ -120,7 +121,7 @@ bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_
   field(&line, "occurred_at", &event->occurred_at, 0);
   field(&line, "message_id", &event->message_id, 0);
   plugin_string_t direction;
-  plugin_string_set(&direction, event->direction == SWITCHBOARD_PLUGIN_TYPES_DIRECTION_INBOUND ? "inbound" : "outbound");
+  plugin_string_set(&direction, event->direction == SWITCHBOARD_PLUGIN_0_2_0_TYPES_DIRECTION_INBOUND ? "inbound" : "outbound");
   field(&line, "direction", &direction, 0);
   field(&line, "from", &event->from, 0);
   field(&line, "to", &event->to, 0);
@@ -152,7 +153,7 @@ bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_
     n_headers = 2;
   }
 
-  switchboard_plugin_http_request_t req;
+  switchboard_plugin_0_1_0_http_request_t req;
   plugin_string_set(&req.method, "POST");
   plugin_string_set(&req.url, url);
   req.headers.ptr = headers;
@@ -160,9 +161,9 @@ bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_
   req.body.ptr = line.ptr;
   req.body.len = line.len;
 
-  switchboard_plugin_http_response_t resp;
-  switchboard_plugin_http_http_error_t http_err;
-  bool ok = switchboard_plugin_http_send(&req, &resp, &http_err);
+  switchboard_plugin_0_1_0_http_response_t resp;
+  switchboard_plugin_0_1_0_http_http_error_t http_err;
+  bool ok = switchboard_plugin_0_1_0_http_send(&req, &resp, &http_err);
   free(line.ptr);
   free(auth);
   free(token);
@@ -173,22 +174,22 @@ bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_
     const plugin_string_t *detail = NULL;
     const char *what = "error";
     switch (http_err.tag) {
-      case SWITCHBOARD_PLUGIN_HTTP_HTTP_ERROR_NOT_ALLOWED: what = "not allowed"; detail = &http_err.val.not_allowed; break;
-      case SWITCHBOARD_PLUGIN_HTTP_HTTP_ERROR_INVALID_REQUEST: what = "invalid request"; detail = &http_err.val.invalid_request; break;
-      case SWITCHBOARD_PLUGIN_HTTP_HTTP_ERROR_RESPONSE_TOO_LARGE: what = "response too large"; break;
-      case SWITCHBOARD_PLUGIN_HTTP_HTTP_ERROR_TIMEOUT: what = "timed out"; break;
-      case SWITCHBOARD_PLUGIN_HTTP_HTTP_ERROR_TRANSPORT: what = "transport"; detail = &http_err.val.transport; break;
+      case SWITCHBOARD_PLUGIN_0_1_0_HTTP_HTTP_ERROR_NOT_ALLOWED: what = "not allowed"; detail = &http_err.val.not_allowed; break;
+      case SWITCHBOARD_PLUGIN_0_1_0_HTTP_HTTP_ERROR_INVALID_REQUEST: what = "invalid request"; detail = &http_err.val.invalid_request; break;
+      case SWITCHBOARD_PLUGIN_0_1_0_HTTP_HTTP_ERROR_RESPONSE_TOO_LARGE: what = "response too large"; break;
+      case SWITCHBOARD_PLUGIN_0_1_0_HTTP_HTTP_ERROR_TIMEOUT: what = "timed out"; break;
+      case SWITCHBOARD_PLUGIN_0_1_0_HTTP_HTTP_ERROR_TRANSPORT: what = "transport"; detail = &http_err.val.transport; break;
     }
     if (detail) {
       snprintf(message, sizeof message, "cannot reach the warehouse: %s: %.*s", what, (int)detail->len, (const char *)detail->ptr);
     } else {
       snprintf(message, sizeof message, "cannot reach the warehouse: %s", what);
     }
-    switchboard_plugin_http_http_error_free(&http_err);
+    switchboard_plugin_0_1_0_http_http_error_free(&http_err);
     return fail(err, message);
   }
   uint16_t status = resp.status;
-  switchboard_plugin_http_response_free(&resp);
+  switchboard_plugin_0_1_0_http_response_free(&resp);
   if (status < 200 || status >= 300) {
     snprintf(message, sizeof message, "warehouse answered %u", status);
     return fail(err, message);
@@ -196,7 +197,7 @@ bool exports_plugin_handle_event(plugin_sms_event_t *event, plugin_plugin_error_
   plugin_string_t log_line;
   snprintf(message, sizeof message, "streamed %s event to the warehouse", kind_name(event->kind));
   plugin_string_set(&log_line, message);
-  switchboard_plugin_log_log(SWITCHBOARD_PLUGIN_LOG_LEVEL_DEBUG, &log_line);
+  switchboard_plugin_0_1_0_log_log(SWITCHBOARD_PLUGIN_0_1_0_LOG_LEVEL_DEBUG, &log_line);
   plugin_sms_event_free(event);
   return true;
 }

@@ -450,6 +450,14 @@ fn plugin_check_lists_imports_and_exports_and_refuses_what_would_not_load() {
     assert!(out.contains("  ok       switchboard:plugin/sms@0.1.0"), "{out}");
     assert!(out.contains("compile  "), "{out}");
     assert!(out.lines().any(|l| l.starts_with("size     ") && l.ends_with(" bytes")), "{out}");
+    assert!(out.contains("contract switchboard:plugin@0.2.0"), "{out}");
+    assert!(out.contains("ok: implements switchboard:plugin/plugin@0.2.0"), "{out}");
+
+    // A plugin built before timers: its contract version is named, and it loads.
+    let old = fixtures_dir().join("contract-0.1.0/crm-logger.wasm");
+    let (code, out, err) = plugin_cmd(&["check", old.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("contract switchboard:plugin@0.1.0"), "{out}");
     assert!(out.contains("ok: implements switchboard:plugin/plugin@0.1.0"), "{out}");
 
     // Sockets are linked (so Python runs without --stub-wasi) but refused at run time.
@@ -463,7 +471,7 @@ fn plugin_check_lists_imports_and_exports_and_refuses_what_would_not_load() {
 
     let (code, _, err) = plugin_cmd(&["check", guest("wrong-world").to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("does not implement world switchboard:plugin/plugin@0.1.0"), "{err}");
+    assert!(err.contains("does not implement world switchboard:plugin/plugin@0.2.0"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");

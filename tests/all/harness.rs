@@ -221,6 +221,7 @@ pub struct TestHostBuilder {
     front_door: switchboard::config::FrontDoor,
     operator: Option<switchboard::config::OperatorWebhook>,
     secrets: switchboard::config::SecretsKeys,
+    clock: switchboard::domain::Clock,
 }
 
 /// The key test servers seal plugin secrets with.
@@ -239,6 +240,12 @@ impl TestHostBuilder {
     /// Starts over this data dir (a restart) instead of a fresh one.
     pub fn in_dir(mut self, dir: tempfile::TempDir) -> Self {
         self.dir = Some(dir);
+        self
+    }
+
+    /// Runs timers on this clock.
+    pub fn clock(mut self, clock: switchboard::domain::Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -262,7 +269,7 @@ impl TestHostBuilder {
 
     pub async fn start(self) -> TestHost {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator, self.secrets).await
+        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator, (self.secrets, self.clock)).await
     }
 }
 
@@ -289,6 +296,7 @@ impl TestHost {
                 current: Some(switchboard::config::SecretsKey::parse(SECRETS_KEY).unwrap()),
                 previous: Vec::new(),
             },
+            clock: Default::default(),
         }
     }
 
@@ -298,7 +306,7 @@ impl TestHost {
         delivery: switchboard::config::DbOptions,
         front_door: switchboard::config::FrontDoor,
         operator_webhook: Option<switchboard::config::OperatorWebhook>,
-        secrets: switchboard::config::SecretsKeys,
+        (secrets, clock): (switchboard::config::SecretsKeys, switchboard::domain::Clock),
     ) -> TestHost {
         init_tracing();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,6 +355,7 @@ impl TestHost {
             public_url: url.clone(),
             tenants: configs,
             dev,
+            clock,
             signature_tolerance: Duration::from_secs(300),
             max_concurrent_invocations: 16,
             metrics_max_label_sets: 1000,

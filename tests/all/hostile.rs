@@ -223,7 +223,7 @@ async fn hostile_plugins_are_contained_and_the_neighbour_is_unaffected() {
         .collect();
     assert!(!rejected.contains_key("sockets"), "{rejected:?}");
     assert!(
-        rejected["wrong-world"].contains("does not implement world switchboard:plugin/plugin@0.1.0"),
+        rejected["wrong-world"].contains("does not implement world switchboard:plugin/plugin@0.2.0"),
         "{rejected:?}"
     );
     // core-module and garbage were written after start: the watcher rejects them.

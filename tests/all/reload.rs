@@ -116,7 +116,7 @@ async fn a_bad_new_version_leaves_the_old_one_serving_with_the_reason_shown() {
         (
             "wrong world",
             std::fs::read(guest("wrong-world")).unwrap(),
-            "does not implement world switchboard:plugin/plugin@0.1.0",
+            "does not implement world switchboard:plugin/plugin@0.2.0",
         ),
     ];
     for (n, (what, bytes, reason)) in cases.into_iter().enumerate() {

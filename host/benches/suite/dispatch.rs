@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use switchboard::config::{ApiDialect, Manifest, Secret, TenantConfig, WebhookAuth};
 use switchboard::domain::{Direction, Event, EventKind};
-use switchboard::engine::bindings::PluginPre;
-use switchboard::engine::capabilities::{Invocation, to_wit};
+use switchboard::engine::bindings::v2::PluginPre;
+use switchboard::engine::capabilities::Invocation;
+use switchboard::engine::contract::to_v2;
 use switchboard::engine::effects::Live;
 use switchboard::engine::justcall::JustCallClient;
 use switchboard::engine::plugins::{LoadedPlugin, Registry};
@@ -38,6 +39,7 @@ fn event() -> Event {
         justcall_number: "+15125550100".into(),
         contact_name: Some("Sarah Chen".into()),
         agent_id: None,
+        timer: None,
     }
 }
 
@@ -101,6 +103,7 @@ impl Invoker {
             trace: Default::default(),
             kv: Default::default(),
             secrets: Default::default(),
+            timers: switchboard::engine::timers::TimerStage::new(Default::default()),
         }
     }
 }
@@ -156,7 +159,7 @@ async fn bare(engine: &wasmtime::Engine, wasm: &std::path::Path) -> Vec<f64> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     linker.define_unknown_imports_as_traps(&component).unwrap();
     let pre = PluginPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-    let ev = to_wit(&event());
+    let ev = to_v2(&event());
     let mut samples = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS + 500 {
         let t = Instant::now();

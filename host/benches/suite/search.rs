@@ -72,6 +72,7 @@ fn event(i: usize) -> (Event, &'static str) {
         justcall_number: "+15125550100".into(),
         contact_name: None,
         agent_id: None,
+        timer: None,
     };
     (event, PLUGINS[(r / 7 % 3) as usize])
 }

@@ -40,6 +40,7 @@ fn event(i: usize) -> Event {
         justcall_number: "+15125550100".into(),
         contact_name: Some("Sarah Chen".into()),
         agent_id: None,
+        timer: None,
     }
 }
 

@@ -384,7 +384,7 @@ pub fn changes(old: Option<&LoadedPlugin>, new: &LoadedPlugin) -> Value {
         json!({ "added": after.difference(&before).collect::<Vec<_>>(), "removed": before.difference(&after).collect::<Vec<_>>() })
     };
     let imports = |p: &LoadedPlugin| -> BTreeSet<String> {
-        let component = p.pre.instance_pre().component();
+        let component = p.pre.component();
         component
             .component_type()
             .imports(component.engine())

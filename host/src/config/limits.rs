@@ -40,6 +40,12 @@ pub enum Limit {
     StackKb,
     /// `http.send` / `fetch()` request body bytes.
     HttpRequestKb,
+    /// Pending timers per (tenant, plugin).
+    Timers,
+    /// Bytes of payload one timer carries.
+    TimerPayloadKb,
+    /// The longest a timer may be scheduled ahead.
+    TimerMaxDays,
 }
 
 /// What a limit's value counts.
@@ -53,6 +59,8 @@ pub enum Unit {
     Kibibytes,
     /// A plain count.
     Count,
+    /// Days.
+    Days,
 }
 
 /// One row of the limits table.
@@ -90,7 +98,7 @@ const fn row(limit: Limit, key: &'static str, [default, min, ceiling, max]: [u64
 /// Every limit: the one place keys, defaults, floors, ceilings and units
 /// are written, as `[default, min, tenant ceiling when unset, host max]`.
 /// In [`Limit`] order.
-pub const LIMITS: [LimitSpec; 12] = [
+pub const LIMITS: [LimitSpec; 15] = [
     row(Limit::TimeoutMs, "timeout_ms", [1_000, 1, 10_000, 30_000], Unit::Milliseconds),
     row(Limit::MemoryMb, "memory_mb", [64, 1, 128, 512], Unit::Mebibytes),
     row(Limit::SmsPerEvent, "sms_per_event", [5, 1, 20, 100], Unit::Count),
@@ -115,6 +123,9 @@ pub const LIMITS: [LimitSpec; 12] = [
         [256, 1, 1 << 10, 16 << 10],
         Unit::Kibibytes,
     ),
+    row(Limit::Timers, "timers", [1_000, 1, 10_000, 100_000], Unit::Count),
+    row(Limit::TimerPayloadKb, "timer_payload_kb", [4, 1, 16, 64], Unit::Kibibytes),
+    row(Limit::TimerMaxDays, "timer_max_days", [90, 1, 366, 3_660], Unit::Days),
 ];
 
 impl Limit {
@@ -201,6 +212,12 @@ pub struct Limits {
     pub table_elements: usize,
     /// Wasm stack, bytes (a power of two).
     pub wasm_stack_bytes: usize,
+    /// Pending timers per (tenant, plugin).
+    pub timers: u64,
+    /// Largest timer payload, bytes.
+    pub timer_payload_bytes: usize,
+    /// Longest delay a timer may be scheduled with.
+    pub timer_max_delay: Duration,
 }
 
 /// `value` of a limit in its unit, in the engine's unit (bytes, or as is).
@@ -208,6 +225,7 @@ fn in_engine_units(limit: Limit, value: u64) -> u64 {
     match limit.spec().unit {
         Unit::Mebibytes => value << 20,
         Unit::Kibibytes => value << 10,
+        Unit::Days => value * 86_400_000,
         Unit::Milliseconds | Unit::Count => value,
     }
 }
@@ -230,6 +248,9 @@ impl Limits {
             table_elements: v(Limit::TableElements) as usize,
             // Each distinct stack size is an engine: round up to a power of two.
             wasm_stack_bytes: (v(Limit::StackKb) as usize).next_power_of_two().min(Limits::max_stack_bytes()),
+            timers: v(Limit::Timers),
+            timer_payload_bytes: v(Limit::TimerPayloadKb) as usize,
+            timer_max_delay: Duration::from_millis(v(Limit::TimerMaxDays)),
         }
     }
 

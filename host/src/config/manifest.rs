@@ -1,6 +1,6 @@
 //! Plugin manifests (`<name>.toml` beside the `.wasm`): subscribed events,
 //! `allowed_hosts`, `[config]` (values, and keys declared `{ secret = true }`),
-//! `[limits]` and the `[dev]` section.
+//! `[limits]`, `[[schedule]]`s and the `[dev]` section.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::limits::{LimitOverrides, Limits, RawLimits};
+use super::schedule::{RawSchedule, Schedule};
 use super::{ConfigError, toml_error};
 use crate::domain::EventKind;
 
@@ -105,6 +106,8 @@ pub struct Manifest {
     /// The values of `[limits]` that exceed the tenant's and were cut to it,
     /// one line each (see [`Limits::clamped`]).
     pub limits_clamped: Vec<String>,
+    /// `[[schedule]]`s: cron patterns that fire `timer` events.
+    pub schedules: Vec<Schedule>,
 }
 
 impl Manifest {
@@ -173,7 +176,9 @@ impl Manifest {
             Some(l) => l.validate(path, src, "limits")?,
             None => LimitOverrides::default(),
         };
+        let schedules = super::schedule::validate(path, src, &raw.schedule)?;
         Ok(Manifest {
+            schedules,
             events: raw.events,
             allowed_hosts,
             config,
@@ -195,6 +200,8 @@ struct RawManifest {
     #[serde(default)]
     config: BTreeMap<String, Spanned<toml::Value>>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    schedule: Vec<RawSchedule>,
     /// How `switchboard plugin build` builds the plugin; not used at run time.
     #[allow(dead_code)]
     build: Option<RawBuild>,

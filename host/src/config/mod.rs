@@ -15,6 +15,7 @@ mod front_door;
 mod keys;
 mod limits;
 mod manifest;
+mod schedule;
 mod tenant;
 
 pub use front_door::FrontDoor;
@@ -23,6 +24,7 @@ pub use keys::{SecretsKey, SecretsKeys};
 pub use delivery::{DbOptions, MAX_RETRIES};
 pub use limits::*;
 pub use manifest::{AllowedHost, Manifest};
+pub use schedule::{MAX_SCHEDULE_NAME, Schedule};
 pub use tenant::{ApiDialect, JustCallPlan, KvTotal, TenantConfig, WebhookAuth, valid_tenant_id};
 
 use delivery::delivery_options;
@@ -102,6 +104,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// Dev mode: allows `webhook_auth = "none"` and mounts the JustCall simulator.
     pub dev: bool,
+    /// The clock timers and schedules run on (`--time-scale`; not in the file).
+    pub clock: crate::domain::Clock,
     /// How far a signed webhook's timestamp may be from now.
     pub signature_tolerance: Duration,
     /// How many plugin invocations may run at once.
@@ -277,6 +281,7 @@ impl Config {
             public_url,
             tenants,
             dev: false,
+            clock: Default::default(),
             signature_tolerance,
             max_concurrent_invocations: raw.max_concurrent_invocations.unwrap_or(64),
             metrics_max_label_sets: raw.metrics_max_label_sets.unwrap_or(1000),

@@ -20,10 +20,13 @@ pub enum EventKind {
     OptOut,
     /// The contact opted back in (START).
     OptIn,
+    /// A plugin's timer (or manifest schedule) is due; see [`Event::timer`].
+    Timer,
 }
 
 impl EventKind {
-    /// Every kind, in WIT order.
+    /// Every SMS kind (what webhooks carry), in WIT order; [`EventKind::Timer`]
+    /// is not one.
     pub const ALL: [EventKind; 6] = [
         EventKind::Received,
         EventKind::Sent,
@@ -42,13 +45,16 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::OptOut => "opt-out",
             EventKind::OptIn => "opt-in",
+            EventKind::Timer => "timer",
         }
     }
 
-    /// A kind by any of its names: `opt-out`, `optout` or `sms.optout`.
+    /// A kind by any of its names: `opt-out`, `optout` or `sms.optout`
+    /// (and `timer`).
     pub fn from_name(name: &str) -> Option<EventKind> {
         EventKind::ALL
             .into_iter()
+            .chain([EventKind::Timer])
             .find(|k| k.as_str() == name || k.seed_name() == name || k.as_str().replace('-', "") == name)
     }
 
@@ -61,6 +67,7 @@ impl EventKind {
             EventKind::Failed => "sms.failed",
             EventKind::OptOut => "sms.optout",
             EventKind::OptIn => "sms.optin",
+            EventKind::Timer => "timer",
         }
     }
 }
@@ -104,6 +111,63 @@ pub struct Event {
     pub contact_name: Option<String>,
     /// Agent id, if any.
     pub agent_id: Option<String>,
+    /// Which timer fired, for [`EventKind::Timer`] events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<TimerFiring>,
+}
+
+/// A timer that fired: what a `timer` event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerFiring {
+    /// The key it was scheduled with, or the manifest schedule's name.
+    pub key: String,
+    /// What the plugin scheduled with it.
+    #[serde(default, with = "base64_bytes")]
+    pub payload: Vec<u8>,
+    /// When it was due, RFC 3339 UTC.
+    pub due_at: String,
+    /// A manifest `[[schedule]]` fired it.
+    #[serde(default)]
+    pub scheduled: bool,
+}
+
+impl Event {
+    /// A `timer` event for `tenant`: no message, only the firing. Its id is
+    /// given when it is stored.
+    pub fn timer(tenant: &str, firing: TimerFiring, occurred_at: String) -> Event {
+        Event {
+            tenant: tenant.to_string(),
+            kind: EventKind::Timer,
+            event_id: String::new(),
+            occurred_at,
+            message_id: String::new(),
+            direction: Direction::Inbound,
+            from: String::new(),
+            to: String::new(),
+            body: String::new(),
+            media_urls: Vec::new(),
+            justcall_number: String::new(),
+            contact_name: None,
+            agent_id: None,
+            timer: Some(firing),
+        }
+    }
+}
+
+/// Payload bytes as base64 in stored JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Inbound bodies that opt a contact out (FCC keywords), compared trimmed,

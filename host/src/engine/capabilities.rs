@@ -11,9 +11,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::{Limits, Manifest};
-use crate::domain;
-use crate::domain::{Event, normalize_e164};
-use crate::engine::bindings::switchboard::plugin::{config, http, kv, log, sms, types};
+use crate::domain::normalize_e164;
+use crate::engine::bindings::{config, http, kv, log, sms};
 use crate::engine::effects::{Effects, OutgoingSms};
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::stdio::Capture;
@@ -66,6 +65,8 @@ pub struct Invocation {
     /// Its secrets: `config.get` answers them (over the manifest's values),
     /// and they are scrubbed from its log lines.
     pub secrets: crate::engine::secrets::PluginSecrets,
+    /// Its timer changes, applied only if the delivery succeeds.
+    pub timers: Arc<crate::engine::timers::TimerStage>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.
@@ -276,37 +277,6 @@ impl WasiView for PluginCtx {
         }
     }
 }
-
-/// The WIT record for an event.
-pub fn to_wit(e: &Event) -> types::SmsEvent {
-    types::SmsEvent {
-        tenant: e.tenant.clone(),
-        kind: match e.kind {
-            domain::EventKind::Received => types::EventKind::Received,
-            domain::EventKind::Sent => types::EventKind::Sent,
-            domain::EventKind::Delivered => types::EventKind::Delivered,
-            domain::EventKind::Failed => types::EventKind::Failed,
-            domain::EventKind::OptOut => types::EventKind::OptOut,
-            domain::EventKind::OptIn => types::EventKind::OptIn,
-        },
-        event_id: e.event_id.clone(),
-        occurred_at: e.occurred_at.clone(),
-        message_id: e.message_id.clone(),
-        direction: match e.direction {
-            domain::Direction::Inbound => types::Direction::Inbound,
-            domain::Direction::Outbound => types::Direction::Outbound,
-        },
-        from: e.from.clone(),
-        to: e.to.clone(),
-        body: e.body.clone(),
-        media_urls: e.media_urls.clone(),
-        justcall_number: e.justcall_number.clone(),
-        contact_name: e.contact_name.clone(),
-        agent_id: e.agent_id.clone(),
-    }
-}
-
-impl types::Host for PluginCtx {}
 
 fn sms_error(e: JustCallError) -> sms::SmsError {
     match e {
@@ -534,6 +504,16 @@ impl kv::Host for PluginCtx {
 }
 
 impl PluginCtx {
+    /// The invocation this store runs.
+    pub(crate) fn invocation(&self) -> &Invocation {
+        &self.inv
+    }
+
+    /// The plugin's effective limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// `kv.set` within the key and value bounds and the quotas.
     async fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
         if key.len() > MAX_KV_KEY {

@@ -64,6 +64,10 @@ pub struct DispatchCtx {
     pub shadows: Arc<crate::engine::shadow::ShadowQueue>,
     /// Plugins' secrets.
     pub vault: Arc<crate::engine::secrets::Vault>,
+    /// Timer time.
+    pub clock: crate::domain::Clock,
+    /// Tells the timekeeper a delivery changed timers.
+    pub wake: crate::engine::timers::Wake,
 }
 
 /// Which (tenant, plugin) pairs are paused: the dispatcher's copy of the
@@ -291,6 +295,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let secrets = ctx.vault.for_plugin(tenant_id, &job.plugin);
     trace.hide(secrets.clone());
     let mut plugin_hash = None;
+    let timers = crate::engine::timers::TimerStage::new(ctx.clock);
     // A canary takes its share of contacts; a shadow needs what this run does.
     let trial = ctx.trials.get(tenant_id, &job.plugin);
     let (serving, arm) = match (ctx.registry.get(tenant_id, &job.plugin), &trial) {
@@ -337,6 +342,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
                 trace: trace.clone(),
                 kv: Default::default(),
                 secrets: secrets.clone(),
+                timers: timers.clone(),
             };
             invoke(&plugin, inv, &job.event, Some(&ctx.lane)).instrument(span).await
         }
@@ -394,8 +400,16 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
             DeliveryOutcome::Failed(error.unwrap_or_default())
         }
     };
-    match ctx.db.finish_delivery(job.delivery_id, outcome, micros).await {
-        Ok(f) => Some(f),
+    // A failed attempt's timer changes are dropped with it.
+    let changes = if result.is_ok() { timers.take() } else { Vec::new() };
+    let changed = !changes.is_empty();
+    match ctx.db.finish_delivery_with(job.delivery_id, outcome, micros, changes).await {
+        Ok(f) => {
+            if changed {
+                ctx.wake.notify_one();
+            }
+            Some(f)
+        }
         Err(e) => {
             tracing::error!(delivery = job.delivery_id, error = %e, "cannot record delivery outcome; it runs again at next start");
             None

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::domain::Event;
-use crate::engine::capabilities::{Invocation, PluginCtx, to_wit};
+use crate::engine::capabilities::{Invocation, PluginCtx};
 use crate::engine::lanes::{LONG_RUN_AFTER, LaneError, LongLane};
 use crate::engine::plugins::LoadedPlugin;
 
@@ -172,7 +172,7 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
         ))
     });
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    let (pre, input) = (plugin.pre.clone(), to_wit(event));
+    let (pre, input) = (plugin.pre.clone(), event.clone());
     let running = plugin.ticker.running();
     let call = async move {
         let _running = running;
@@ -182,10 +182,10 @@ pub async fn invoke(plugin: &LoadedPlugin, inv: Invocation, event: &Event, lane:
                     .instantiate_async(&mut store)
                     .await
                     .map_err(|e| classify(&e, &store, timeout, stack))?;
-                match instance.call_handle_event(&mut store, &input).await {
+                match instance.handle_event(&mut store, &input).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(InvokeError::Plugin(
-                        crate::domain::cap(&e.message, crate::domain::MAX_RECORD).into_owned(),
+                    Ok(Err(message)) => Err(InvokeError::Plugin(
+                        crate::domain::cap(&message, crate::domain::MAX_RECORD).into_owned(),
                     )),
                     Err(e) => Err(classify(&e, &store, timeout, stack)),
                 }

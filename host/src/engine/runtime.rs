@@ -12,11 +12,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::engine::bindings::{Plugin, PluginPre};
 use crate::engine::capabilities::PluginCtx;
+use crate::engine::contract::PluginPre;
 
 /// How often the engine's epoch advances; deadlines are checked at this grain.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -52,7 +52,7 @@ pub enum LoadError {
     #[error("imports what Switchboard does not provide: {0:#}")]
     Imports(wasmtime::Error),
     /// It does not export the `switchboard:plugin/plugin` world.
-    #[error("does not implement world switchboard:plugin/plugin@0.1.0: {0:#}")]
+    #[error("does not implement world switchboard:plugin/plugin@0.2.0 (nor 0.1.0): {0:#}")]
     WrongWorld(wasmtime::Error),
 }
 
@@ -151,7 +151,7 @@ impl EngineSet {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
+        crate::engine::contract::add_to_linker(&mut linker)?;
         let ticker = Some(EpochTicker::start(engine.clone()));
         let disk = match &opts.cache_dir {
             Some(dir) => Some(crate::engine::cache::DiskCache::open(dir, &engine)?),
@@ -284,7 +284,7 @@ impl Runtime {
     /// Validates and compiles a component whose [`Runtime::content_hash`] is
     /// `hash` (reusing the compiled code of an identical file loaded before)
     /// and pre-instantiates it against the linker.
-    pub fn load(&self, bytes: &[u8], hash: &str) -> Result<PluginPre<PluginCtx>, LoadError> {
+    pub fn load(&self, bytes: &[u8], hash: &str) -> Result<PluginPre, LoadError> {
         self.load_with_stack(bytes, hash, DEFAULT_WASM_STACK).map(|p| p.pre)
     }
 
@@ -314,7 +314,7 @@ impl Runtime {
 /// engine's epoch ticker.
 pub struct Prepared {
     /// Ready for a fresh instance per event.
-    pub pre: PluginPre<PluginCtx>,
+    pub pre: PluginPre,
     /// The engine's ticker.
     pub ticker: TickerHandle,
 }

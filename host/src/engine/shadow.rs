@@ -94,6 +94,8 @@ impl ShadowQueue {
             let acts = Acts::hiding(secrets.clone());
             let live = Live::new(tenant.clone(), http, plugin.manifest.clone(), None);
             let inv = Invocation {
+                // A shadow's timer changes are never committed.
+                timers: crate::engine::timers::TimerStage::new(crate::domain::Clock::wall()),
                 tenant: tenant.clone(),
                 plugin: Arc::from(plugin.name.as_str()),
                 manifest: plugin.manifest.clone(),

@@ -199,6 +199,7 @@ mod tests {
             justcall_number: line.into(),
             contact_name: None,
             agent_id: None,
+            timer: None,
         }
     }
 

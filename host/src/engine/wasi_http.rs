@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::effects::Effects;
 use crate::engine::trace::Tracer;
 

@@ -234,6 +234,7 @@ pub async fn run_with_routes(
     // Versions on trial before the restart are on trial again.
     let trials = Arc::new(crate::engine::trials::Trials::persisted(db.clone()));
     trials.resume(&registry, &config.plugins_dir).await;
+    let wake = crate::engine::timers::Wake::default();
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),
@@ -255,6 +256,8 @@ pub async fn run_with_routes(
             trials: trials.clone(),
             shadows: Arc::default(),
             vault: vault.clone(),
+            clock: config.clock,
+            wake: wake.clone(),
         },
         budget(&config),
         db.paused_plugins().await.context("reading paused plugins")?,
@@ -274,6 +277,17 @@ pub async fn run_with_routes(
         };
         dispatcher.submit_at(job, p.due_ms);
     }
+
+    // Timers and schedules fire from here on (late ones at once).
+    let timekeeper = crate::engine::timekeeper::Timekeeper {
+        db: db.clone(),
+        registry: registry.clone(),
+        tenants: config.tenants.keys().cloned().collect(),
+        dispatcher: dispatcher.clone(),
+        clock: config.clock,
+        wake,
+    }
+    .start();
 
     // Events accepted but not yet verified with JustCall resume checking.
     let verifier = Verifier::new(
@@ -328,6 +342,7 @@ pub async fn run_with_routes(
     tokio::join!(public, admin);
     tracing::info!("no longer accepting webhooks; finishing running deliveries");
     kv_sweeper.abort();
+    timekeeper.abort();
     dispatch_handle.drain().await;
     tracing::info!("stopped");
     Ok(())

@@ -166,6 +166,18 @@ impl Db {
     /// delay left marks the delivery `failed` and pauses its plugin for the
     /// tenant, in the same transaction.
     pub async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, duration_us: i64) -> Result<Finished, DbError> {
+        self.finish_delivery_with(id, outcome, duration_us, Vec::new()).await
+    }
+
+    /// [`Db::finish_delivery`], applying the timer changes the attempt made
+    /// in the same transaction if it succeeded (and dropping them if not).
+    pub async fn finish_delivery_with(
+        &self,
+        id: i64,
+        outcome: DeliveryOutcome,
+        duration_us: i64,
+        timers: Vec<super::TimerChange>,
+    ) -> Result<Finished, DbError> {
         let policy = self.policy.clone();
         self.write(move |conn| {
             let (tenant, plugin, failures): (String, String, u32) = conn.query_row(
@@ -181,6 +193,7 @@ impl Db {
                         ),
                         params![id, duration_us],
                     )?;
+                    super::timers::apply(conn, id, &tenant, &plugin, &timers)?;
                     // Its journal stays until pruned with the dedupe keys: the
                     // message ids it holds must stay claimed while other
                     // deliveries may still reconcile against JustCall's list.

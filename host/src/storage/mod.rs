@@ -8,8 +8,8 @@
 //! delivery attempt did), `search` (finding deliveries), `activity` (recent
 //! activity for the console), `tokens` (tenants' API tokens, the audit log),
 //! `versions` (each plugin's kept versions and their code), `secrets`
-//! (plugin secrets, sealed), `trials` (versions on trial, resumed at start)
-//! and `kv`.
+//! (plugin secrets, sealed), `trials` (versions on trial, resumed at start),
+//! `timers` (pending timers and schedules, fired once) and `kv`.
 //!
 //! The boundary: callers see only `Db`'s async methods and the types below,
 //! never SQL or rusqlite. A second backend (PostgreSQL) implements the same
@@ -35,6 +35,7 @@ mod retention;
 mod schema;
 mod search;
 mod secrets;
+mod timers;
 mod tokens;
 mod trials;
 mod verification;
@@ -51,6 +52,7 @@ pub use policy::{DeliveryOutcome, DeliveryPolicy, Finished, Verdict};
 pub use schema::now_ms;
 pub use search::{Found, MAX_PAGE, Page, Search, SearchError, normalise_number};
 pub use secrets::SealedSecret;
+pub use timers::{Firing, ScheduleRow, StoredTimer, TimerChange};
 pub use tokens::{AuditEntry, StoredToken};
 pub use trials::StoredTrial;
 pub use verification::{Released, Verification, VerificationState};

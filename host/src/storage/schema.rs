@@ -244,6 +244,27 @@ pub(super) fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (tenant, plugin)
             ) WITHOUT ROWID;",
         ),
+        // 13: timers plugins schedule, and manifest schedules' next firing.
+        // `schedule` is the schedule's pattern and zone (NULL for a plugin's
+        // own timer), so the two never share a key. `set_by`/`seq`: the
+        // delivery and host call that scheduled it.
+        M::up(
+            "CREATE TABLE timers (
+                id INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                plugin TEXT NOT NULL,
+                key TEXT NOT NULL,
+                scheduled INTEGER NOT NULL DEFAULT 0,
+                schedule TEXT,
+                due_ms INTEGER NOT NULL,
+                payload BLOB NOT NULL,
+                set_by INTEGER,
+                seq INTEGER,
+                created_ms INTEGER NOT NULL,
+                UNIQUE (tenant, plugin, scheduled, key)
+            );
+            CREATE INDEX timers_by_due ON timers (due_ms);",
+        ),
     ])
 }
 

@@ -23,6 +23,7 @@ fn event(id: &str) -> Event {
         justcall_number: "+15125550100".into(),
         contact_name: None,
         agent_id: None,
+        timer: None,
     }
 }
 

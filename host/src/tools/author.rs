@@ -29,6 +29,8 @@ pub enum ImportVerdict {
 /// The result of checking a component.
 #[derive(Debug)]
 pub struct CheckReport {
+    /// The contract version the component targets, if it follows one.
+    pub contract: Option<crate::engine::contract::Contract>,
     /// File size, bytes.
     pub size: usize,
     /// Compile time, ms.
@@ -111,20 +113,27 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
         .collect();
     let exports = ty.exports(rt.engine()).map(|(name, _)| name.to_string()).collect();
     // Reuses the compiled component from above.
-    let mut refusal = match rt.load(&bytes, &hash) {
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
+    let (contract, mut refusal) = match rt.load(&bytes, &hash) {
+        Ok(pre) => (Some(pre.contract()), None),
+        Err(e) => (None, Some(e.to_string())),
     };
     // The manifest beside the component, as the server would read it.
     let manifest_path = path.with_extension("toml");
     let mut limits_clamped = Vec::new();
     if let Ok(src) = std::fs::read_to_string(&manifest_path) {
         match Manifest::parse(&manifest_path, &src) {
+            Ok(m) if !m.schedules.is_empty() && contract.is_some_and(|c| !c.has_timers()) => {
+                refusal = Some(format!(
+                    "{}: [[schedule]] needs a plugin built against a contract with timers",
+                    manifest_path.display()
+                ));
+            }
             Ok(m) => limits_clamped = m.limits_clamped,
             Err(e) => refusal = refusal.or(Some(e.to_string())),
         }
     }
     Ok(CheckReport {
+        contract,
         size: bytes.len(),
         compile_ms,
         imports,
@@ -273,6 +282,8 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     }
     let log = CallLog::default();
     let inv = Invocation {
+        // Recorded in the trace, never stored.
+        timers: crate::engine::timers::TimerStage::new(crate::domain::Clock::wall()),
         trace: Default::default(),
         kv: Default::default(),
         secrets: Default::default(),

@@ -47,6 +47,8 @@ enum Command {
         /// Override the config's `admin_listen` (an address, or `public`).
         #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
         admin_listen: Option<String>,
+        #[command(flatten)]
+        clock: ClockArgs,
     },
     /// Run on the embedded default: a demo tenant, the example plugins built
     /// from source, and a built-in JustCall simulator.
@@ -66,6 +68,8 @@ enum Command {
         /// its log and outcomes shown on stdout. Repeatable.
         #[arg(long = "plugin", value_name = "DIR")]
         plugins: Vec<PathBuf>,
+        #[command(flatten)]
+        clock: ClockArgs,
     },
     /// Build a test SMS webhook, sign it, and post it to a running Switchboard.
     Send(SendArgs),
@@ -81,6 +85,32 @@ enum Command {
     Deploy(crate::tools::deploy::DeployArgs),
     /// A plugin's secrets: set (value from stdin), list names, delete.
     Secret(crate::tools::secret_cli::SecretArgs),
+}
+
+/// The clock timers and schedules run on.
+#[derive(Debug, clap::Args)]
+struct ClockArgs {
+    /// Run timers and schedules this many times faster than real time (a
+    /// reminder due in 24 h fires in 10 s at 8640). For trying plugins, not
+    /// for production.
+    #[arg(long, env = "SWITCHBOARD_TIME_SCALE", default_value_t = 1.0, value_parser = parse_scale)]
+    time_scale: f64,
+    /// Start timer time at this RFC 3339 instant instead of now (tests).
+    #[arg(long, env = "SWITCHBOARD_CLOCK_START", hide = true)]
+    clock_start: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ClockArgs {
+    fn clock(&self) -> crate::domain::Clock {
+        crate::domain::Clock::new(self.clock_start, self.time_scale)
+    }
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (1.0..=1e7).contains(&v) => Ok(v),
+        _ => Err("expected a number from 1 to 10000000".into()),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,7 +237,9 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_kind(s: &str) -> Result<EventKind, String> {
-    EventKind::from_name(s).ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
+    EventKind::from_name(s)
+        .filter(|k| *k != EventKind::Timer)
+        .ok_or_else(|| format!("expected one of: {}", EventKind::ALL.map(EventKind::as_str).join(", ")))
 }
 
 /// Sets up logging from `RUST_LOG` (default: `info`, or `warn` for the
@@ -324,6 +356,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             config,
             listen,
             admin_listen,
+            clock,
         } => {
             let mut cfg = match serve_config {
                 Some(loaded) => loaded?,
@@ -346,6 +379,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
                     cfg.admin_listen = AdminListen::Separate(addr);
                 }
             }
+            cfg.clock = clock.clock();
             let listeners = crate::server::Listeners::bind(&cfg).await?;
             crate::server::run(cfg, listeners, crate::server::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -355,8 +389,9 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             data_dir,
             no_status_webhooks,
             plugins,
+            clock,
         } => {
-            crate::tools::dev::run(listen, data_dir, !no_status_webhooks, plugins).await?;
+            crate::tools::dev::run(listen, data_dir, !no_status_webhooks, plugins, clock.clock()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) if args.print => {
@@ -383,6 +418,10 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             command: PluginCommand::Check { file },
         } => {
             let report = tokio::task::spawn_blocking(move || crate::tools::author::check(&file)).await??;
+            match report.contract {
+                Some(c) => println!("contract {c}"),
+                None => println!("contract none (neither 0.2.0 nor 0.1.0)"),
+            }
             println!("size     {} bytes", report.size);
             println!("compile  {:.1} ms", report.compile_ms);
             println!("exports");
@@ -402,7 +441,8 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             }
             match report.refusal {
                 None => {
-                    println!("ok: implements switchboard:plugin/plugin@0.1.0 and loads in Switchboard");
+                    let v = report.contract.unwrap_or(crate::engine::contract::Contract::CURRENT).as_str();
+                    println!("ok: implements switchboard:plugin/plugin@{v} and loads in Switchboard");
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(reason) => {

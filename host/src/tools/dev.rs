@@ -55,6 +55,7 @@ pub fn dev_config(listen: SocketAddr, origin: &str, data_dir: &Path) -> anyhow::
         public_url: origin.to_string(),
         tenants: BTreeMap::from([(DEMO_TENANT.to_string(), demo)]),
         dev: true,
+        clock: Default::default(),
         signature_tolerance: Duration::from_secs(300),
         max_concurrent_invocations: 64,
         metrics_max_label_sets: 1000,
@@ -299,7 +300,13 @@ fn watch_author_plugins(dirs: Vec<PathBuf>, ws: GuestWorkspace, tenant_dir: Path
 
 /// Builds the example plugins (and the author's, `plugins`), deploys them
 /// to the demo tenant, prints how to try it, and serves until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool, plugins: Vec<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    status_webhooks: bool,
+    plugins: Vec<PathBuf>,
+    clock: crate::domain::Clock,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -314,7 +321,11 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf, status_webhooks: bool, p
     for (name, e) in &failed {
         tracing::warn!("example plugin {name} was not built and is not deployed (see the README's prerequisites): {e:#}");
     }
-    let config = dev_config(addr, &origin, &data_dir)?;
+    let mut config = dev_config(addr, &origin, &data_dir)?;
+    config.clock = clock;
+    if clock.scale() != 1.0 {
+        tracing::info!(scale = clock.scale(), "timers run {}x faster than real time", clock.scale());
+    }
     let admin_listener = crate::server::Listeners::bind_admin(config.admin_listen).await?;
     let admin = match &admin_listener {
         Some(l) => l.local_addr()?.to_string(),

@@ -82,7 +82,7 @@ const JS_SOURCE: &str = r#"// NAME: replies to every message a customer sends wi
 // the delivery with its message.
 import { sms, config, log } from './switchboard.js';
 
-/** @param {import('switchboard:plugin/types@0.1.0').SmsEvent} event */
+/** @param {import('switchboard:plugin/types@0.2.0').SmsEvent} event */
 export async function handleEvent(event) {
   if (event.kind !== 'received') {
     return;
@@ -232,7 +232,9 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
                 manifest(
                     name,
                     lang,
-                    &format!("componentize-js plugin.js --wit \"$SWITCHBOARD_WIT\" -n plugin -d fetch-event -o \"$OUT_DIR/{name}.wasm\""),
+                    &format!(
+                        "componentize-js plugin.js --wit \"$SWITCHBOARD_WIT\" -n switchboard:plugin/plugin@0.2.0 -d fetch-event -o \"$OUT_DIR/{name}.wasm\""
+                    ),
                 ),
             ),
             (".gitignore", "/target\n".into()),
@@ -245,7 +247,9 @@ pub fn new_plugin(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathB
                 manifest(
                     name,
                     lang,
-                    &format!("componentize-py -d \"$SWITCHBOARD_WIT\" -w plugin componentize app -o \"$OUT_DIR/{name}.wasm\""),
+                    &format!(
+                        "componentize-py -d \"$SWITCHBOARD_WIT\" -w switchboard:plugin/plugin@0.2.0 componentize app -o \"$OUT_DIR/{name}.wasm\""
+                    ),
                 ),
             ),
             (".gitignore", "/target\n__pycache__/\n".into()),

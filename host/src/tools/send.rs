@@ -97,6 +97,8 @@ impl Sample {
             }
             EventKind::OptOut => "STOP",
             EventKind::OptIn => "START",
+            // Not a webhook: `send` refuses the kind before it gets here.
+            EventKind::Timer => "",
         };
         Sample {
             from: from.into(),
@@ -169,6 +171,7 @@ pub fn build_payload(req: &SendRequest, webhook_url: &str) -> (Value, String) {
                 EventKind::Delivered => ("sms.status_updated", "delivered"),
                 EventKind::Failed => ("sms.status_updated", "failed"),
                 EventKind::OptOut | EventKind::OptIn => ("jc.contact_status_updated", ""),
+                EventKind::Timer => ("timer", ""),
             };
             let message_id = req
                 .message_id

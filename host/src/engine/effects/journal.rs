@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::OutgoingSms;
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::justcall::{JustCallClient, JustCallError};
 use crate::storage::{Db, DbError, JournalEntry, JournalState};
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::journal::Journal;
 use super::{Effects, OutgoingSms, Parsed, parse};
 use crate::config::{AllowedHost, Manifest};
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::engine::tenant::Tenant;
 

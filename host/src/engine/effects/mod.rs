@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 
 pub mod journal;

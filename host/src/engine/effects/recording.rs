@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{Effects, OutgoingSms, parse};
 use crate::config::AllowedHost;
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::sync::lock;
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use sha2::Digest as _;
 
 use super::{Effects, Live, OutgoingSms};
-use crate::engine::bindings::switchboard::plugin::http;
+use crate::engine::bindings::http;
 use crate::engine::justcall::{ApiMessage, JustCallError};
 use crate::sync::lock;
 

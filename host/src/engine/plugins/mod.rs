@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{ConfigError, Manifest};
 use crate::domain::EventKind;
-use crate::engine::bindings::PluginPre;
-use crate::engine::capabilities::PluginCtx;
+use crate::engine::contract::PluginPre;
 use crate::engine::runtime::{LoadError, Prepared, Runtime};
 
 mod versions;
@@ -27,7 +26,7 @@ pub struct LoadedPlugin {
     /// Its manifest (defaults when there is no `.toml`).
     pub manifest: Arc<Manifest>,
     /// Pre-instantiated component, ready for a fresh instance per event.
-    pub pre: PluginPre<PluginCtx>,
+    pub pre: PluginPre,
     /// Its engine's epoch ticker, kept running while an invocation runs.
     pub ticker: crate::engine::runtime::TickerHandle,
     /// The manifest's text, to notice manifest-only changes.
@@ -123,6 +122,17 @@ pub enum PluginLoadError {
         mb: usize,
         /// The host's budget, MiB.
         budget_mb: usize,
+    },
+    /// Its manifest has `[[schedule]]`s but its component targets a
+    /// contract without timers.
+    #[error("{path}: [[schedule]] needs a plugin built against {needs}; this one targets {has}")]
+    ContractTooOld {
+        /// The file.
+        path: PathBuf,
+        /// What the component targets.
+        has: crate::engine::contract::Contract,
+        /// The oldest version with timers.
+        needs: crate::engine::contract::Contract,
     },
 }
 
@@ -290,6 +300,13 @@ impl Registry {
                 path: wasm.to_path_buf(),
                 source,
             })?;
+        if !manifest.schedules.is_empty() && !pre.contract().has_timers() {
+            return Err(PluginLoadError::ContractTooOld {
+                path: wasm.to_path_buf(),
+                has: pre.contract(),
+                needs: crate::engine::contract::Contract::CURRENT,
+            });
+        }
         Ok(LoadedPlugin {
             version: version_id(&hash, manifest_src.as_deref()),
             name,
