@@ -269,7 +269,15 @@ impl TestHostBuilder {
 
     pub async fn start(self) -> TestHost {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        TestHost::start_with(dir, self.tenants, self.delivery, self.front_door, self.operator, (self.secrets, self.clock)).await
+        TestHost::start_with(
+            dir,
+            self.tenants,
+            self.delivery,
+            self.front_door,
+            self.operator,
+            (self.secrets, self.clock),
+        )
+        .await
     }
 }
 
@@ -321,7 +329,12 @@ impl TestHost {
             let tdir = plugins_dir.join(t.id);
             std::fs::create_dir_all(&tdir).unwrap();
             for p in &t.plugins {
-                std::fs::copy(guest(p.package), tdir.join(format!("{}.wasm", p.name))).unwrap();
+                // A package, or a kept binary under tests/fixtures (`….wasm`).
+                let wasm = match p.package.ends_with(".wasm") {
+                    true => fixtures_dir().join(p.package),
+                    false => guest(p.package),
+                };
+                std::fs::copy(wasm, tdir.join(format!("{}.wasm", p.name))).unwrap();
                 std::fs::write(tdir.join(format!("{}.toml", p.name)), &p.manifest).unwrap();
             }
             dev |= t.auth == WebhookAuth::None;

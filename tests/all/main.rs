@@ -25,6 +25,7 @@ mod secrets;
 #[path = "../support/sign_in.rs"]
 mod sign_in;
 mod signatures;
+mod timers;
 mod tls;
 mod tokens;
 mod traces;

@@ -10,6 +10,7 @@ pub mod auth;
 mod deploy;
 mod search;
 mod secrets;
+mod timers;
 mod tokens;
 
 use axum::extract::{Path, Query, State};
@@ -89,6 +90,7 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant}/events/{event}/replay", post(replay))
         .route("/tenants/{tenant}/verifications", get(verifications))
         .route("/tenants/{tenant}/plugins/{plugin}/kv", get(kv))
+        .route("/tenants/{tenant}/timers", get(timers::list))
         .route("/tenants/{tenant}/tokens", get(tokens::list).post(tokens::create))
         .route("/tenants/{tenant}/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/tenants/{tenant}/audit", get(tokens::audit_log))
@@ -200,6 +202,8 @@ pub(crate) async fn plugin_statuses(state: &AppState, tenant: &str) -> Result<Ve
             "summary": summary,
             "hash": p.hash,
             "version": p.version,
+            "contract": p.pre.contract().as_str(),
+            "schedules": p.manifest.schedules.iter().map(|s| json!({ "name": s.name, "cron": s.pattern, "timezone": s.timezone.name() })).collect::<Vec<_>>(),
             "trial": state.trials.get(tenant, &p.name).map(|t| json!({ "mode": if t.kind == crate::engine::trials::TrialKind::Shadow { "shadow" } else { "canary" }, "version": t.plugin.version })),
             "loaded_at": p.loaded_at,
             "events": p.manifest.events.as_ref().map(|k| k.iter().map(|k| k.as_str()).collect::<Vec<_>>()),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::str::FromStr as _;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike as _, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
 use toml::Spanned;
@@ -48,6 +48,8 @@ impl Schedule {
 
     /// The first time the schedule is due strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Patterns name whole seconds: match from `after`'s second.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         let local = after.with_timezone(&self.timezone);
         self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }

@@ -156,6 +156,21 @@ pub enum AdminCommand {
         #[arg(long)]
         plugin: String,
     },
+    /// A tenant's pending timers and schedules, soonest first.
+    Timers {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A plugin's KV entries, in key order.
     Kv {
         /// Tenant id.
@@ -316,6 +331,13 @@ impl AdminCommand {
             AdminCommand::StopTrial { tenant, plugin } => {
                 client.post(format!("{base}/admin/tenants/{}/plugins/{}/trial/stop", seg(tenant), seg(plugin)))
             }
+            AdminCommand::Timers { tenant, plugin, limit, .. } => {
+                let mut q = vec![("limit", limit.to_string())];
+                if let Some(p) = plugin {
+                    q.push(("plugin", p.clone()));
+                }
+                client.get(format!("{base}/admin/tenants/{}/timers", seg(tenant))).query(&q)
+            }
             AdminCommand::Kv {
                 tenant,
                 plugin,
@@ -359,6 +381,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             (AdminCommand::Trial { json: false, .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_trial(&v["trial"])),
             (AdminCommand::Rollback { .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_switch("rolled back", &v)),
             (AdminCommand::Promote { .. }, Ok(v)) => print!("{}", crate::tools::deploy::describe_switch("promoted", &v)),
+            (AdminCommand::Timers { json: false, .. }, Ok(v)) => print!("{}", describe_timers(&v)),
             _ => println!("{shown}"),
         }
         Ok(ExitCode::SUCCESS)
@@ -366,6 +389,31 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {status}: {shown}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// A table of pending timers: plugin, key, when due and how soon (on the
+/// server's clock, which `--time-scale` may run fast).
+fn describe_timers(v: &serde_json::Value) -> String {
+    let timers = v["timers"].as_array().cloned().unwrap_or_default();
+    if timers.is_empty() {
+        return format!("no pending timers for {}\n", v["tenant"].as_str().unwrap_or_default());
+    }
+    let s = |t: &serde_json::Value, k: &str| crate::domain::escape_controls(t[k].as_str().unwrap_or_default()).into_owned();
+    let mut out = format!("{:<24} {:<32} {:<26} {}\n", "PLUGIN", "KEY", "DUE (UTC)", "IN");
+    for t in &timers {
+        let ms = t["due_in_ms"].as_i64().unwrap_or_default();
+        let due_in = if ms <= 0 {
+            "due now".to_string()
+        } else {
+            humantime::format_duration(std::time::Duration::from_secs((ms as u64).div_ceil(1000))).to_string()
+        };
+        let key = match t["schedule"].as_str() {
+            Some(spec) => format!("{} (schedule {spec})", s(t, "key")),
+            None => s(t, "key"),
+        };
+        out.push_str(&format!("{:<24} {:<32} {:<26} {due_in}\n", s(t, "plugin"), key, s(t, "due_at")));
+    }
+    out
 }
 
 /// Prints the tail's events as they arrive: a line per attempt, then its
