@@ -17,6 +17,7 @@ import * as witHttp from 'switchboard:plugin/http@0.1.0';
 import * as witKv from 'switchboard:plugin/kv@0.1.0';
 import * as witConfig from 'switchboard:plugin/config@0.1.0';
 import * as witLog from 'switchboard:plugin/log@0.1.0';
+import * as witTimers from 'switchboard:plugin/timers@0.2.0';
 
 /** @typedef {import('switchboard:plugin/types@0.2.0').SmsEvent} SmsEvent */
 
@@ -105,6 +106,51 @@ export const http = {
   send(method, url, { headers = [], body = new Uint8Array() } = {}) {
     const bytes = typeof body === 'string' ? encoder.encode(body) : body;
     return host('http.send', () => witHttp.send({ method, url, headers, body: bytes }));
+  },
+};
+
+/**
+ * Act later: a timer fires as an event of kind `timer` whose `timer` holds
+ * its key and payload. Changes count only if this event's handling
+ * succeeds, so a retried event never schedules twice.
+ */
+export const timers = {
+  /**
+   * Schedules `key` in `ms` milliseconds with a JSON payload, replacing a
+   * pending timer with that key.
+   * @param {string} key
+   * @param {number} ms
+   * @param {any} [payload]
+   */
+  after(key, ms, payload = null) {
+    const due = { tag: 'after-ms', val: BigInt(Math.max(0, Math.round(ms))) };
+    host('timers.schedule', () => witTimers.schedule(key, due, encoder.encode(JSON.stringify(payload))));
+  },
+  /**
+   * Schedules `key` at an RFC 3339 instant with a JSON payload.
+   * @param {string} key
+   * @param {string} at
+   * @param {any} [payload]
+   */
+  at(key, at, payload = null) {
+    host('timers.schedule', () => witTimers.schedule(key, { tag: 'at', val: at }, encoder.encode(JSON.stringify(payload))));
+  },
+  /**
+   * Cancels the pending timer with this key; whether there was one.
+   * @param {string} key
+   * @returns {boolean}
+   */
+  cancel(key) {
+    return host('timers.cancel', () => witTimers.cancel(key));
+  },
+  /**
+   * The JSON payload of a timer event (null for a schedule's).
+   * @param {SmsEvent} event
+   * @returns {any}
+   */
+  payload(event) {
+    const data = event.timer?.payload;
+    return data && data.length ? JSON.parse(decoder.decode(data)) : null;
   },
 };
 

@@ -38,6 +38,7 @@ from wit_world.imports import http as _http
 from wit_world.imports import kv as _kv
 from wit_world.imports import log as _log
 from wit_world.imports import sms as _sms
+from wit_world.imports import timers as _timers
 from wit_world.imports import types as _types
 
 T = TypeVar("T")
@@ -113,6 +114,36 @@ class kv:
     @staticmethod
     def keys(prefix: str = "") -> list[str]:
         return _host("kv.list-keys", lambda: _kv.list_keys(prefix))
+
+
+class timers:
+    """Act later: a timer fires as an event of kind TIMER whose `timer`
+    holds its key and payload. Changes count only if this event's handling
+    succeeds, so a retried event never schedules twice."""
+
+    @staticmethod
+    def after(key: str, ms: int, payload: Any = None) -> None:
+        """Schedules `key` in `ms` milliseconds with a JSON payload, replacing
+        a pending timer with that key."""
+        data = json.dumps(payload).encode()
+        _host("timers.schedule", lambda: _timers.schedule(key, _timers.Due_AfterMs(ms), data))
+
+    @staticmethod
+    def at(key: str, when: str, payload: Any = None) -> None:
+        """Schedules `key` at an RFC 3339 instant with a JSON payload."""
+        data = json.dumps(payload).encode()
+        _host("timers.schedule", lambda: _timers.schedule(key, _timers.Due_At(when), data))
+
+    @staticmethod
+    def cancel(key: str) -> bool:
+        """Cancels the pending timer with this key; whether there was one."""
+        return _host("timers.cancel", lambda: _timers.cancel(key))
+
+    @staticmethod
+    def payload(event: _types.SmsEvent) -> Any:
+        """The JSON payload of a timer event (None for a schedule's)."""
+        data = bytes(event.timer.payload) if event.timer else b""
+        return json.loads(data) if data else None
 
 
 class config:

@@ -293,3 +293,70 @@ async fn a_timer_fires_once_across_kill_9() {
     assert_eq!(stored(), 0);
     drop(server);
 }
+
+/// The fifth example: a booking texted to a customer schedules a reminder a
+/// day before it and an escalation if they stay quiet; a CONFIRM cancels
+/// both. An hour passes every second here.
+#[tokio::test]
+async fn appointment_reminder_reminds_escalates_and_stops_on_confirm() {
+    let (jc, team) = (FakeJustCall::start().await, Recorder::start().await);
+    let manifest = format!(
+        "events = [\"sent\", \"received\", \"opt-out\"]\nallowed_hosts = [\"{0}\"]\n[config]\nutc_offset = \"+00:00\"\n\
+         remind_before = \"24h\"\nescalate_after = \"2h\"\nteam_url = \"{0}/team\"\n",
+        team.url
+    );
+    let clock = switchboard::domain::Clock::new(None, 3_600.0);
+    let host = TestHost::builder(vec![TenantSpec::new("acme", &jc.url).plugin(PluginSpec::new(
+        "appointment-reminder",
+        "appointment-reminder",
+        manifest,
+    ))])
+    .clock(clock)
+    .start()
+    .await;
+    // Appointments 30 h ahead (on the host's clock): reminders due in 6 h.
+    let when = (clock.now() + chrono::Duration::hours(30)).format("%Y-%m-%d %H:%M").to_string();
+    let booking = |contact: &str, id: &str| {
+        fixture("seed-format/sms.sent.json")
+            .replace("sb_m003", id)
+            .replace("+15125551234", contact)
+            .replace("Booked: Tuesday 10:30.", &format!("Booked: {when}."))
+    };
+    let (quiet, confirms) = ("+15125551234", "+15125557777");
+    for (contact, id) in [(quiet, "book-1"), (confirms, "book-2")] {
+        let (status, v) = host.post("acme", booking(contact, id), &[]).await;
+        assert_eq!(status, 202, "{v}");
+    }
+    let mut keys = Vec::new();
+    while keys.len() < 4 {
+        keys = pending(&host, "acme").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("escalate:{quiet}"),
+            format!("escalate:{confirms}"),
+            format!("reminder:{quiet}"),
+            format!("reminder:{confirms}")
+        ]
+    );
+    let confirm = fixture("seed-format/sms.received-confirm.json")
+        .replace("sb_m002", "confirm-2")
+        .replace("+15125551234", confirms);
+    let (status, _) = host.post("acme", confirm, &[]).await;
+    assert_eq!(status, 202);
+    // Two hours on, the quiet customer is escalated to the team, once.
+    let told = team.wait_for_count("/team", 1).await;
+    assert_eq!(told[0].body["contact"], quiet);
+    assert!(told[0].body["booking"].as_str().unwrap().contains(&when));
+    // Six hours on, the quiet customer is reminded; the one who confirmed is not.
+    let sent = jc.wait_for_sent(1).await;
+    assert_eq!((sent[0].to.as_str(), sent[0].from.as_str()), (quiet, "+15125550100"));
+    assert!(sent[0].body.contains(&when), "{}", sent[0].body);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(jc.sent().len(), 1);
+    assert_eq!(team.to("/team").len(), 1);
+    assert!(pending(&host, "acme").await.is_empty());
+}

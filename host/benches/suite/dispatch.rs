@@ -103,7 +103,7 @@ impl Invoker {
             trace: Default::default(),
             kv: Default::default(),
             secrets: Default::default(),
-            timers: switchboard::engine::timers::TimerStage::new(Default::default()),
+            timers: switchboard::engine::timer_stage::TimerStage::new(Default::default()),
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench suite              # all
-//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | fairness | storage | search | author | deploy
+//! cargo bench --bench suite -- reload    # one part: dispatch | ingest | full-path | reload | neighbour | fairness | storage | search | author | deploy | timers
 //! ```
 //!
 //! The server under test is the real release binary on loopback over a real
@@ -23,6 +23,7 @@ mod search;
 #[path = "../../../tests/support/sign_in.rs"]
 mod sign_in;
 mod storage;
+mod timers;
 
 use serde_json::{Map, Value, json};
 
@@ -78,6 +79,9 @@ async fn main() {
     if wants("deploy") {
         report.extend(deploy::run(&guests).await);
     }
+    if wants("timers") {
+        report.extend(timers::run(&guests).await);
+    }
     report.insert("machine".into(), common::machine());
     print_table(&report);
     let dir = common::target_dir().join("bench");
@@ -93,7 +97,7 @@ fn print_table(report: &Map<String, Value>) {
         "full_path_eps": ">= 2000", "reload_ms": "<= 250", "reload_cached_ms": "<= 20", "rss_mb_1000x4": "<= 300",
         "neighbour_p99_ratio": "<= 1.1", "plugin_test_warm_ms_js": "< 1000", "plugin_test_warm_ms_python": "< 1000",
         "fair_victim_p99_ms": "<= fair_alone_p99_ms + 100", "burst_rss_mb": "<= 512 + idle + overhead",
-        "shadow_overhead_pct": "<= 5",
+        "shadow_overhead_pct": "<= 5", "timer_fire_lag_ms_p99": "<= 1000",
     });
     println!("\n{:<28} {:>14}  target", "figure", "value");
     for (k, v) in report {

@@ -123,7 +123,7 @@ pub const LIMITS: [LimitSpec; 15] = [
         [256, 1, 1 << 10, 16 << 10],
         Unit::Kibibytes,
     ),
-    row(Limit::Timers, "timers", [1_000, 1, 10_000, 100_000], Unit::Count),
+    row(Limit::Timers, "timers", [1_000, 1, 10_000, 1_000_000], Unit::Count),
     row(Limit::TimerPayloadKb, "timer_payload_kb", [4, 1, 16, 64], Unit::Kibibytes),
     row(Limit::TimerMaxDays, "timer_max_days", [90, 1, 366, 3_660], Unit::Days),
 ];

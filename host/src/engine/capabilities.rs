@@ -66,7 +66,7 @@ pub struct Invocation {
     /// and they are scrubbed from its log lines.
     pub secrets: crate::engine::secrets::PluginSecrets,
     /// Its timer changes, applied only if the delivery succeeds.
-    pub timers: Arc<crate::engine::timers::TimerStage>,
+    pub timers: Arc<crate::engine::timer_stage::TimerStage>,
 }
 
 /// Tracks linear-memory growth against the plugin's cap and remembers a refusal.

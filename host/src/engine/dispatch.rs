@@ -67,7 +67,7 @@ pub struct DispatchCtx {
     /// Timer time.
     pub clock: crate::domain::Clock,
     /// Tells the timekeeper a delivery changed timers.
-    pub wake: crate::engine::timers::Wake,
+    pub wake: crate::engine::timer_stage::Wake,
 }
 
 /// Which (tenant, plugin) pairs are paused: the dispatcher's copy of the
@@ -295,7 +295,7 @@ async fn run_job(ctx: &DispatchCtx, job: &Job) -> Option<Finished> {
     let secrets = ctx.vault.for_plugin(tenant_id, &job.plugin);
     trace.hide(secrets.clone());
     let mut plugin_hash = None;
-    let timers = crate::engine::timers::TimerStage::new(ctx.clock);
+    let timers = crate::engine::timer_stage::TimerStage::new(ctx.clock);
     // A canary takes its share of contacts; a shadow needs what this run does.
     let trial = ctx.trials.get(tenant_id, &job.plugin);
     let (serving, arm) = match (ctx.registry.get(tenant_id, &job.plugin), &trial) {

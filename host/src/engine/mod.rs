@@ -25,6 +25,7 @@ pub mod stdio;
 pub mod tail;
 pub mod tenant;
 pub mod timekeeper;
+pub mod timer_stage;
 pub mod timers;
 pub mod trace;
 pub mod trials;

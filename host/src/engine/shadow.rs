@@ -95,7 +95,7 @@ impl ShadowQueue {
             let live = Live::new(tenant.clone(), http, plugin.manifest.clone(), None);
             let inv = Invocation {
                 // A shadow's timer changes are never committed.
-                timers: crate::engine::timers::TimerStage::new(crate::domain::Clock::wall()),
+                timers: crate::engine::timer_stage::TimerStage::new(crate::domain::Clock::wall()),
                 tenant: tenant.clone(),
                 plugin: Arc::from(plugin.name.as_str()),
                 manifest: plugin.manifest.clone(),

@@ -12,7 +12,7 @@ use crate::domain::clock::ms_to_rfc3339;
 use crate::domain::{Clock, Event, TimerFiring};
 use crate::engine::dispatch::{Dispatcher, Job};
 use crate::engine::plugins::Registry;
-use crate::engine::timers::Wake;
+use crate::engine::timer_stage::Wake;
 use crate::storage::{Db, Firing, NewDelivery, ScheduleRow, StoredTimer};
 
 /// Timers fired per transaction.

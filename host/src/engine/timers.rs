@@ -1,73 +1,17 @@
 //! The `timers` host calls: a delivery's schedules and cancels are checked
-//! against the plugin's limits and staged in its [`TimerStage`], which the
-//! dispatcher commits with the delivery's success (and drops on failure), so
-//! a retried delivery never schedules twice. Also [`Wake`], how a commit
-//! tells the timekeeper that the soonest timer may have changed.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+//! against the plugin's limits (key, payload, delay, pending count) and
+//! staged in its [`TimerStage`](crate::engine::timer_stage::TimerStage), which the dispatcher commits with the
+//! delivery's success.
 
 use crate::config::Limits;
-use crate::domain::Clock;
 use crate::domain::clock::ms_to_rfc3339;
 use crate::engine::bindings::timers::{self, Due, Timer, TimerError};
 use crate::engine::capabilities::{Invocation, PluginCtx};
-use crate::storage::{DbError, TimerChange};
-use crate::sync::lock;
+use crate::engine::timer_stage::Staged;
+use crate::storage::DbError;
 
 /// Longest timer key, bytes.
 pub const MAX_TIMER_KEY: usize = 256;
-
-/// Tells the timekeeper to look at the soonest timer again.
-pub type Wake = Arc<tokio::sync::Notify>;
-
-/// One key as this delivery leaves it.
-#[derive(Debug, Clone)]
-struct Staged {
-    /// A timer with the key was pending when the delivery first touched it.
-    existed: bool,
-    /// Scheduled (due ms, payload, call seq) or cancelled (`None`).
-    state: Option<(i64, Vec<u8>, u32)>,
-}
-
-/// A delivery's timer changes, keyed, in the order they end up.
-#[derive(Debug)]
-pub struct TimerStage {
-    clock: Clock,
-    keys: std::sync::Mutex<BTreeMap<String, Staged>>,
-    seq: AtomicU32,
-}
-
-impl TimerStage {
-    /// An empty stage on `clock`.
-    pub fn new(clock: Clock) -> Arc<TimerStage> {
-        Arc::new(TimerStage {
-            clock,
-            keys: Default::default(),
-            seq: AtomicU32::new(0),
-        })
-    }
-
-    /// The changes to commit with the delivery's success.
-    pub fn take(&self) -> Vec<TimerChange> {
-        std::mem::take(&mut *lock(&self.keys))
-            .into_iter()
-            .map(|(key, s)| match s.state {
-                Some((due_ms, payload, seq)) => TimerChange::Schedule { key, due_ms, payload, seq },
-                None => TimerChange::Cancel { key },
-            })
-            .collect()
-    }
-
-    /// Pending timers this delivery adds (negative: removes).
-    fn net_added(&self) -> i64 {
-        lock(&self.keys)
-            .values()
-            .map(|s| i64::from(s.state.is_some()) - i64::from(s.existed))
-            .sum()
-    }
-}
 
 fn storage(e: DbError) -> TimerError {
     TimerError::Storage(e.to_string())
@@ -76,7 +20,7 @@ fn storage(e: DbError) -> TimerError {
 /// The key's staged state, reading the store the first time the delivery
 /// touches it.
 async fn staged(inv: &Invocation, key: &str) -> Result<Staged, TimerError> {
-    if let Some(s) = lock(&inv.timers.keys).get(key) {
+    if let Some(s) = inv.timers.get(key) {
         return Ok(s.clone());
     }
     let stored = inv.db.timer(&inv.tenant.config.id, &inv.plugin, key).await.map_err(storage)?;
@@ -98,7 +42,7 @@ async fn schedule(inv: &Invocation, limits: Limits, key: String, when: Due, payl
         )));
     }
     let stage = &inv.timers;
-    let now = stage.clock.now_ms();
+    let now = stage.clock().now_ms();
     let due_ms = match &when {
         Due::AfterMs(ms) => now.saturating_add(i64::try_from(*ms).unwrap_or(i64::MAX)),
         Due::At(at) => chrono::DateTime::parse_from_rfc3339(at)
@@ -115,7 +59,11 @@ async fn schedule(inv: &Invocation, limits: Limits, key: String, when: Due, payl
     }
     let mut staged = staged(inv, &key).await?;
     if staged.state.is_none() {
-        let pending = inv.db.timer_count(&inv.tenant.config.id, &inv.plugin).await.map_err(storage)?;
+        // Counted once per delivery; its own changes are added to it.
+        let pending = stage
+            .stored(|| inv.db.timer_count(&inv.tenant.config.id, &inv.plugin))
+            .await
+            .map_err(storage)?;
         if pending as i64 + stage.net_added() >= limits.timers as i64 {
             return Err(TimerError::QuotaExceeded(format!(
                 "timers: {} timers are already pending",
@@ -123,16 +71,16 @@ async fn schedule(inv: &Invocation, limits: Limits, key: String, when: Due, payl
             )));
         }
     }
-    let seq = stage.seq.fetch_add(1, Ordering::Relaxed);
+    let seq = stage.next_seq();
     staged.state = Some((due_ms, payload, seq));
-    lock(&stage.keys).insert(key, staged);
+    stage.put(key, staged);
     Ok(due_ms)
 }
 
 async fn cancel(inv: &Invocation, key: String) -> Result<bool, TimerError> {
     let mut staged = staged(inv, &key).await?;
     let was = staged.state.take().is_some();
-    lock(&inv.timers.keys).insert(key, staged);
+    inv.timers.put(key, staged);
     Ok(was)
 }
 

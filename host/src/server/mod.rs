@@ -234,7 +234,7 @@ pub async fn run_with_routes(
     // Versions on trial before the restart are on trial again.
     let trials = Arc::new(crate::engine::trials::Trials::persisted(db.clone()));
     trials.resume(&registry, &config.plugins_dir).await;
-    let wake = crate::engine::timers::Wake::default();
+    let wake = crate::engine::timer_stage::Wake::default();
     let (dispatcher, dispatch_handle) = Dispatcher::start(
         DispatchCtx {
             registry: registry.clone(),

@@ -12,8 +12,9 @@ pub struct AdminArgs {
     /// The admin API's base URL (the config's `admin_listen`).
     #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
-    /// The bearer token: the config's `admin_token`, or a tenant's API token.
-    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    /// The bearer token: the config's `admin_token`, or a tenant's API
+    /// token (default: `switchboard dev`'s, so trying it needs none).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true, default_value = crate::tools::dev::DEV_ADMIN_TOKEN)]
     token: String,
     #[command(subcommand)]
     command: AdminCommand,

@@ -283,7 +283,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let log = CallLog::default();
     let inv = Invocation {
         // Recorded in the trace, never stored.
-        timers: crate::engine::timers::TimerStage::new(crate::domain::Clock::wall()),
+        timers: crate::engine::timer_stage::TimerStage::new(crate::domain::Clock::wall()),
         trace: Default::default(),
         kv: Default::default(),
         secrets: Default::default(),

@@ -65,10 +65,8 @@ fn replied(event: &SmsEvent) -> Result<(), PluginError> {
     let contact = &event.from;
     timers::cancel(&format!("escalate:{contact}"))?;
     let word = event.body.trim().to_ascii_uppercase();
-    if word == "CONFIRM" || word == "STOP" {
-        if timers::cancel(&format!("reminder:{contact}"))? {
-            log::info(&format!("{contact} answered {word}: reminder cancelled"));
-        }
+    if (word == "CONFIRM" || word == "STOP") && timers::cancel(&format!("reminder:{contact}"))? {
+        log::info(&format!("{contact} answered {word}: reminder cancelled"));
     }
     Ok(())
 }
@@ -129,7 +127,11 @@ fn find_date_time(text: &str) -> Option<NaiveDateTime> {
     words.iter().enumerate().find_map(|(i, w)| {
         let date = NaiveDate::parse_from_str(w, "%Y-%m-%d").ok()?;
         let rest = &words[i + 1..];
-        let rest = if rest.first().is_some_and(|w| w.eq_ignore_ascii_case("at")) { &rest[1..] } else { rest };
+        let rest = if rest.first().is_some_and(|w| w.eq_ignore_ascii_case("at")) {
+            &rest[1..]
+        } else {
+            rest
+        };
         let time = parse_time(rest.first()?, rest.get(1).copied())?;
         Some(date.and_time(time))
     })
@@ -147,4 +149,3 @@ fn parse_time(word: &str, next: Option<&str>) -> Option<NaiveTime> {
 }
 
 export_plugin!(AppointmentReminder);
-
