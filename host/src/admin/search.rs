@@ -62,7 +62,7 @@ impl SearchParams {
         let kind = given(&self.kind)
             .map(|k| {
                 EventKind::from_name(k).ok_or_else(|| {
-                    let all: Vec<&str> = EventKind::ALL.iter().map(|s| s.seed_name()).collect();
+                    let all: Vec<&str> = EventKind::ALL.iter().chain(&[EventKind::Timer]).map(|s| s.seed_name()).collect();
                     AdminError::BadRequest(format!("kind `{k}` is not one of {}", all.join(", ")))
                 })
             })

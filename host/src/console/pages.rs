@@ -280,7 +280,7 @@ pub fn deliveries(session: &Session, tenant: &str, params: &SearchParams, plugin
             label { "Body text" input type="search" name="text" value=(v(&params.text)) placeholder="confirm"; }
             label { "Kind" select name="kind" {
                 option value="" { "any" }
-                @for k in EventKind::ALL { option value=(k.seed_name()) selected[selected(&params.kind, k.seed_name())] { (k.seed_name()) } }
+                @for k in EventKind::ALL.into_iter().chain([EventKind::Timer]) { option value=(k.seed_name()) selected[selected(&params.kind, k.seed_name())] { (k.seed_name()) } }
             } }
             label { "Plugin" select name="plugin" {
                 option value="" { "any" }
