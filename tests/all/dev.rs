@@ -71,6 +71,86 @@ async fn dev_serves_the_quick_start_and_reports_statuses_like_justcall() {
     assert!(dev.stop(), "dev stopped cleanly on SIGINT");
 }
 
+/// The README's "act later" quick start: `dev --time-scale 8640` (a day in
+/// ten seconds), a booking sent with `switchboard send`, the pending timers
+/// listed by `switchboard admin timers`, then the escalation and exactly one
+/// reminder (the reminder's own `sent` status webhook is not a booking).
+#[tokio::test]
+async fn dev_time_scale_reminds_once_before_a_booking() {
+    let _load = crate::harness::heavy().await;
+    let data = tempfile::tempdir().unwrap();
+    let _stderr = ShowOnPanic(data.path().join("dev.stderr"));
+    let port = free_port_and_next();
+    let (dev, rx) = spawn_dev(&["--time-scale", "8640"], data.path(), port);
+    let origin = format!("http://127.0.0.1:{port}");
+    line_where(&rx, Duration::from_secs(600), |l| {
+        l == format!("Switchboard dev is listening on {origin}")
+    });
+    let day = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%d").to_string();
+    let booking = format!("Your cleaning is booked for {day} 10:00. Reply CONFIRM to confirm.");
+    let (ok, out, err) = crate::harness::switchboard(
+        &[
+            "send",
+            "--url",
+            &origin,
+            "--tenant",
+            "demo",
+            "--kind",
+            "sent",
+            "--to",
+            "+15125551234",
+            "--body",
+            &booking,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let admin = format!("http://127.0.0.1:{}", port + 1);
+    let listed = wait_up_to("the reminder to be listed", Duration::from_secs(10), || async {
+        let (ok, out, _) = crate::harness::switchboard(&["admin", "--url", &admin, "timers", "--tenant", "demo"], &[], None).await;
+        (ok && out.contains("reminder:+15125551234")).then_some(out)
+    })
+    .await;
+    assert!(listed.starts_with("PLUGIN"), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "{}T10:00:00.000Z",
+            (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d")
+        )),
+        "{listed}"
+    );
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let reminders = || async {
+        let list = get_json(
+            &client,
+            &format!("{origin}/justcall/api/v2/texts/list"),
+            Some("demo-key:demo-secret"),
+        )
+        .await?;
+        let sent: Vec<Value> = list["data"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["to"] == "+15125551234" && m["body"].as_str().is_some_and(|b| b.starts_with("Reminder:")))
+            .cloned()
+            .collect();
+        Some(sent)
+    };
+    let first = wait_up_to("the reminder", Duration::from_secs(60), || async {
+        reminders().await.filter(|r| !r.is_empty())
+    })
+    .await;
+    assert!(first[0]["body"].as_str().unwrap().contains(&format!("{day} 10:00")), "{}", first[0]);
+    let team = get_json(&client, &format!("{origin}/dev/sink/team"), None).await.unwrap();
+    assert_eq!(team["data"].as_array().map(Vec::len), Some(1), "{team}");
+    // A day on the fast clock later, still one reminder.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(reminders().await.map(|r| r.len()), Some(1));
+    assert!(dev.stop(), "dev stopped cleanly on SIGINT");
+}
+
 /// Polls `check` until it gives a value (two minutes at most).
 async fn wait<T, F, Fut>(what: &str, check: F) -> T
 where

@@ -6,10 +6,12 @@
 //! that long is POSTed to the team as `{contact, line, booking, waited}`.
 //!
 //! Timers are keyed by contact (`reminder:+1…`, `escalate:+1…`), so a new
-//! booking replaces the old one's timers.
+//! booking replaces the old one's timers. A reminder's text is kept in KV
+//! (before it is sent) until its own `sent` event comes back, which is then
+//! not taken for a booking.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone as _};
-use switchboard_plugin_sdk::{EventKind, Plugin, PluginError, SmsEvent, config, export_plugin, http, log, sms, timers};
+use switchboard_plugin_sdk::{EventKind, Plugin, PluginError, SmsEvent, config, export_plugin, http, kv, log, sms, timers};
 
 const DEFAULT_TEXT: &str = "Reminder: your appointment is on {when}. Reply CONFIRM to confirm.";
 
@@ -27,8 +29,14 @@ impl Plugin for AppointmentReminder {
     }
 }
 
-/// The business texted a customer: schedule what a booking needs.
+/// The business texted a customer: schedule what a booking needs. Our own
+/// reminders come back as `sent` events too; they are not bookings.
 fn booked(event: &SmsEvent) -> Result<(), PluginError> {
+    let ours = format!("reminding/{}", event.to);
+    if kv::get_string(&ours)?.is_some_and(|text| text == event.body) {
+        kv::delete(&ours)?;
+        return Ok(());
+    }
     let offset: FixedOffset = config::get("utc_offset")
         .unwrap_or_else(|| "+00:00".into())
         .parse()
@@ -84,8 +92,12 @@ fn fired(event: &SmsEvent) -> Result<(), PluginError> {
         serde_json::from_slice(&t.payload).map_err(|e| PluginError::new(format!("timer {} payload: {e}", t.key)))?;
     let field = |k: &str| booking[k].as_str().unwrap_or_default().to_string();
     if t.key.starts_with("reminder:") {
-        let text = config::get("reminder_text").unwrap_or_else(|| DEFAULT_TEXT.into());
-        match sms::send(&field("line"), &field("contact"), &text.replace("{when}", &field("when"))) {
+        let text = config::get("reminder_text")
+            .unwrap_or_else(|| DEFAULT_TEXT.into())
+            .replace("{when}", &field("when"));
+        // Noted before sending, so its `sent` event finds it however soon it comes.
+        kv::set(&format!("reminding/{}", field("contact")), &text)?;
+        match sms::send(&field("line"), &field("contact"), &text) {
             Ok(id) => log::info(&format!("reminded {}: {id}", field("contact"))),
             // Opted out since: nothing to remind, nothing to retry.
             Err(sms::SmsError::OptedOut(n)) => log::info(&format!("{n} opted out; no reminder")),
