@@ -123,8 +123,8 @@ export const timers = {
    * @param {any} [payload]
    */
   after(key, ms, payload = null) {
-    const due = { tag: 'after-ms', val: BigInt(Math.max(0, Math.round(ms))) };
-    host('timers.schedule', () => witTimers.schedule(key, due, encoder.encode(JSON.stringify(payload))));
+    const val = BigInt(Math.max(0, Math.round(ms)));
+    host('timers.schedule', () => witTimers.schedule(key, { tag: 'after-ms', val }, encoder.encode(JSON.stringify(payload))));
   },
   /**
    * Schedules `key` at an RFC 3339 instant with a JSON payload.

@@ -193,7 +193,17 @@ async fn a_0_1_0_plugin_runs_beside_a_0_2_0_plugin() {
     let host = TestHost::start(vec![
         TenantSpec::new("acme", &jc.url)
             .plugin(PluginSpec::new("contract-0.1.0/crm-logger.wasm", "crm-old", manifest("old")))
-            .plugin(PluginSpec::new("crm-logger", "crm-new", manifest("new"))),
+            .plugin(PluginSpec::new("crm-logger", "crm-new", manifest("new")))
+            .plugin(PluginSpec::new(
+                "contract-0.1.0/appointment-confirm.wasm",
+                "confirm-old",
+                "events = [\"received\"]\n",
+            ))
+            .plugin(PluginSpec::new(
+                "contract-0.1.0/analytics-pipeline.wasm",
+                "analytics-old",
+                format!("allowed_hosts = [\"{0}\"]\n[config]\nwarehouse_url = \"{0}/warehouse\"\n", crm.url),
+            )),
     ])
     .await;
     let plugins = host.admin_plugins("acme").await;
@@ -204,11 +214,18 @@ async fn a_0_1_0_plugin_runs_beside_a_0_2_0_plugin() {
         ("0.1.0".into(), "0.2.0".into()),
         "{plugins}"
     );
-    let (status, _) = host.post("acme", received("hello from both"), &[]).await;
+    let (status, _) = host.post("acme", received("CONFIRM"), &[]).await;
     assert_eq!(status, 202);
     let (old, new) = (crm.wait_for_count("/old", 1).await, crm.wait_for_count("/new", 1).await);
-    assert_eq!(old[0].body["body"], "hello from both");
+    assert_eq!(old[0].body["body"], "CONFIRM");
     assert_eq!(old[0].body, new[0].body);
+    // The C example built against 0.1.0 streams it too.
+    let line = crm.wait_for_count("/warehouse", 1).await;
+    assert_eq!(line[0].body["kind"], "received", "{}", line[0].body);
+    assert_eq!(contract("analytics-old"), "0.1.0");
+    // And the Rust SDK example built against 0.1.0 answers through JustCall.
+    let sent = jc.wait_for_sent(1).await;
+    assert_eq!(sent[0].body, "Your appointment is confirmed.");
     // A 0.1.0 plugin cannot declare schedules: it would never see them fire.
     let dir = host.plugin_dir("acme");
     std::fs::write(
@@ -359,4 +376,29 @@ async fn appointment_reminder_reminds_escalates_and_stops_on_confirm() {
     assert_eq!(jc.sent().len(), 1);
     assert_eq!(team.to("/team").len(), 1);
     assert!(pending(&host, "acme").await.is_empty());
+}
+
+/// `plugin test` shows the timer changes a live delivery would commit, and
+/// commits none.
+#[tokio::test]
+async fn plugin_test_shows_the_timers_it_would_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    let commands = "schedule soon 60000 schedule gone 1000 cancel gone";
+    std::fs::write(&event, received(commands)).unwrap();
+    let wasm = guest("ticker");
+    let (ok, out, err) = crate::harness::switchboard(
+        &["plugin", "test", wasm.to_str().unwrap(), "--event", event.to_str().unwrap()],
+        &[("SWITCHBOARD_CACHE", dir.path().join("cache").to_str().unwrap())],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("timers.cancel   gone"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("timers.schedule soon due "))
+        .unwrap_or_else(|| panic!("{out}"));
+    // The payload is the message's text.
+    assert!(line.ends_with(&format!("({} bytes)", commands.len())), "{line}");
 }

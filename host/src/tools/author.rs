@@ -154,6 +154,8 @@ pub struct TestRun {
     pub elapsed_ms: f64,
     /// The plugin's KV after the run (at most [`KV_SHOWN`] entries).
     pub kv: Vec<(String, Vec<u8>)>,
+    /// The timer changes a live delivery would have committed.
+    pub timers: Vec<crate::storage::TimerChange>,
 }
 
 /// The most KV entries a test run shows.
@@ -281,9 +283,10 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
         db.kv_put(&tenant.id, &name, key, Some(value.clone().into_bytes())).await?;
     }
     let log = CallLog::default();
+    // Shown after the run, never stored.
+    let timers = crate::engine::timer_stage::TimerStage::new(crate::domain::Clock::wall());
     let inv = Invocation {
-        // Recorded in the trace, never stored.
-        timers: crate::engine::timer_stage::TimerStage::new(crate::domain::Clock::wall()),
+        timers: timers.clone(),
         trace: Default::default(),
         kv: Default::default(),
         secrets: Default::default(),
@@ -304,6 +307,7 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(TestRun {
         calls: log.calls(),
+        timers: if result.is_ok() { timers.take() } else { Vec::new() },
         result,
         elapsed_ms,
         kv,

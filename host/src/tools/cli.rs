@@ -478,6 +478,16 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             for call in &run.calls {
                 println!("{call}");
             }
+            for change in &run.timers {
+                match change {
+                    crate::storage::TimerChange::Schedule { key, due_ms, payload, .. } => println!(
+                        "timers.schedule {key} due {} ({} bytes)",
+                        crate::domain::clock::ms_to_rfc3339(*due_ms),
+                        payload.len()
+                    ),
+                    crate::storage::TimerChange::Cancel { key } => println!("timers.cancel   {key}"),
+                }
+            }
             if !run.kv.is_empty() {
                 println!("kv after the run:");
                 for (key, value) in &run.kv {
