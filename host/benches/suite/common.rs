@@ -101,6 +101,17 @@ pub fn start_in(dir: tempfile::TempDir, guests: &Guests, tenants: &[Tenant<'_>],
     Server { process, admin_port, dir }
 }
 
+/// The server's resident memory, MiB.
+pub fn rss_mb(server: &Server) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
 /// A seed-format `sms.received` body.
 pub fn event(number: &str, id: &str, body: &str) -> String {
     serde_json::json!({

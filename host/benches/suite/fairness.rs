@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::common::{Guests, Server, Tenant, event, percentile, signed, sorted, start_with};
+use crate::common::{Guests, Server, Tenant, event, percentile, rss_mb, signed, sorted, start_with};
 use crate::neighbour::{Arrivals, start_fake_justcall};
 
 const VICTIM: &str = "+15125550100";
@@ -43,16 +43,6 @@ async fn post(client: &reqwest::Client, server: &Server, tenant: &str, body: Str
     let resp = req.body(body).send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
     Instant::now()
-}
-
-fn rss_mb(server: &Server) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
 }
 
 /// The victim's ack-to-reply latencies (ms), with or without the neighbour's backlog.

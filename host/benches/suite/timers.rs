@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Map, Value, json};
 
-use crate::common::{Guests, Server, TOKEN, Tenant, event, percentile, signed, sorted, start_with};
+use crate::common::{Guests, Server, TOKEN, Tenant, event, percentile, rss_mb, signed, sorted, start_with};
 
 const PENDING: u64 = 100_000;
 const PER_EVENT: u64 = 1_000;
@@ -33,16 +33,6 @@ async fn sink(State(lags): State<Lags>, Json(body): Json<Value>) -> Json<Value> 
             .push((now - due.to_utc()).num_microseconds().unwrap_or(0) as f64 / 1e3);
     }
     Json(json!({}))
-}
-
-fn rss_mb(server: &Server) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
 }
 
 async fn command(client: &reqwest::Client, url: &str, id: &str, text: &str) {

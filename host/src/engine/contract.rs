@@ -160,18 +160,25 @@ macro_rules! sms_event {
     }};
 }
 
+/// One version's `event-kind` for an event's kind; `$timer` for `timer`.
+macro_rules! event_kind {
+    ($t:ident, $kind:expr, $timer:expr) => {
+        match $kind {
+            EventKind::Received => $t::EventKind::Received,
+            EventKind::Sent => $t::EventKind::Sent,
+            EventKind::Delivered => $t::EventKind::Delivered,
+            EventKind::Failed => $t::EventKind::Failed,
+            EventKind::OptOut => $t::EventKind::OptOut,
+            EventKind::OptIn => $t::EventKind::OptIn,
+            EventKind::Timer => $timer,
+        }
+    };
+}
+
 /// The 0.2.0 record for an event.
 pub fn to_v2(e: &Event) -> v2::switchboard::plugin0_2_0::types::SmsEvent {
     use v2::switchboard::plugin0_2_0::types as t;
-    let kind = match e.kind {
-        EventKind::Received => t::EventKind::Received,
-        EventKind::Sent => t::EventKind::Sent,
-        EventKind::Delivered => t::EventKind::Delivered,
-        EventKind::Failed => t::EventKind::Failed,
-        EventKind::OptOut => t::EventKind::OptOut,
-        EventKind::OptIn => t::EventKind::OptIn,
-        EventKind::Timer => t::EventKind::Timer,
-    };
+    let kind = event_kind!(t, e.kind, t::EventKind::Timer);
     let timer = e.timer.as_ref().map(|f| t::TimerFiring {
         key: f.key.clone(),
         payload: f.payload.clone(),
@@ -184,15 +191,7 @@ pub fn to_v2(e: &Event) -> v2::switchboard::plugin0_2_0::types::SmsEvent {
 /// The 0.1.0 record for an event, if 0.1.0 has its kind.
 fn to_v1(e: &Event) -> Option<v1::switchboard::plugin0_1_0::types::SmsEvent> {
     use v1::switchboard::plugin0_1_0::types as t;
-    let kind = match e.kind {
-        EventKind::Received => t::EventKind::Received,
-        EventKind::Sent => t::EventKind::Sent,
-        EventKind::Delivered => t::EventKind::Delivered,
-        EventKind::Failed => t::EventKind::Failed,
-        EventKind::OptOut => t::EventKind::OptOut,
-        EventKind::OptIn => t::EventKind::OptIn,
-        EventKind::Timer => return None,
-    };
+    let kind = event_kind!(t, e.kind, return None);
     Some(sms_event!(v1::switchboard::plugin0_1_0::types, e, kind, {}))
 }
 
