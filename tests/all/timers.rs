@@ -402,3 +402,67 @@ async fn plugin_test_shows_the_timers_it_would_set() {
     // The payload is the message's text.
     assert!(line.ends_with(&format!("({} bytes)", commands.len())), "{line}");
 }
+
+/// Two nodes (real binaries) on one database: every timer fires on one of
+/// them, once. The claim — the row deleted as read, in the transaction that
+/// stores the firing — is what decides, whichever node gets there first.
+#[tokio::test]
+async fn two_nodes_on_one_database_fire_each_timer_once() {
+    let (jc, sink) = (FakeJustCall::start().await, Recorder::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d/acme");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(guest("ticker"), plugins.join("ticker.wasm")).unwrap();
+    std::fs::write(plugins.join("ticker.toml"), &ticker(&sink.url, "").manifest).unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\nplugins_dir = \"plugins.d\"\n[tenants.acme]\nnumbers = [\"+15125550100\"]\n\
+             webhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{}\"\n\
+             justcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
+            jc.url
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        let port = free_port();
+        Process::spawn(serve_command(BIN, &config, port, None), port)
+    };
+    // One after the other: the first creates the schema.
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = spawn();
+        let port = node.port;
+        tokio::task::spawn_blocking(move || wait_until_healthy(port, Duration::from_secs(30)))
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    let a = &nodes[0];
+    // 40 timers, due together in a second, scheduled through node a.
+    let commands: Vec<String> = (0..40).map(|i| format!("schedule t{i} 1000")).collect();
+    let body = received(&commands.join(" "));
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/acme", a.url()))
+        .header("content-type", "application/json")
+        .header("webhook-id", "wh-nodes")
+        .header("webhook-timestamp", &ts)
+        .header(
+            "webhook-signature",
+            standard_webhooks_signature(SECRET, "wh-nodes", &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    sink.wait_for_count("/fired", 40).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut keys: Vec<String> = fired(&sink).into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((keys.len(), fired(&sink).len()), (40, 40));
+    drop(nodes);
+}
