@@ -401,6 +401,35 @@ async fn plugin_test_shows_the_timers_it_would_set() {
         .unwrap_or_else(|| panic!("{out}"));
     // The payload is the message's text.
     assert!(line.ends_with(&format!("({} bytes)", commands.len())), "{line}");
+
+    // A timer's firing, with its payload, for the example's reminder.
+    let reminder = guest("appointment-reminder");
+    let payload = r#"{"line":"+15125550100","contact":"+15125551234","when":"2026-12-10 10:00"}"#;
+    let cache = [("SWITCHBOARD_CACHE", dir.path().join("cache").to_str().unwrap().to_string())];
+    let env: Vec<(&str, &str)> = cache.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "plugin",
+        "test",
+        reminder.to_str().unwrap(),
+        "--event",
+        "timer:reminder:+15125551234",
+        "--timer-payload",
+        payload,
+    ];
+    let (ok, out, err) = crate::harness::switchboard(&args, &env, None).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("sms.send     from +15125550100 to +15125551234: \"Reminder: your appointment is on 2026-12-10 10:00."),
+        "{out}"
+    );
+    // A 0.1.0 component cannot take one.
+    let old = crate::harness::fixtures_dir().join("contract-0.1.0/crm-logger.wasm");
+    let (ok, out, err) = crate::harness::switchboard(&["plugin", "test", old.to_str().unwrap(), "--event", "timer:x"], &env, None).await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("a `timer` event cannot reach a switchboard:plugin@0.1.0 plugin"),
+        "{err}"
+    );
 }
 
 /// Two nodes (real binaries) on one database: every timer fires on one of

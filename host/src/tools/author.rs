@@ -143,6 +143,33 @@ pub fn check(path: &Path) -> anyhow::Result<CheckReport> {
     })
 }
 
+/// The event a test runs on: a timer's firing (`timer:KEY`), else a
+/// webhook payload (a file, or a kind's sample) parsed as the server would.
+fn test_event(input: &TestInput) -> anyhow::Result<crate::domain::Event> {
+    if let Some(key) = input.event.strip_prefix("timer:") {
+        let now = crate::domain::clock::ms_to_rfc3339(crate::domain::Clock::wall().now_ms());
+        let firing = crate::domain::TimerFiring {
+            key: key.to_string(),
+            payload: input.timer_payload.clone().unwrap_or_default().into_bytes(),
+            due_at: now.clone(),
+            scheduled: false,
+        };
+        return Ok(crate::domain::Event::timer("plugin-test", firing, now));
+    }
+    let (payload, source) = event_payload(&input.event)?;
+    let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{source}: {e}");
+    let decoded = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
+        crate::intake::wire::Body::Ping => bail!("{source}: a setup ping, not an event"),
+        crate::intake::wire::Body::Payload(p) => p,
+    };
+    match crate::intake::wire::parse(&decoded, None).map_err(wire_error)? {
+        crate::intake::wire::Parsed::Event(i) => Ok(i.event),
+        crate::intake::wire::Parsed::Ignored { type_name, reason } => {
+            bail!("{source}: `{type_name}` is not dispatched: {reason}")
+        }
+    }
+}
+
 /// What one dry run did.
 #[derive(Debug)]
 pub struct TestRun {
@@ -175,6 +202,8 @@ pub struct TestInput {
     pub config: Vec<(String, String)>,
     /// KV the plugin finds when it starts.
     pub kv: Vec<(String, String)>,
+    /// With `event` = `timer:KEY`: the firing timer's payload.
+    pub timer_payload: Option<String>,
 }
 
 /// Reads `--kv-file`: a JSON object of string values (anything else is
@@ -213,18 +242,7 @@ fn event_payload(event: &str) -> anyhow::Result<(String, String)> {
 /// of made.
 pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let (wasm, manifest, config) = (input.wasm.as_path(), input.manifest.as_deref(), &input.config);
-    let (payload, source) = event_payload(&input.event)?;
-    let wire_error = |e: crate::intake::wire::PayloadError| anyhow::anyhow!("{source}: {e}");
-    let decoded = match crate::intake::wire::decode(payload.as_bytes()).map_err(wire_error)? {
-        crate::intake::wire::Body::Ping => bail!("{source}: a setup ping, not an event"),
-        crate::intake::wire::Body::Payload(p) => p,
-    };
-    let mut event = match crate::intake::wire::parse(&decoded, None).map_err(wire_error)? {
-        crate::intake::wire::Parsed::Event(i) => i.event,
-        crate::intake::wire::Parsed::Ignored { type_name, reason } => {
-            bail!("{source}: `{type_name}` is not dispatched: {reason}")
-        }
-    };
+    let mut event = test_event(input)?;
     event.tenant = "plugin-test".into();
     event.event_id = uuid::Uuid::now_v7().to_string();
 
@@ -264,7 +282,11 @@ pub async fn test_run(input: &TestInput) -> anyhow::Result<TestRun> {
     let db = crate::storage::Db::open(&scratch, Default::default())?;
     let tenant = TenantConfig {
         id: "plugin-test".into(),
-        numbers: vec![event.justcall_number.clone()],
+        // A timer's firing names no line: the samples' line is the tenant's.
+        numbers: vec![match event.justcall_number.as_str() {
+            "" => crate::tools::send::SAMPLE_LINE.to_string(),
+            n => n.to_string(),
+        }],
         default_country: None,
         verify_events: false,
         kv_total: Default::default(),

@@ -201,10 +201,14 @@ enum PluginCommand {
     Test {
         /// The `.wasm` file.
         file: PathBuf,
-        /// A webhook payload file (seed or v2.1 JSON), or an event kind for
-        /// its built-in sample: received, sent, delivered, failed, optout, optin.
+        /// A webhook payload file (seed or v2.1 JSON), an event kind for
+        /// its built-in sample (received, sent, delivered, failed, optout,
+        /// optin), or `timer:KEY` for the firing of the plugin's timer KEY.
         #[arg(long, default_value = "received")]
         event: String,
+        /// With `--event timer:KEY`: the timer's payload (text).
+        #[arg(long, value_name = "TEXT")]
+        timer_payload: Option<String>,
         /// The manifest (default: FILE with a .toml extension, if present).
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -456,6 +460,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
                 PluginCommand::Test {
                     file,
                     event,
+                    timer_payload,
                     manifest,
                     config,
                     kv,
@@ -470,6 +475,7 @@ async fn execute(command: Command, serve_config: Option<Result<Config, crate::co
             let input = crate::tools::author::TestInput {
                 wasm: file,
                 event,
+                timer_payload,
                 manifest,
                 config,
                 kv: prefill,
