@@ -84,6 +84,8 @@ pub struct Metrics {
     justcall: Family<JustCallLabels, Counter>,
     justcall_seconds: Family<TenantLabels, Histogram, fn() -> Histogram>,
     budget_waits: Family<JustCallLabels, Counter>,
+    timers_fired: Family<PluginLabels, Counter>,
+    timer_lag: Histogram,
     seen: Mutex<HashSet<(String, String)>>,
     max_label_sets: usize,
 }
@@ -115,6 +117,8 @@ pub struct Gauges {
     pub reloads: u64,
     /// Plugin versions rejected since start.
     pub rejections: u64,
+    /// Timers and schedules pending, all tenants.
+    pub timers_pending: u64,
 }
 
 impl Metrics {
@@ -162,7 +166,17 @@ impl Metrics {
             "Requests that waited for the tenant's JustCall budget (waited) or found it spent past their deadline (exhausted)",
             budget_waits.clone(),
         );
+        let timers_fired = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "timers_fired",
+            "Timers and schedules fired (each a `timer` event with one delivery)",
+            timers_fired.clone(),
+        );
+        let timer_lag = seconds_histogram();
+        registry.register("timer_lag_seconds", "From when a timer was due to when it fired", timer_lag.clone());
         Metrics {
+            timers_fired,
+            timer_lag,
             registry,
             justcall,
             justcall_seconds,
@@ -264,6 +278,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a timer's firing, `lag_seconds` after it was due.
+    pub fn timer_fired(&self, tenant: &str, plugin: &str, lag_seconds: f64) {
+        let (tenant, plugin) = self.labels(tenant, plugin);
+        self.timers_fired.get_or_create(&PluginLabels { tenant, plugin }).inc();
+        self.timer_lag.observe(lag_seconds.max(0.0));
+    }
+
     /// The Prometheus text exposition, with the gauges set from `g`.
     pub fn render(&self, g: &Gauges) -> String {
         let set = |family: &Family<KindLabels, Gauge>, kind: &str, v: u64| {
@@ -277,6 +298,7 @@ impl Metrics {
         set(&self.host, "rejected_plugins", g.rejected);
         set(&self.host, "reloads", g.reloads);
         set(&self.host, "rejections", g.rejections);
+        set(&self.host, "timers_pending", g.timers_pending);
         self.held.clear();
         for (tenant, plugin, n) in &g.held {
             let (tenant, plugin) = self.labels(tenant, plugin);

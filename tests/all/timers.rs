@@ -80,6 +80,22 @@ async fn a_cancelled_timer_does_not_fire_and_its_twin_does() {
     assert_eq!(stored["kind"], "timer");
     assert_eq!(stored["timer"]["key"], "kept");
     assert_eq!(host.deliveries(event_id), vec![("ticker".to_string(), "done".to_string(), None)]);
+    // Counted for the operator: one firing, nothing pending.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", host.admin_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_timers_fired_total{tenant=\"acme\",plugin=\"ticker\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_host{kind=\"timers_pending\"} 0"), "{metrics}");
+    assert!(metrics.contains("switchboard_timer_lag_seconds_count 1"), "{metrics}");
 }
 
 #[tokio::test]

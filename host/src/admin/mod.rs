@@ -311,6 +311,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
         rejected,
         reloads: state.registry.reload_counts().0,
         rejections: state.registry.reload_counts().1,
+        timers_pending: state.db.timers_pending().await?,
     };
     let body = state.metrics.render(&gauges);
     Ok((

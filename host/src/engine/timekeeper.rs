@@ -35,6 +35,8 @@ pub struct Timekeeper {
     pub clock: Clock,
     /// Woken when a delivery commits timer changes.
     pub wake: Wake,
+    /// Where firings and their lag are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Timekeeper {
@@ -108,12 +110,14 @@ impl Timekeeper {
             for (f, c) in firings.into_iter().zip(created) {
                 let Some(c) = c else { continue };
                 fired += 1;
+                let lag_ms = (now - f.timer.due_ms).max(0);
+                self.metrics.timer_fired(&f.event.tenant, &f.delivery.plugin, lag_ms as f64 / 1e3);
                 tracing::info!(
                     tenant = %f.event.tenant,
                     plugin = %f.delivery.plugin,
                     key = %f.timer.key,
                     due = %ms_to_rfc3339(f.timer.due_ms),
-                    late_ms = now - f.timer.due_ms,
+                    late_ms = lag_ms,
                     delivery = c.id,
                     "timer fired"
                 );

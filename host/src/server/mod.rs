@@ -286,6 +286,7 @@ pub async fn run_with_routes(
         dispatcher: dispatcher.clone(),
         clock: config.clock,
         wake,
+        metrics: metrics.clone(),
     }
     .start();
 

@@ -160,6 +160,12 @@ impl Db {
         .await
     }
 
+    /// How many timers and schedules are pending, all tenants.
+    pub async fn timers_pending(&self) -> Result<u64, DbError> {
+        self.browse(|conn| Ok(conn.prepare_cached("SELECT count(*) FROM timers")?.query_row([], |r| r.get(0))?))
+            .await
+    }
+
     /// When the soonest timer is due, unix ms.
     pub async fn next_timer_due(&self) -> Result<Option<i64>, DbError> {
         self.read(|conn| Ok(conn.prepare_cached("SELECT min(due_ms) FROM timers")?.query_row([], |r| r.get(0))?))
