@@ -257,51 +257,63 @@ async fn a_0_1_0_plugin_runs_beside_a_0_2_0_plugin() {
     }
 }
 
-/// The real binary: a timer committed before a kill -9 fires after the
-/// restart, late rather than never, and exactly once.
-#[tokio::test]
-async fn a_timer_fires_once_across_kill_9() {
-    let (jc, sink) = (FakeJustCall::start().await, Recorder::start().await);
+/// A data dir whose config serves tenant `acme` (Standard Webhooks) with the
+/// `ticker` plugin reporting to `sink`: what the real-binary tests run.
+fn ticker_node_dir(justcall: &str, sink: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins.d/acme");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(guest("ticker"), plugins.join("ticker.wasm")).unwrap();
-    std::fs::write(plugins.join("ticker.toml"), &ticker(&sink.url, "").manifest).unwrap();
+    std::fs::write(plugins.join("ticker.toml"), &ticker(sink, "").manifest).unwrap();
     let config = dir.path().join("switchboard.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = \"data\"\nplugins_dir = \"plugins.d\"\n[tenants.acme]\nnumbers = [\"+15125550100\"]\n\
-             webhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{}\"\njustcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
-            jc.url
+             webhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{justcall}\"\n\
+             justcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n"
         ),
     )
     .unwrap();
-    let spawn = || {
-        let port = free_port();
-        Process::spawn(serve_command(BIN, &config, port, None), port)
-    };
-    let mut server = spawn();
-    let port = server.port;
+    (dir, config)
+}
+
+/// `switchboard serve` on `config`, once it answers.
+async fn serve_node(config: &std::path::Path) -> Process {
+    let port = free_port();
+    let node = Process::spawn(serve_command(BIN, config, port, None), port);
     tokio::task::spawn_blocking(move || wait_until_healthy(port, Duration::from_secs(30)))
         .await
         .unwrap();
-    let body = received("schedule survivor 1500");
+    node
+}
+
+/// Posts a received webhook with `body` to `node`'s tenant `acme`, signed
+/// with webhook id `id`; asserts it was accepted.
+async fn post_signed(node: &Process, id: &str, body: &str) {
+    let body = received(body);
     let ts = chrono::Utc::now().timestamp().to_string();
     let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/acme", server.url()))
+        .post(format!("{}/webhooks/acme", node.url()))
         .header("content-type", "application/json")
-        .header("webhook-id", "wh-survivor")
+        .header("webhook-id", id)
         .header("webhook-timestamp", &ts)
-        .header(
-            "webhook-signature",
-            standard_webhooks_signature(SECRET, "wh-survivor", &ts, body.as_bytes()),
-        )
+        .header("webhook-signature", standard_webhooks_signature(SECRET, id, &ts, body.as_bytes()))
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+}
+
+/// The real binary: a timer committed before a kill -9 fires after the
+/// restart, late rather than never, and exactly once.
+#[tokio::test]
+async fn a_timer_fires_once_across_kill_9() {
+    let (jc, sink) = (FakeJustCall::start().await, Recorder::start().await);
+    let (dir, config) = ticker_node_dir(&jc.url, &sink.url);
+    let mut server = serve_node(&config).await;
+    post_signed(&server, "wh-survivor", "schedule survivor 1500").await;
     let db = dir.path().join("data/switchboard.db");
     let stored = || -> i64 {
         rusqlite::Connection::open(&db)
@@ -314,11 +326,7 @@ async fn a_timer_fires_once_across_kill_9() {
     // Down past its due time.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(fired(&sink).is_empty());
-    let server = spawn();
-    let port = server.port;
-    tokio::task::spawn_blocking(move || wait_until_healthy(port, Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let server = serve_node(&config).await;
     let got = sink.wait_for_count("/fired", 1).await;
     assert_eq!(got[0].body["key"], "survivor");
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -454,55 +462,12 @@ async fn plugin_test_shows_the_timers_it_would_set() {
 #[tokio::test]
 async fn two_nodes_on_one_database_fire_each_timer_once() {
     let (jc, sink) = (FakeJustCall::start().await, Recorder::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins.d/acme");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(guest("ticker"), plugins.join("ticker.wasm")).unwrap();
-    std::fs::write(plugins.join("ticker.toml"), &ticker(&sink.url, "").manifest).unwrap();
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\nplugins_dir = \"plugins.d\"\n[tenants.acme]\nnumbers = [\"+15125550100\"]\n\
-             webhook_auth = \"standard-webhooks\"\nwebhook_secret = \"{SECRET}\"\njustcall_base_url = \"{}\"\n\
-             justcall_api_key = \"k\"\njustcall_api_secret = \"s\"\n",
-            jc.url
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        let port = free_port();
-        Process::spawn(serve_command(BIN, &config, port, None), port)
-    };
+    let (_dir, config) = ticker_node_dir(&jc.url, &sink.url);
     // One after the other: the first creates the schema.
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let node = spawn();
-        let port = node.port;
-        tokio::task::spawn_blocking(move || wait_until_healthy(port, Duration::from_secs(30)))
-            .await
-            .unwrap();
-        nodes.push(node);
-    }
-    let a = &nodes[0];
-    // 40 timers, due together in a second, scheduled through node a.
+    let nodes = [serve_node(&config).await, serve_node(&config).await];
+    // 40 timers, due together in a second, scheduled through the first node.
     let commands: Vec<String> = (0..40).map(|i| format!("schedule t{i} 1000")).collect();
-    let body = received(&commands.join(" "));
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/acme", a.url()))
-        .header("content-type", "application/json")
-        .header("webhook-id", "wh-nodes")
-        .header("webhook-timestamp", &ts)
-        .header(
-            "webhook-signature",
-            standard_webhooks_signature(SECRET, "wh-nodes", &ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    post_signed(&nodes[0], "wh-nodes", &commands.join(" ")).await;
     sink.wait_for_count("/fired", 40).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut keys: Vec<String> = fired(&sink).into_iter().map(|(k, _)| k).collect();

@@ -27,6 +27,7 @@ pub struct Schedule {
     cron: croner::Cron,
 }
 
+/// Two schedules are the same if their name, pattern and zone are.
 impl PartialEq for Schedule {
     fn eq(&self, other: &Self) -> bool {
         (&self.name, &self.pattern, self.timezone) == (&other.name, &other.pattern, other.timezone)

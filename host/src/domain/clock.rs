@@ -66,7 +66,12 @@ pub fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// A unix-ms instant as RFC 3339 UTC with milliseconds.
+/// A unix-ms instant as RFC 3339 UTC with milliseconds, if it is one.
+pub fn rfc3339_ms(ms: i64) -> Option<String> {
+    DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// [`rfc3339_ms`] for an instant in range (the epoch's otherwise).
 pub fn ms_to_rfc3339(ms: i64) -> String {
     ms_to_time(ms).to_rfc3339_opts(SecondsFormat::Millis, true)
 }

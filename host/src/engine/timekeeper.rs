@@ -20,6 +20,9 @@ const BATCH: usize = 512;
 /// The longest the timekeeper sleeps: how soon it notices a changed schedule.
 const IDLE: Duration = Duration::from_millis(500);
 
+/// The schedules the plugins serve: (tenant, plugin, schedule).
+type Served = Vec<(String, String, crate::config::Schedule)>;
+
 /// What the timekeeper needs.
 #[derive(Debug, Clone)]
 pub struct Timekeeper {
@@ -46,7 +49,7 @@ impl Timekeeper {
     }
 
     async fn run(self) {
-        let mut synced: Option<Vec<(String, String, String, String)>> = None;
+        let mut synced: Option<Served> = None;
         loop {
             if let Err(e) = self.sync(&mut synced).await {
                 tracing::error!(error = %e, "cannot update schedules; trying again");
@@ -67,29 +70,29 @@ impl Timekeeper {
 
     /// Brings schedule rows in line with the serving manifests, when they
     /// changed since the last pass.
-    async fn sync(&self, synced: &mut Option<Vec<(String, String, String, String)>>) -> Result<(), crate::storage::DbError> {
-        let mut now: Vec<(String, String, String, String)> = Vec::new();
-        let mut rows = Vec::new();
-        let at = self.clock.now();
+    async fn sync(&self, synced: &mut Option<Served>) -> Result<(), crate::storage::DbError> {
+        let mut now: Served = Vec::new();
         for tenant in &self.tenants {
             for p in self.registry.plugins(tenant).iter() {
-                for s in &p.manifest.schedules {
-                    now.push((tenant.clone(), p.name.clone(), s.name.clone(), s.spec()));
-                    if let Some(next) = s.next_after(at) {
-                        rows.push(ScheduleRow {
-                            tenant: tenant.clone(),
-                            plugin: p.name.clone(),
-                            name: s.name.clone(),
-                            spec: s.spec(),
-                            next_due_ms: next.timestamp_millis(),
-                        });
-                    }
-                }
+                now.extend(p.manifest.schedules.iter().map(|s| (tenant.clone(), p.name.clone(), s.clone())));
             }
         }
         if synced.as_ref() == Some(&now) {
             return Ok(());
         }
+        let at = self.clock.now();
+        let rows = now
+            .iter()
+            .filter_map(|(tenant, plugin, s)| {
+                Some(ScheduleRow {
+                    tenant: tenant.clone(),
+                    plugin: plugin.clone(),
+                    name: s.name.clone(),
+                    spec: s.spec(),
+                    next_due_ms: s.next_after(at)?.timestamp_millis(),
+                })
+            })
+            .collect();
         self.db.sync_schedules(rows).await?;
         *synced = Some(now);
         Ok(())

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::params;
 
-use super::schema::rfc3339_ms;
 use super::search::first_id_at;
 use super::{Db, DbError};
+use crate::domain::clock::rfc3339_ms;
 
 /// A tenant's recent activity at a glance.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]

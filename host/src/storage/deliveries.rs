@@ -10,9 +10,10 @@ use rusqlite::{Connection, params};
 
 use super::events::{Created, NewDelivery};
 use super::policy::{DeliveryOutcome, Finished, Verdict};
-use super::schema::{NOW, now_ms, rfc3339_ms};
+use super::schema::{NOW, now_ms};
 use super::{Db, DbError};
 use crate::domain::Event;
+use crate::domain::clock::rfc3339_ms;
 
 /// Where a delivery is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -283,7 +283,3 @@ pub(super) fn open_conn(path: &Path, busy: Duration) -> Result<Connection, DbErr
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
-
-pub(super) fn rfc3339_ms(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}

@@ -13,9 +13,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::deliveries::{DeliveryRecord, DeliveryStatus, delivery_record};
-use super::schema::rfc3339_ms;
 use super::{Db, DbError};
 use crate::domain::EventKind;
+use crate::domain::clock::rfc3339_ms;
 
 /// Most rows one page may hold.
 pub const MAX_PAGE: u32 = 500;

@@ -72,7 +72,7 @@ fn kept(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeptVersion> {
         actor: r.get(4)?,
         created_at: r.get(5)?,
         served_ms: r.get(6)?,
-        served_at: super::schema::rfc3339_ms(r.get(6)?).unwrap_or_default(),
+        served_at: crate::domain::clock::rfc3339_ms(r.get(6)?).unwrap_or_default(),
     })
 }
 
